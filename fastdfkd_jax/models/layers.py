@@ -1,0 +1,71 @@
+"""Shared layers for the model zoo.
+
+`BatchNorm` is `flax.linen.BatchNorm` with PyTorch defaults that can also report
+the batch statistics of its *input*, the quantities the DeepInversion feature
+prior (reference doc, section 3) compares with the running statistics. It
+reports them by `sow`ing into the `'bn_stats'` collection, only when the caller
+asks for that collection to be mutable, so there are no forward hooks and no
+hidden state:
+
+    logits, aux = model.apply(variables, x, train=False, mutable=['bn_stats'])
+    # aux['bn_stats'] mirrors the module tree; each BN layer holds
+    # {'input': {'mean', 'var', 'running_mean', 'running_var'}}, each (C,).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+BN_STATS = "bn_stats"
+
+# PyTorch BatchNorm2d: momentum 0.1 on the new value, i.e. flax momentum 0.9.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class BatchNorm(nn.BatchNorm):
+  """BatchNorm (PyTorch defaults) that sows its input's batch mean and biased var.
+
+  When `axis_name` is set (inside `shard_map`), both the train-mode batch
+  statistics and the reported input statistics are computed over the global
+  batch across that mesh axis.
+  """
+
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+
+  def __call__(self, x, use_running_average=None, **kwargs):
+    y = super().__call__(x, use_running_average=use_running_average, **kwargs)
+    if self.is_mutable_collection(BN_STATS):
+      mean, var = input_moments(x, self.axis_name)
+      self.sow(
+          BN_STATS, "input",
+          dict(mean=mean, var=var,
+               running_mean=self.get_variable("batch_stats", "mean"),
+               running_var=self.get_variable("batch_stats", "var")),
+          init_fn=lambda: None, reduce_fn=lambda _, new: new)
+    return y
+
+
+def input_moments(x: jax.Array, axis_name: str | None = None):
+  """Per-channel mean and biased variance over all but the last axis, in float32.
+
+  Two-pass (variance around the global mean) so the all-reduced result equals
+  the single-device one to float32 rounding.
+  """
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(jnp.float32)
+  mean = xf.mean(axes)
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
+  var = jnp.square(xf - mean).mean(axes)
+  if axis_name is not None:
+    var = jax.lax.pmean(var, axis_name)
+  return mean, var
+
+
+# Kaiming-normal (fan_out) for convs, as in the release's CIFAR models.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+Dtype = Any
