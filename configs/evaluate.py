@@ -1,0 +1,17 @@
+"""Evaluate a checkpoint on the test split: `configs/evaluate.py:<dataset>`.
+
+  python -m fastdfkd_jax.main --workdir=runs/eval --config=configs/evaluate.py:cifar10 \
+      --config.checkpoint=runs/teacher_cifar10/checkpoints \
+      --config.dataset.data_dir=../shared/data/cifar10_jpeg.tar.gz
+
+Seconds on a CPU. The architecture and class count come from the checkpoint.
+"""
+
+from fastdfkd_jax import config_lib
+
+
+def get_config(arg: str = "digits"):
+  c = config_lib.base_config()
+  c.mode = "evaluate"
+  c.dataset.name = arg
+  return c

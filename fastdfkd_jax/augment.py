@@ -1,0 +1,135 @@
+"""Training augmentation of the release, as pure jittable functions.
+
+All image arguments are float NHWC batches (B, H, W, C) in [0, 1] unless said
+otherwise; randomness comes only from the explicit PRNG `key`. The release's
+order (reference doc, section 2) is
+
+  augment(x) = normalize(flip(crop(x)))
+
+with a random crop of zero padding 4 (1 for `digits`) and a horizontal flip
+with probability 0.5. The same function augments the synthetic batches inside
+the synthesis loop and the pool batches in the KD step.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def to_float(images: ArrayLike) -> jax.Array:
+  """uint8 (..., H, W, C) in 0..255 -> float32 of the same shape in [0, 1]."""
+  return jnp.asarray(images).astype(jnp.float32) / 255.0
+
+
+def to_uint8(images: ArrayLike) -> jax.Array:
+  """Float (..., H, W, C) in [0, 1] -> uint8 of the same shape (round, clip)."""
+  x = jnp.round(jnp.asarray(images, jnp.float32) * 255.0)
+  return jnp.clip(x, 0, 255).astype(jnp.uint8)
+
+
+def normalize(images: ArrayLike, mean: Sequence[float] | ArrayLike,
+              std: Sequence[float] | ArrayLike) -> jax.Array:
+  """(x - mean) / std per channel; same shape and (float) dtype as `images`.
+
+  Args:
+    images: float (..., C).
+    mean: length-C per-channel mean (a tuple, or an array broadcasting on C).
+    std: length-C per-channel standard deviation.
+  """
+  x = jnp.asarray(images)
+  mean = jnp.asarray(mean, x.dtype)
+  std = jnp.asarray(std, x.dtype)
+  return (x - mean) / std
+
+
+def preprocess_eval(images_uint8: ArrayLike, mean: Sequence[float] | ArrayLike,
+                    std: Sequence[float] | ArrayLike) -> jax.Array:
+  """Evaluation input: uint8 (B, H, W, C) -> normalised float32 (B, H, W, C)."""
+  return normalize(to_float(images_uint8), mean, std)
+
+
+def crop_offsets(key: jax.Array, batch: int, padding: int) -> jax.Array:
+  """Per-image crop offsets: int32 (batch, 2) = (dy, dx), each in [0, 2*padding].
+
+  The offset indexes the zero-padded image (padding on each side), so
+  (padding, padding) is the un-shifted crop.
+  """
+  return jax.random.randint(key, (batch, 2), 0, 2 * padding + 1, jnp.int32)
+
+
+def random_crop(key: jax.Array, images: ArrayLike, padding: int) -> jax.Array:
+  """Zero-pads by `padding` on each side and crops back to H x W at random.
+
+  Equivalent to torchvision's RandomCrop(H, padding) applied per image.
+
+  Args:
+    key: PRNG key; offsets are `crop_offsets(key, B, padding)`.
+    images: (B, H, W, C).
+    padding: static non-negative int; 0 returns the images unchanged.
+
+  Returns:
+    (B, H, W, C), same dtype.
+  """
+  x = jnp.asarray(images)
+  if padding < 0:
+    raise ValueError(f"padding must be >= 0, got {padding}")
+  if padding == 0:
+    return x
+  b, h, w, c = x.shape
+  offsets = crop_offsets(key, b, padding)
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+  def crop_one(img: jax.Array, off: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+
+  return jax.vmap(crop_one)(padded, offsets)
+
+
+def flip_mask(key: jax.Array, batch: int, prob: float = 0.5) -> jax.Array:
+  """bool (batch,): True where `random_flip(key, ...)` flips that image."""
+  return jax.random.bernoulli(key, prob, (batch,))
+
+
+def random_flip(key: jax.Array, images: ArrayLike) -> jax.Array:
+  """Flips each image horizontally (the W axis) with probability 0.5.
+
+  Args:
+    key: PRNG key; flipped images are where `flip_mask(key, B)` is True.
+    images: (B, H, W, C).
+
+  Returns:
+    (B, H, W, C), same dtype.
+  """
+  x = jnp.asarray(images)
+  mask = flip_mask(key, x.shape[0])
+  return jnp.where(mask[:, None, None, None], jnp.flip(x, axis=2), x)
+
+
+def augment(key: jax.Array, images: ArrayLike,
+            mean: Sequence[float] | ArrayLike, std: Sequence[float] | ArrayLike,
+            padding: int, flip: bool = True) -> jax.Array:
+  """normalize(flip(crop(images))), the release's training augmentation.
+
+  Args:
+    key: PRNG key, split into the crop key and the flip key
+      (`k_crop, k_flip = jax.random.split(key)`).
+    images: float (B, H, W, C) in [0, 1].
+    mean: length-C per-channel mean.
+    std: length-C per-channel standard deviation.
+    padding: static crop padding (0: no crop).
+    flip: static; apply the random horizontal flip.
+
+  Returns:
+    Normalised float (B, H, W, C), same dtype as `images`.
+  """
+  k_crop, k_flip = jax.random.split(key)
+  x = random_crop(k_crop, images, padding)
+  if flip:
+    x = random_flip(k_flip, x)
+  return normalize(x, mean, std)
+

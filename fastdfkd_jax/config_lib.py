@@ -1,0 +1,162 @@
+"""The one base config every run starts from, and its validation.
+
+Config files in `configs/` call `base_config()` and override fields; `main.py`
+without `--config` runs `default_config()` (digits, teacher training + FastDFKD,
+a few minutes on a laptop CPU). Every constant of a run lives here.
+"""
+
+import difflib
+import ml_collections
+
+MODES = ("train_teacher", "evaluate", "distill")
+METHODS = ("fast_meta", "fast", "deepinv")
+META_GRADS = ("param_diff", "sum_inner_grads")
+LOOPS = ("auto", "scan", "host")
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with the release's defaults (reference doc, section 5)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "distill"
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "digits"
+  c.dataset.data_dir = ""        # empty: TFDS (needs internet); else local files
+  c.dataset.cache_dir = ""       # where archives are unpacked/decoded; empty: ~/.cache
+
+  # train_teacher / evaluate.
+  c.model = "resnet8"            # architecture trained by mode=train_teacher
+  c.checkpoint = ""              # mode=evaluate: checkpoint directory (or a .pth)
+  c.epochs = 200                 # train_teacher: epochs; distill: total epochs incl. warmup
+  c.batch_size = 256             # train_teacher batch; distill: synthesis and KD batch
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.1               # SGD, cosine decay per step to 0
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.warmup_epochs = 0
+  c.eval_batch_size = 500
+
+  # distill: teacher (loaded, or trained first when missing and allowed).
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.arch = "resnet20"
+  c.teacher.checkpoint = ""      # orbax checkpoint dir or a release .pth
+  c.teacher.train_if_missing = False
+  c.teacher.epochs = 30          # used only when the teacher is trained first
+  c.teacher.batch_size = 128
+  c.teacher.lr = 0.1
+  c.teacher.weight_decay = 5e-4
+
+  c.student = ml_collections.ConfigDict()
+  c.student.arch = "resnet8"
+  c.student.sync_bn = True       # cross-device BN for the student's train-mode BN
+
+  # FastDFKD synthesis.
+  c.method = "fast_meta"         # fast_meta | fast | deepinv
+  c.k = 5                        # inner steps per synthesis call
+  c.warmup = 20                  # synthesis-only epochs (adversarial term off)
+  c.synth = ml_collections.ConfigDict()
+  c.synth.nz = 256
+  c.synth.ngf = 64
+  c.synth.lr_g = 3e-3
+  c.synth.lr_z = 1e-2
+  c.synth.adv = 1.1
+  c.synth.bn = 10.0
+  c.synth.oh = 0.4
+  c.synth.bn_mmt = 0.9
+  c.synth.betas = (0.5, 0.999)
+  c.synth.meta_grad = "param_diff"   # the paper's Eq. 10; 'sum_inner_grads' is the release's
+  c.synth.reset_l0 = True
+  c.synth.reset_l0_epoch = 140       # 120 + warmup in the release
+  c.synth.deepinv_lr = 0.1           # method=deepinv: Adam on pixel logits
+  c.synth.deepinv_betas = (0.5, 0.99)
+
+  # KD on the synthetic pool.
+  c.kd = ml_collections.ConfigDict()
+  c.kd.steps = 400               # KD updates per epoch after warmup
+  c.kd.lr = 0.2
+  c.kd.momentum = 0.9
+  c.kd.weight_decay = 1e-4
+  c.kd.temperature = 20.0
+  c.kd.lr_min = 2e-4             # cosine eta_min
+  c.kd.cosine_epochs = 200       # cosine T_max, stepped per epoch after warmup
+
+  c.pool = ml_collections.ConfigDict()
+  c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
+  c.pool.on_device = True        # False: host-memory ring buffer
+
+  # Loop structure, chosen in one place (fastdfkd_jax.loops): 'auto' = lax.scan on
+  # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
+  c.loop = "auto"
+  c.inner_unroll = "auto"        # 'auto' | 'true' | 'false': unroll the k-step scan
+  c.dtype = "float32"            # activations; params, BN stats and losses stay float32
+
+  c.eval_every = 1
+  c.log_every = 50               # steps between log lines inside an epoch
+  c.checkpoint_every = 5         # epochs
+  c.keep_checkpoints = 2
+  c.sample_every = 10            # epochs between samples/epoch_NNNN.png grids
+  c.allow_config_change = False
+  return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The embedded default: digits teacher (trained first) + FastDFKD, CPU minutes."""
+  c = base_config()
+  c.mode = "distill"
+  c.dataset.name = "digits"
+  c.teacher.arch = "resnet20"
+  c.teacher.train_if_missing = True
+  c.teacher.epochs = 30
+  c.teacher.batch_size = 64
+  c.teacher.lr = 0.05
+  c.student.arch = "resnet8"
+  c.epochs = 40
+  c.warmup = 5
+  c.k = 5
+  c.batch_size = 128
+  c.synth.nz = 64
+  c.synth.ngf = 32
+  c.synth.reset_l0 = False
+  c.kd.steps = 30
+  c.kd.lr = 0.05
+  c.kd.cosine_epochs = 35
+  c.kd.temperature = 20.0
+  c.sample_every = 5
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field and the fix for a bad config."""
+  def choice(field, value, valid):
+    if value not in valid:
+      close = difflib.get_close_matches(str(value), valid, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise ValueError(f"config.{field}={value!r} is not valid{hint}; "
+                       f"choose one of {', '.join(valid)}")
+
+  choice("mode", c.mode, MODES)
+  choice("method", c.method, METHODS)
+  choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
+  choice("loop", c.loop, LOOPS)
+  choice("dtype", c.dtype, DTYPES)
+  choice("inner_unroll", str(c.inner_unroll).lower(), ("auto", "true", "false"))
+  positive = {"batch_size": c.batch_size, "epochs": c.epochs, "k": c.k,
+              "kd.steps": c.kd.steps, "eval_batch_size": c.eval_batch_size,
+              "kd.temperature": c.kd.temperature}
+  for name, value in positive.items():
+    if value <= 0:
+      raise ValueError(f"config.{name}={value} must be > 0")
+  if c.mode == "distill" and not 0 <= c.warmup < c.epochs:
+    raise ValueError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
+  if c.mode == "evaluate" and not c.checkpoint:
+    raise ValueError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
+                     "written by train_teacher or distill, or a release .pth)")
+  from fastdfkd_jax import input_pipeline, models  # late: keeps config import light
+  input_pipeline.get_info(c.dataset.name)
+  archs = [c.model] if c.mode != "distill" else [c.teacher.arch, c.student.arch]
+  for arch in archs:
+    if arch not in models.list_models():
+      raise ValueError(f"unknown model {arch!r}; valid names: "
+                       f"{', '.join(models.list_models())}")

@@ -1,0 +1,119 @@
+"""FastDFKD generator (reference doc section 6), NHWC.
+
+z (N, nz) -> Linear `l1` -> reshape (N, init, init, 2ngf), init = img_size // 4
+-> BN `bn0` -> nearest upsample x2 -> conv3x3 `conv1` (no bias) -> BN `bn1`
+-> LeakyReLU(0.2) -> nearest upsample x2 -> conv3x3 `conv2` (no bias) -> BN `bn2`
+-> LeakyReLU(0.2) -> conv3x3 `conv3` (bias) -> sigmoid
+-> images (N, img_size, img_size, channels) float32 in [0, 1].
+nz 256, ngf 64, img_size 32, channels 3: 2,328,899 parameters. BN uses batch
+statistics when train=True (the release always runs it in training mode).
+
+Flax name <-> PyTorch key of the release (`l1` is a Sequential, the rest is
+`conv_blocks`):
+  l1    <-> l1.0              bn0   <-> conv_blocks.0
+  conv1 <-> conv_blocks.2     bn1   <-> conv_blocks.3
+  conv2 <-> conv_blocks.6     bn2   <-> conv_blocks.7
+  conv3 <-> conv_blocks.9
+The release reshapes l1's output NCHW (view(N, 2ngf, init, init)); here it is
+reshaped NHWC (N, init, init, 2ngf), so importing l1 needs its output units
+permuted from (c, h, w) to (h, w, c) order. Conv kernels are HWIO here.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from fastdfkd_jax.models import register
+from fastdfkd_jax.models.layers import BatchNorm
+
+# PyTorch's default Linear/Conv init: kaiming_uniform(a=sqrt(5)) on the weight,
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias.
+_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
+                                                      "uniform")
+
+
+def _torch_bias_init(fan_in: int):
+  bound = 1.0 / fan_in ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _upsample2(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour x2 upsampling, (N, H, W, C) -> (N, 2H, 2W, C)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class Generator(nn.Module):
+  """FastDFKD generator. z (N, nz) -> images (N, img_size, img_size, channels)."""
+
+  nz: int = 256
+  ngf: int = 64
+  img_size: int = 32
+  channels: int = 3
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    init, c2 = self.img_size // 4, 2 * self.ngf
+    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
+                                axis_name=self.axis_name, name=name)
+    conv = lambda feats, cin, bias, name: nn.Conv(
+        feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
+        kernel_init=_torch_kernel_init, bias_init=_torch_bias_init(9 * cin),
+        dtype=self.dtype, name=name)
+    x = nn.Dense(c2 * init * init, dtype=self.dtype,
+                 kernel_init=_torch_kernel_init,
+                 bias_init=_torch_bias_init(self.nz), name="l1")(
+                     z.astype(self.dtype))
+    x = x.reshape(z.shape[0], init, init, c2)
+    x = _upsample2(bn("bn0")(x))
+    x = nn.leaky_relu(bn("bn1")(conv(c2, c2, False, "conv1")(x)), 0.2)
+    x = _upsample2(x)
+    x = nn.leaky_relu(bn("bn2")(conv(self.ngf, c2, False, "conv2")(x)), 0.2)
+    x = conv(self.channels, self.ngf, True, "conv3")(x)
+    return nn.sigmoid(x.astype(jnp.float32))
+
+
+def reset_first_layer(params: dict, key: jax.Array,
+                      include_bn0: bool = False) -> dict:
+  """Re-initialises `l1`: kernel ~ N(0, 0.02), bias 0. Pure; returns new params.
+
+  Args:
+    params: the generator's 'params' collection (a dict with 'l1'), or a full
+      variables dict holding it under 'params' (then returned the same way).
+    key: PRNG key for the new kernel.
+    include_bn0: also reset `bn0` (scale ~ N(0, 0.02), bias 0). The release's
+      `reset_l0` matches both 'l1.0' and 'conv_blocks.0' (= bn0), so True is the
+      release's exact behaviour; the default follows the reference doc (first
+      linear layer only).
+  """
+  if "params" in params and "l1" not in params:
+    return {**params,
+            "params": reset_first_layer(params["params"], key, include_bn0)}
+  k1, k2 = jax.random.split(key)
+  new = dict(params)
+  l1 = params["l1"]
+  new["l1"] = {**l1,
+               "kernel": 0.02 * jax.random.normal(k1, l1["kernel"].shape,
+                                                  l1["kernel"].dtype),
+               "bias": jnp.zeros_like(l1["bias"])}
+  if include_bn0:
+    bn0 = params["bn0"]
+    new["bn0"] = {**bn0,
+                  "scale": 0.02 * jax.random.normal(k2, bn0["scale"].shape,
+                                                    bn0["scale"].dtype),
+                  "bias": jnp.zeros_like(bn0["bias"])}
+  return new
+
+
+@register("generator")
+def generator(num_classes: int | None = None, **kw) -> Generator:
+  """Factory; `num_classes` is accepted for the registry and ignored."""
+  del num_classes
+  return Generator(**kw)

@@ -1,0 +1,111 @@
+"""The synthetic pool: a fixed-capacity ring buffer of uint8 images.
+
+The release writes every synthesized batch to disk as PNGs and rebuilds a
+DataLoader each epoch; here the pool stays on device. Layout: `images` is
+(slots, B, H, W, C) uint8, one slot per synthesis call of B images; inside
+`shard_map` each device holds its stripe (slots, B/n, H, W, C) of every slot.
+
+Sampling is device-count invariant: for KD position j of a global batch of n,
+the slot is uniform over the filled slots and the row is drawn from the rows
+of the synthesis batch that "line up" with j (rows [j*B/n, (j+1)*B/n) when
+n <= B). Rows of a synthesis batch are exchangeable (i.i.d. z and targets), so
+this samples the pool uniformly per position while every device reads only
+its own stripe: no cross-device gather, and 1 or 8 devices draw the same batch.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from fastdfkd_jax import parallel
+
+
+@struct.dataclass
+class Pool:
+  images: jax.Array   # (slots, B_local, H, W, C) uint8
+  filled: jax.Array   # int32: slots holding data
+  cursor: jax.Array   # int32: next slot to write
+
+
+def num_slots(capacity_images: int, synth_batch: int, epochs: int) -> int:
+  """Slots for a capacity in images (0: one slot per epoch, i.e. keep everything)."""
+  if capacity_images <= 0:
+    return epochs
+  return max(1, -(-capacity_images // synth_batch))
+
+
+def init(slots: int, batch: int, image_shape: tuple[int, ...]) -> Pool:
+  """An empty pool of `slots` x `batch` images (batch: per-device when sharded)."""
+  return Pool(images=jnp.zeros((slots, batch) + tuple(image_shape), jnp.uint8),
+              filled=jnp.int32(0), cursor=jnp.int32(0))
+
+
+def add(pool: Pool, batch_uint8: jax.Array) -> Pool:
+  """Writes one synthesis batch (B_local, H, W, C) into the next slot (ring)."""
+  slots = pool.images.shape[0]
+  images = jax.lax.dynamic_update_index_in_dim(pool.images, batch_uint8, pool.cursor, 0)
+  return Pool(images=images, filled=jnp.minimum(pool.filled + 1, slots),
+              cursor=(pool.cursor + 1) % slots)
+
+
+def sample_indices(key: jax.Array, n: int, synth_batch: int, filled) -> tuple[jax.Array, jax.Array]:
+  """(slot, row) of each of the n positions of a *global* sample, each (n,)."""
+  if n <= synth_batch:
+    if synth_batch % n:
+      raise ValueError(f"KD batch {n} must divide the synthesis batch {synth_batch}")
+    span = synth_batch // n
+  else:
+    if n % synth_batch:
+      raise ValueError(f"KD batch {n} must be a multiple of the synthesis batch {synth_batch}")
+    span = 1
+  k_slot, k_row = jax.random.split(key)
+  slot = jax.random.randint(k_slot, (n,), 0, jnp.maximum(filled, 1))
+  base = (jnp.arange(n) * synth_batch) // n
+  row = base + jax.random.randint(k_row, (n,), 0, span)
+  return slot, row
+
+
+def sample(pool: Pool, key: jax.Array, n: int, axis_name: str | None = None) -> jax.Array:
+  """Draws n (global) images; returns this device's stripe (n_local, H, W, C) uint8.
+
+  Requires at least one filled slot (the caller adds before sampling).
+  """
+  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  local_rows = pool.images.shape[1]
+  slot, row = sample_indices(key, n, local_rows * devices, pool.filled)
+  if axis_name is not None:
+    slot = parallel.local_stripe(slot, axis_name)
+    row = parallel.local_stripe(row, axis_name) - jax.lax.axis_index(axis_name) * local_rows
+  return pool.images[slot, row]
+
+
+class HostPool:
+  """The same ring buffer in host memory, for pools that do not fit on device.
+
+  Holds the global (slots, B, H, W, C) array on the host; `sample` returns the
+  global batch as numpy (the caller shards it with `parallel.put_batch`).
+  """
+
+  def __init__(self, slots: int, batch: int, image_shape: tuple[int, ...]):
+    self.images = np.zeros((slots, batch) + tuple(image_shape), np.uint8)
+    self.filled = 0
+    self.cursor = 0
+
+  def add(self, batch_uint8: np.ndarray) -> None:
+    self.images[self.cursor] = np.asarray(batch_uint8)
+    self.cursor = (self.cursor + 1) % len(self.images)
+    self.filled = min(self.filled + 1, len(self.images))
+
+  def sample(self, key: jax.Array, n: int) -> np.ndarray:
+    slot, row = jax.device_get(sample_indices(key, n, self.images.shape[1], self.filled))
+    return self.images[slot, row]
+
+  def state(self) -> dict[str, Any]:
+    return dict(images=self.images, filled=np.int32(self.filled), cursor=np.int32(self.cursor))
+
+  def load(self, state: dict[str, Any]) -> None:
+    self.images = np.asarray(state["images"]).copy()
+    self.filled, self.cursor = int(state["filled"]), int(state["cursor"])

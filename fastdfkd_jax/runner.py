@@ -1,0 +1,36 @@
+"""Mode dispatch shared by `main.py`, the notebook and tests."""
+
+import ml_collections
+from absl import logging
+
+from fastdfkd_jax import checkpoint, config_lib, parallel, runs
+
+# Errors a user can act on: main prints the message, no traceback, exit 2.
+USER_ERRORS = (ValueError, FileNotFoundError, OSError, FloatingPointError,
+               checkpoint.CheckpointError, runs.ConfigMismatchError)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Validates the config, prepares the workdir and runs `config.mode`.
+
+  Returns the summary dict (also written to workdir/summary.json). A
+  SIGTERM/SIGINT checkpoints at the next safe point and returns
+  `{'preempted': True, ...}` instead of raising.
+  """
+  parallel.maybe_initialize_distributed()
+  config_lib.validate(config)
+  runs.prepare_workdir(config, workdir)
+  with runs.Preemption() as preemption:
+    try:
+      if config.mode == "train_teacher":
+        from fastdfkd_jax import train
+        return train.train_teacher(config, workdir, preemption)
+      if config.mode == "evaluate":
+        from fastdfkd_jax import train
+        return train.run_evaluate(config, workdir)
+      from fastdfkd_jax import distill
+      return distill.run_distill(config, workdir, preemption)
+    except runs.Preempted as e:
+      logging.warning("%s; re-run the same command to resume", e)
+      print(f"{e}; re-run the same command to resume")
+      return dict(preempted=True, message=str(e))
