@@ -14,9 +14,9 @@ from fastdfkd_jax import config_lib
 # dataset -> (CPU-sized default arch, epochs, batch, lr, weight decay)
 _SETTINGS = {
     "digits": ("resnet8", 30, 64, 0.05, 5e-4),
-    "mnist": ("lenet5", 10, 128, 0.05, 5e-4),
-    "fashion_mnist": ("resnet8", 15, 128, 0.1, 5e-4),
-    "cifar10": ("resnet20", 30, 128, 0.1, 5e-4),
+    "mnist": ("resnet8", 4, 128, 0.1, 5e-4),
+    "fashion_mnist": ("resnet8", 10, 128, 0.1, 5e-4),
+    "cifar10": ("resnet20", 10, 128, 0.1, 5e-4),
     "cifar100": ("resnet20", 60, 128, 0.1, 5e-4),
     "svhn_cropped": ("resnet20", 20, 128, 0.05, 5e-4),
 }

@@ -192,7 +192,7 @@ def init_state(distiller: Distiller, config, info, teacher_vars, key) -> Distill
   if config.pool.on_device:
     slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
     empty = pool_lib.init(slots, config.batch_size, info.image_shape)
-    pool = pool_lib.Pool(images=jax.device_put(empty.images, parallel.batch_sharded(mesh, 1)),
+    pool = pool_lib.Pool(images=parallel.put_batch(np.asarray(empty.images), mesh, axis=1),
                          filled=parallel.put_replicated(empty.filled, mesh),
                          cursor=parallel.put_replicated(empty.cursor, mesh))
     state = state.replace(pool=pool)
@@ -270,13 +270,23 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   reporter.truncate_metrics(counters["epoch"])
 
   scan = loops.use_scan(config)
-  synth_fn = distiller.jit_synth(state)
+  # Compile ahead of time so synthesis/KD timings exclude compilation.
+  t_compile = time.time()
+  key0, lr0, adv0 = jax.random.key(0), jnp.float32(0.0), jnp.float32(0.0)
+  synth_fn = distiller.jit_synth(state).lower(state, teacher_vars, key0, adv0).compile()
   if host_pool is not None:
-    kd_fn = distiller.jit_kd_batch()
+    batch0 = parallel.put_batch(np.zeros((config.batch_size,) + tuple(info.image_shape),
+                                         np.uint8), mesh)
+    kd_fn = distiller.jit_kd_batch().lower(state.student, teacher_vars, batch0, key0,
+                                           lr0).compile()
   elif scan:
-    epoch_fn = distiller.jit_epoch(state, config.kd.steps)
+    epoch_fn = distiller.jit_epoch(state, config.kd.steps).lower(
+        state, teacher_vars, key0, adv0, lr0).compile()
   else:
-    kd_fn = distiller.jit_kd_steps(state, 1, unroll=True)
+    kd_fn = distiller.jit_kd_steps(state, 1, unroll=True).lower(
+        state, teacher_vars, key0, lr0).compile()
+  compile_seconds = time.time() - t_compile
+  logging.info("compiled the jitted steps in %.1f s", compile_seconds)
   reset_fn = jax.jit(distiller.synth.reset_first_layer)
   logging.info("distill %s -> %s, method=%s k=%d, %d epochs (warmup %d), %d devices, %s",
                teacher_meta["arch"], config.student.arch, config.method, config.k,
@@ -334,7 +344,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
     _check_finite(metrics, epoch)
 
     last = epoch + 1 == config.epochs
-    if last or (epoch + 1) % config.eval_every == 0:
+    evaluated = last or (epoch + 1) % config.eval_every == 0
+    if evaluated:
       student_acc = train.evaluate(eval_step, distiller_vars(state), ds.test_images,
                                    ds.test_labels, config.eval_batch_size, mesh)
       if student_acc > counters["best_student_acc"]:
@@ -343,7 +354,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                         distiller_vars(state))
     counters["epoch"] = epoch
     counters["wall_seconds"] = reporter.wall_seconds()
-    row = dict(epoch=epoch, step=int(state.student.step), student_acc=student_acc,
+    row = dict(epoch=epoch, step=int(state.student.step),
+               student_acc=student_acc if evaluated else None,
                best_student_acc=counters["best_student_acc"], teacher_acc=teacher_acc,
                synth_seconds=counters["synth_seconds"], kd_seconds=counters["kd_seconds"],
                wall_seconds=counters["wall_seconds"], kd_lr=float(lr),
@@ -367,7 +379,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                  test_accuracy=student_acc, best_student_acc=counters["best_student_acc"],
                  synth_seconds=counters["synth_seconds"], kd_seconds=counters["kd_seconds"],
                  wall_seconds=reporter.wall_seconds(), num_devices=parallel.num_shards(mesh),
-                 loop=loops.describe(config))
+                 compile_seconds=compile_seconds, loop=loops.describe(config))
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   reporter.close()
   return summary
@@ -387,7 +399,7 @@ def _write_samples(reporter, workdir, state, host_pool, epoch) -> None:
     images = host_pool.images[(host_pool.cursor - 1) % len(host_pool.images)]
   else:
     slot = (int(state.pool.cursor) - 1) % state.pool.images.shape[0]
-    images = np.asarray(jax.device_get(state.pool.images[slot]))
+    images = parallel.gather_to_host(state.pool.images[slot])
   grid = reporting.image_grid(images[:64], ncol=8)
   scale = max(1, 128 // max(images.shape[1], 1))
   reporting.save_png(os.path.join(workdir, "samples", f"epoch_{epoch:04d}.png"), grid,

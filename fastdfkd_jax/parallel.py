@@ -95,17 +95,37 @@ def psum(x, axis_name: str | None = AXIS):
 
 
 def maybe_initialize_distributed() -> None:
-  """`jax.distributed.initialize()` when launched as several processes.
+  """`jax.distributed.initialize` when launched as several processes.
 
-  Triggered by JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES/JAX_PROCESS_ID),
-  which `jax.distributed.initialize` reads; TPU pod slices and SLURM jobs may set
-  FASTDFKD_DISTRIBUTED=1 to let JAX auto-detect the cluster. One process: no-op.
+  Multi-node GPU / CPU: set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID in each process's environment. TPU pod slices and SLURM:
+  set FASTDFKD_DISTRIBUTED=1 and JAX detects the cluster itself. A single
+  process (no variables set) does nothing. On CPU the gloo collectives are used.
   """
   import os
   if jax.distributed.is_initialized():
     return
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("FASTDFKD_DISTRIBUTED"):
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address:
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("FASTDFKD_DISTRIBUTED"):
     jax.distributed.initialize()
+
+
+def gather_to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process sharded) array as one host numpy array.
+
+  Every process must call it (it is a collective across processes).
+  """
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def to_varying(tree: Any, axis_name: str | None = AXIS) -> Any:

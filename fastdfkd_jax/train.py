@@ -153,7 +153,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   root = jax.random.key(config.seed)
   variables = model_util.init_variables(models.get_model(config.model, info.num_classes),
                                         jax.random.fold_in(root, 0), info.image_shape)
-  state = TrainState(params=variables["params"], batch_stats=variables["batch_stats"],
+  state = TrainState(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
                      opt_state=tx.init(variables["params"]), step=jnp.int32(0))
   state = parallel.put_replicated(state, mesh)
 

@@ -1,0 +1,74 @@
+"""Subprocess worker for tests/test_parallel.py (needs XLA_FLAGS set before jax).
+
+  python tests/multidevice_worker.py equivalence OUT.npz
+  python tests/multidevice_worker.py run WORKDIR EPOCHS [TEACHER_DIR]
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fastdfkd_jax import config_lib, distill, input_pipeline, parallel, runner  # noqa: E402
+from fastdfkd_jax import models  # noqa: E402
+from fastdfkd_jax.models import util  # noqa: E402
+
+
+def tiny_config():
+  c = config_lib.default_config()
+  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
+  c.kd.steps, c.epochs, c.warmup = 2, 3, 1
+  c.teacher.arch, c.student.arch = "resnet8", "resnet8"
+  return c
+
+
+def equivalence(out_path):
+  """Synthesis, KD and a fused epoch on 1 vs 8 devices from the same keys."""
+  c = tiny_config()
+  info = input_pipeline.get_info("digits")
+  teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
+                                     info.image_shape)
+  results = {}
+  for n in (1, 8):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    d = distill.build(c, info, "resnet8", mesh)
+    t = parallel.put_replicated(teacher_vars, mesh)
+    st = distill.init_state(d, c, info, t, jax.random.key(0))
+    synth, kd = d.jit_synth(st), d.jit_kd_steps(st, 1, unroll=True)
+    epoch = d.jit_epoch(st, 2)
+    st, images, m_synth = synth(st, t, jax.random.key(10), jnp.float32(1.1))
+    st, m_kd = kd(st, t, jax.random.key(11), jnp.float32(0.1))
+    st, m_epoch = epoch(st, t, jax.random.key(12), jnp.float32(1.1), jnp.float32(0.1))
+    flat = {"images": np.asarray(images), "pool": np.asarray(st.pool.images)}
+    leaves = jax.tree_util.tree_leaves_with_path((st.synth, st.student,
+                                                  m_synth, m_kd, m_epoch))
+    for path, leaf in leaves:
+      flat["tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+    results[n] = flat
+  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+
+
+def run(workdir, epochs, teacher_dir=""):
+  c = tiny_config()
+  c.epochs = int(epochs)
+  c.eval_every, c.checkpoint_every = 1, 1
+  c.batch_size = 32
+  if teacher_dir:
+    c.teacher.checkpoint = teacher_dir
+  c.allow_config_change = True  # the resumed run differs only in epochs/devices
+  summary = runner.run(c, workdir)
+  print("SUMMARY " + json.dumps({k: v for k, v in summary.items()
+                                 if isinstance(v, (int, float, str))}))
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "equivalence":
+    equivalence(sys.argv[2])
+  else:
+    run(*sys.argv[2:])

@@ -1,0 +1,114 @@
+"""Data parallelism: 8 virtual CPU devices (and 2 processes x 4) equal 1 device.
+
+Each check runs in a subprocess because the device count must be fixed
+(XLA_FLAGS=--xla_force_host_platform_device_count=N) before jax is imported.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int, **extra) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def _run(args, devices=8, timeout=900, **extra) -> str:
+  proc = subprocess.run([sys.executable, WORKER, *args], env=_env(devices, **extra),
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc.stdout
+
+
+def _summary(stdout: str) -> dict:
+  line = [l for l in stdout.splitlines() if l.startswith("SUMMARY ")][-1]
+  return json.loads(line[len("SUMMARY "):])
+
+
+def test_synthesis_kd_and_epoch_on_8_devices_equal_1_device(tmp_path):
+  out = tmp_path / "eq.npz"
+  _run(["equivalence", str(out)])
+  data = np.load(out)
+  keys = sorted(k[3:] for k in data.files if k.startswith("d1/"))
+  assert any("pool" in k for k in keys) and len(keys) > 20
+  for k in keys:
+    one, eight = data["d1/" + k], data["d8/" + k]
+    assert one.shape == eight.shape, k
+    if one.dtype == np.uint8:
+      # Images are quantised: a float32 rounding difference may flip one level.
+      assert np.abs(one.astype(int) - eight.astype(int)).max() <= 1, k
+    else:
+      np.testing.assert_allclose(one, eight, rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def eight_device_run(tmp_path_factory):
+  """A short digits run (teacher trained first) on 8 devices."""
+  workdir = tmp_path_factory.mktemp("run8")
+  return workdir, _summary(_run(["run", str(workdir), "4"]))
+
+
+def test_end_to_end_8_devices_matches_1_device(eight_device_run, tmp_path):
+  workdir8, s8 = eight_device_run
+  s1 = _summary(_run(["run", str(tmp_path), "4", str(workdir8 / "teacher")], devices=1))
+  assert s8["num_devices"] == 8 and s1["num_devices"] == 1
+  assert abs(s8["teacher_acc"] - s1["teacher_acc"]) < 1e-6
+  assert abs(s8["student_acc"] - s1["student_acc"]) <= 2.0
+
+
+def test_checkpoint_saved_on_8_devices_resumes_on_1(eight_device_run, tmp_path):
+  workdir8, s8 = eight_device_run
+  # Copy the 8-device workdir and continue it for one more epoch on 1 device.
+  import shutil
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir8, resumed)
+  s = _summary(_run(["run", str(resumed), "5"], devices=1))
+  rows = [json.loads(l) for l in open(resumed / "metrics.jsonl")]
+  assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+  assert s["num_devices"] == 1 and s["student_acc"] > 10.0
+
+
+def test_checkpoint_saved_on_1_device_resumes_on_8(eight_device_run, tmp_path):
+  workdir8, _ = eight_device_run
+  work = tmp_path / "one"
+  _run(["run", str(work), "2", str(workdir8 / "teacher")], devices=1)
+  s = _summary(_run(["run", str(work), "3", str(workdir8 / "teacher")], devices=8))
+  rows = [json.loads(l) for l in open(work / "metrics.jsonl")]
+  assert [r["epoch"] for r in rows] == [0, 1, 2]
+  assert s["num_devices"] == 8
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_8_devices(eight_device_run, tmp_path):
+  workdir8, _ = eight_device_run
+  teacher = str(workdir8 / "teacher")
+  single = _summary(_run(["run", str(tmp_path / "single"), "3", teacher]))
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, "run", str(tmp_path / "multi"), "3", teacher],
+      env=_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2,
+               JAX_PROCESS_ID=i),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  multi = _summary(outs[0][0])
+  assert multi["num_devices"] == 8
+  assert multi["teacher_acc"] == pytest.approx(single["teacher_acc"], abs=1e-6)
+  assert multi["student_acc"] == pytest.approx(single["student_acc"], abs=0.5)

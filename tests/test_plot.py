@@ -1,0 +1,136 @@
+"""Tests for fastdfkd_jax.plot: accuracy vs synthesis time from run workdirs."""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+pytest.importorskip("matplotlib")
+Image = pytest.importorskip("PIL.Image")
+
+from fastdfkd_jax import plot  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_run(root, name, method, k, per_epoch_synth, epochs=6, with_summary=True):
+  wd = root / name
+  wd.mkdir()
+  rows = []
+  for e in range(epochs):
+    rows.append(dict(epoch=e, step=10 * (e + 1), student_acc=10.0 + 12.0 * e + k,
+                     best_student_acc=10.0 + 12.0 * e + k, teacher_acc=95.0,
+                     synth_seconds=per_epoch_synth * (e + 1), kd_seconds=2.0 * (e + 1),
+                     wall_seconds=(per_epoch_synth + 2.5) * (e + 1)))
+  with open(wd / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  if with_summary:
+    (wd / "summary.json").write_text(json.dumps(dict(
+        mode="distill", method=method, k=k, dataset="cifar10", teacher="resnet34",
+        student="resnet18", student_acc=rows[-1]["student_acc"])))
+  return str(wd)
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+  return [fake_run(tmp_path, "fast2", "fast", 2, 1.5),
+          fake_run(tmp_path, "fast10", "fast", 10, 7.0)]
+
+
+def _check_png(path):
+  assert os.path.isfile(path)
+  with Image.open(path) as im:
+    im.load()
+    w, h = im.size
+  assert 400 <= w <= 3000 and 300 <= h <= 2000, (w, h)
+
+
+def test_plot_runs_default_out(two_runs):
+  out = plot.plot_runs(two_runs)
+  assert out == os.path.join(two_runs[0], "accuracy_vs_synthesis.png")
+  _check_png(out)
+
+
+def test_figure_has_one_labelled_line_per_run(two_runs):
+  fig = plot.make_figure(two_runs)
+  (ax,) = fig.axes
+  lines = ax.get_lines()
+  assert len(lines) == 2
+  assert [l.get_label() for l in lines] == ["fast (k=2)", "fast (k=10)"]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fast (k=2)", "fast (k=10)"]
+  assert "synthesis" in ax.get_xlabel() and "(s)" in ax.get_xlabel()
+  assert "accuracy (%)" in ax.get_ylabel()
+  assert "cifar10" in ax.get_title() and "resnet34" in ax.get_title()
+  # Points: cumulative synthesis seconds against accuracy in %.
+  xs, ys = lines[1].get_data()
+  assert list(xs) == [7.0 * (e + 1) for e in range(6)]
+  assert list(ys) == [20.0 + 12.0 * e for e in range(6)]
+
+
+def test_x_axis_choices_and_units(tmp_path):
+  runs = [fake_run(tmp_path, "slow", "deepinv", 2000, 2000.0),
+          fake_run(tmp_path, "nosummary", None, 0, 5.0, with_summary=False)]
+  fig = plot.make_figure(runs)  # 12000 s -> hours
+  ax = fig.axes[0]
+  assert ax.get_xlabel() == "cumulative synthesis time (h)"
+  assert [l.get_label() for l in ax.get_lines()] == ["deepinv (k=2000)", "nosummary"]
+  assert ax.get_lines()[0].get_data()[0][-1] == pytest.approx(12000.0 / 3600)
+  ax = plot.make_figure(runs, x="epoch").axes[0]
+  assert ax.get_xlabel() == "epoch" and list(ax.get_lines()[0].get_data()[0]) == [1, 2, 3, 4, 5, 6]
+  ax = plot.make_figure(runs, x="wall_seconds").axes[0]
+  assert ax.get_xlabel().startswith("wall-clock time")
+  with pytest.raises(ValueError, match="x must be one of"):
+    plot.make_figure(runs, x="kd_seconds")
+
+
+def test_equal_labels_disambiguated_and_resumed_rows(tmp_path):
+  a = fake_run(tmp_path, "seed0", "fast", 5, 1.0)
+  b = fake_run(tmp_path, "seed1", "fast", 5, 1.0)
+  with open(os.path.join(b, "metrics.jsonl"), "a") as f:  # repeated epoch + torn line
+    f.write(json.dumps(dict(epoch=5, student_acc=99.0, synth_seconds=6.5)) + "\n")
+    f.write('{"epoch": 6, "stud')
+  ax = plot.make_figure([a, b]).axes[0]
+  assert [l.get_label() for l in ax.get_lines()] == ["fast (k=5) [seed0]", "fast (k=5) [seed1]"]
+  xs, ys = ax.get_lines()[1].get_data()
+  assert len(xs) == 6 and xs[-1] == 6.5 and ys[-1] == 99.0
+
+
+def test_missing_metrics_is_a_clear_error(tmp_path, two_runs):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match="has no metrics.jsonl"):
+    plot.plot_runs([two_runs[0], str(empty)])
+  with pytest.raises(SystemExit):
+    plot.main([str(empty)])
+
+
+def test_cli_main_and_subprocess(tmp_path, two_runs):
+  out = str(tmp_path / "sub" / "acc.png")
+  assert plot.main([*two_runs, f"--out={out}", "--x=wall_seconds"]) == out
+  _check_png(out)
+  out2 = str(tmp_path / "cli.png")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.plot", *two_runs, "--out", out2],
+                       capture_output=True, text=True, env=env, timeout=120)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stdout.strip() == out2
+  _check_png(out2)
+  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.plot", str(tmp_path / "nope")],
+                       capture_output=True, text=True, env=env, timeout=120)
+  assert res.returncode == 1 and "has no metrics.jsonl" in res.stderr
+
+
+def test_teacher_run_uses_test_accuracy(tmp_path):
+  wd = tmp_path / "teacher"
+  wd.mkdir()
+  rows = [dict(epoch=e, test_accuracy=50.0 + e, wall_seconds=3.0 * (e + 1)) for e in range(3)]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  ax = plot.make_figure([str(wd)], x="wall_seconds").axes[0]
+  assert ax.get_ylabel() == "top-1 test accuracy (%)"
+  assert list(ax.get_lines()[0].get_data()[1]) == [50.0, 51.0, 52.0]
+  with pytest.raises(ValueError, match="choose another --x"):
+    plot.make_figure([str(wd)])  # no synth_seconds in a teacher run

@@ -1,0 +1,155 @@
+"""Tests of the synthetic pool (fastdfkd_jax.pool): ring buffer and sampling."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastdfkd_jax import pool as pool_lib
+
+SHAPE = (2, 2, 1)
+
+
+def const_batch(value, b=8):
+  return jnp.full((b,) + SHAPE, value, jnp.uint8)
+
+
+def test_init_empty():
+  p = pool_lib.init(3, 8, SHAPE)
+  chex.assert_shape(p.images, (3, 8) + SHAPE)
+  assert p.images.dtype == jnp.uint8
+  assert int(p.filled) == 0 and int(p.cursor) == 0
+
+
+def test_add_wraps_around_the_ring():
+  p = pool_lib.init(3, 8, SHAPE)
+  expected_filled = [1, 2, 3, 3, 3]
+  expected_cursor = [1, 2, 0, 1, 2]
+  for i in range(5):
+    p = pool_lib.add(p, const_batch(10 + i))
+    assert int(p.filled) == expected_filled[i]
+    assert int(p.cursor) == expected_cursor[i]
+  # Slots now hold batches 3, 4, 2 (batches 0 and 1 were overwritten).
+  np.testing.assert_array_equal(np.asarray(p.images)[:, 0, 0, 0, 0], [13, 14, 12])
+
+
+def test_add_jits():
+  add = jax.jit(pool_lib.add)
+  p = pool_lib.init(2, 8, SHAPE)
+  for i in range(3):
+    p = add(p, const_batch(i + 1))
+  assert int(p.filled) == 2 and int(p.cursor) == 1
+  np.testing.assert_array_equal(np.asarray(p.images)[:, 0, 0, 0, 0], [3, 2])
+
+
+def test_sample_only_returns_filled_slots():
+  slots, b = 5, 8
+  p = pool_lib.init(slots, b, SHAPE)
+  p = pool_lib.add(p, const_batch(7, b))
+  p = pool_lib.add(p, const_batch(9, b))   # slots 2..4 stay zero (unfilled)
+  sample = jax.jit(pool_lib.sample, static_argnums=(2,))
+  seen = set()
+  for seed in range(10):
+    x = sample(p, jax.random.key(seed), 8)
+    chex.assert_shape(x, (8,) + SHAPE)
+    assert x.dtype == jnp.uint8
+    values = np.unique(np.asarray(x))
+    assert set(values.tolist()) <= {7, 9}, values
+    seen |= set(values.tolist())
+  assert seen == {7, 9}  # both filled slots get drawn
+
+
+def test_sample_rows_come_from_their_images():
+  """Each row value identifies (slot, row); sampled images are whole pool images."""
+  slots, b = 3, 8
+  p = pool_lib.init(slots, b, SHAPE)
+  for s in range(slots):
+    rows = jnp.arange(b, dtype=jnp.uint8) + 10 * (s + 1)
+    p = pool_lib.add(p, jnp.broadcast_to(rows[:, None, None, None], (b,) + SHAPE))
+  x = np.asarray(pool_lib.sample(p, jax.random.key(3), 4))
+  for img in x:
+    assert np.all(img == img.flat[0])
+  slot, row = pool_lib.sample_indices(jax.random.key(3), 4, b, p.filled)
+  np.testing.assert_array_equal(x[:, 0, 0, 0], 10 * (np.asarray(slot) + 1) + np.asarray(row))
+
+
+@pytest.mark.parametrize("n,synth_batch", [(4, 16), (8, 8), (16, 4)])
+def test_sample_indices_stripes(n, synth_batch):
+  filled = 3
+  for seed in range(5):
+    slot, row = jax.device_get(pool_lib.sample_indices(jax.random.key(seed), n,
+                                                       synth_batch, filled))
+    chex.assert_shape((slot, row), (n,))
+    assert np.all((slot >= 0) & (slot < filled))
+    j = np.arange(n)
+    if n <= synth_batch:
+      span = synth_batch // n
+      lo = j * span
+      assert np.all((row >= lo) & (row < lo + span)), (row, lo)
+    else:
+      np.testing.assert_array_equal(row, (j * synth_batch) // n)
+    assert np.all((row >= 0) & (row < synth_batch))
+
+
+def test_sample_indices_uses_whole_stripe():
+  rows = set()
+  for seed in range(30):
+    _, row = pool_lib.sample_indices(jax.random.key(seed), 2, 8, 1)
+    rows.add(int(row[0]))
+  assert rows == {0, 1, 2, 3}
+
+
+def test_sample_indices_bad_sizes():
+  with pytest.raises(ValueError, match="divide"):
+    pool_lib.sample_indices(jax.random.key(0), 3, 8, 1)
+  with pytest.raises(ValueError, match="multiple"):
+    pool_lib.sample_indices(jax.random.key(0), 12, 8, 1)
+
+
+def test_sample_deterministic_per_key():
+  p = pool_lib.init(4, 8, SHAPE)
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    p = pool_lib.add(p, jnp.asarray(rng.integers(0, 256, (8,) + SHAPE), jnp.uint8))
+  a = pool_lib.sample(p, jax.random.key(1), 8)
+  b = pool_lib.sample(p, jax.random.key(1), 8)
+  c = pool_lib.sample(p, jax.random.key(2), 8)
+  chex.assert_trees_all_equal(a, b)
+  assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_num_slots():
+  assert pool_lib.num_slots(0, 64, 40) == 40
+  assert pool_lib.num_slots(1000, 64, 40) == 16
+  assert pool_lib.num_slots(64, 64, 40) == 1
+  assert pool_lib.num_slots(1, 64, 40) == 1
+
+
+def test_host_pool_equals_device_pool():
+  slots, b = 3, 8
+  rng = np.random.default_rng(0)
+  dev = pool_lib.init(slots, b, SHAPE)
+  host = pool_lib.HostPool(slots, b, SHAPE)
+  for _ in range(4):  # wraps once
+    batch = rng.integers(0, 256, (b,) + SHAPE).astype(np.uint8)
+    dev = pool_lib.add(dev, jnp.asarray(batch))
+    host.add(batch)
+    assert host.filled == int(dev.filled) and host.cursor == int(dev.cursor)
+  np.testing.assert_array_equal(host.images, np.asarray(dev.images))
+  for seed in range(3):
+    key = jax.random.key(seed)
+    np.testing.assert_array_equal(host.sample(key, 8), np.asarray(pool_lib.sample(dev, key, 8)))
+    np.testing.assert_array_equal(host.sample(key, 16),
+                                  np.asarray(pool_lib.sample(dev, key, 16)))
+
+
+def test_host_pool_state_roundtrip():
+  host = pool_lib.HostPool(2, 4, SHAPE)
+  host.add(np.full((4,) + SHAPE, 5, np.uint8))
+  other = pool_lib.HostPool(2, 4, SHAPE)
+  other.load(host.state())
+  assert other.filled == 1 and other.cursor == 1
+  np.testing.assert_array_equal(other.images, host.images)
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(other.sample(key, 4), host.sample(key, 4))
