@@ -13,7 +13,7 @@ from fastdfkd_jax import config_lib
 
 # dataset -> (CPU-sized default arch, epochs, batch, lr, weight decay)
 _SETTINGS = {
-    "digits": ("resnet8", 30, 64, 0.05, 5e-4),
+    "digits": ("resnet20", 30, 64, 0.05, 5e-4),
     "mnist": ("resnet8", 4, 128, 0.1, 5e-4),
     "fashion_mnist": ("resnet8", 10, 128, 0.1, 5e-4),
     "cifar10": ("resnet20", 10, 128, 0.1, 5e-4),

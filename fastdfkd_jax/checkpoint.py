@@ -35,7 +35,13 @@ def manager(directory: str, keep: int = 2, create: bool = True) -> ocp.Checkpoin
 
 def save(mngr: ocp.CheckpointManager, step: int, meta: dict, model: Any,
          state: Any = None) -> None:
-  """Saves meta + model (+ run state) at `step`; returns when committed."""
+  """Saves meta + model (+ run state) at `step`; returns when committed.
+
+  An existing checkpoint at `step` (left by a run killed after it saved, e.g.
+  the `best/` one) is replaced: a resumed run re-does that epoch bit-identically.
+  """
+  if step in mngr.all_steps():
+    mngr.delete(step)
   items = dict(meta=ocp.args.JsonSave(meta), model=ocp.args.StandardSave(model))
   if state is not None:
     items["state"] = ocp.args.StandardSave(state)
@@ -99,7 +105,10 @@ def load_model(path: str, expect: dict | None = None, dtype=None):
     module = models.get_model(meta["arch"], meta["num_classes"])
     abstract = jax.eval_shape(lambda: model_util.init_variables(
         module, jax.random.key(0), tuple(meta["input_shape"])))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+    # Restore onto one local device whatever topology saved it (8 devices -> 1, ...).
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
+                            abstract)
     variables = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
         model=ocp.args.StandardRestore(abstract))).model
     variables = jax.tree.map(np.asarray, variables)

@@ -154,9 +154,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
                      "written by train_teacher or distill, or a release .pth)")
   from fastdfkd_jax import input_pipeline, models  # late: keeps config import light
-  input_pipeline.get_info(c.dataset.name)
-  archs = [c.model] if c.mode != "distill" else [c.teacher.arch, c.student.arch]
-  for arch in archs:
+  try:
+    input_pipeline.get_info(c.dataset.name)
+  except ValueError as e:
+    raise ValueError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
+  archs = ([("model", c.model)] if c.mode != "distill"
+           else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
+  for field, arch in archs:
     if arch not in models.list_models():
-      raise ValueError(f"unknown model {arch!r}; valid names: "
+      raise ValueError(f"unknown model {arch!r} in config.{field}; valid names: "
                        f"{', '.join(models.list_models())}")

@@ -10,6 +10,7 @@ The host loop only logs, evaluates and checkpoints.
 """
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -255,6 +256,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   best_mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", "best"), 1)
+  student_acc = None
   counters = dict(epoch=-1, synth_seconds=0.0, kd_seconds=0.0, best_student_acc=0.0,
                   wall_seconds=0.0, synth_calls_timed=0, synth_seconds_timed=0.0)
   if mngr.latest_step() is not None:
@@ -265,7 +267,13 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
     if host_pool:
       host_pool.load(restored["host_pool"])
     counters.update({k: meta[k] for k in counters if k in meta})
+    student_acc = meta.get("student_acc")
     logging.info("resumed after epoch %d", counters["epoch"])
+  summary_path = os.path.join(workdir, "summary.json")
+  if counters["epoch"] + 1 >= config.epochs and os.path.exists(summary_path):
+    logging.info("run already finished; see %s", summary_path)
+    with open(summary_path) as f:
+      return json.load(f)
   reporter = reporting.Reporter(workdir, resume_wall_seconds=counters["wall_seconds"])
   reporter.truncate_metrics(counters["epoch"])
 
@@ -292,7 +300,6 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                teacher_meta["arch"], config.student.arch, config.method, config.k,
                config.epochs, config.warmup, parallel.num_shards(mesh), loops.describe(config))
 
-  student_acc = None
   for epoch in range(counters["epoch"] + 1, config.epochs):
     key = jax.random.fold_in(root, epoch + 1)
     k_synth, k_kd, k_reset = jax.random.split(key, 3)

@@ -7,6 +7,7 @@ steps (XLA:CPU conv gradients inside loops are ~50x slower).
 """
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -159,6 +160,11 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   reporter, start_epoch = _resume(mngr, state, workdir)
+  summary_path = os.path.join(workdir, "summary.json")
+  if start_epoch >= config.epochs and os.path.exists(summary_path):
+    logging.info("run already finished; see %s", summary_path)
+    with open(summary_path) as f:
+      return json.load(f)
   if start_epoch:
     state = checkpoint.restore_state(mngr, state)
     logging.info("resumed from epoch %d", start_epoch)

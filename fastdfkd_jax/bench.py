@@ -1,0 +1,492 @@
+"""Throughput benchmark of the jitted synthesis / KD / fused-epoch steps.
+
+  python -m fastdfkd_jax.bench \
+      --config=configs/fastdfkd_cifar.py:cifar10-wrn40_2-wrn16_1-k5 \
+      [--config.FIELD=VALUE ...] [--what=synth,kd,epoch] [--repeats=5] \
+      [--kd_steps=20] [--epoch_kd_steps=400] [--profile_dir=DIR] \
+      [--torch_reference=../shared/bench/torch_reference.py]
+
+Random-weight teacher and student (no checkpoint, no data files: only
+`input_pipeline.get_info` for shapes), the Distiller built on the full mesh,
+every step compiled ahead of time (`.lower().compile()`, reported as
+compile_s), one warm-up call, then `--repeats` timed calls each ended by
+`jax.block_until_ready` on all outputs; medians are reported. The state is
+donated by every call, so the returned state feeds the next call.
+
+What runs follows `loops.use_scan(config)` exactly like `distill.run_distill`:
+  - synth: `jit_synth` (k inner steps: lax.scan on TPU/GPU, unrolled on CPU);
+  - kd:    `kd_steps` KD updates: one `jit_kd_steps(kd_steps)` scan dispatch
+           (scan backends) or a host loop of the 1-step compiled function (CPU);
+  - epoch: `jit_epoch` = synthesis + `epoch_kd_steps` KD updates fused in one
+           call (scan backends), or one synth call + the host KD loop (CPU).
+`epoch` also measures synth and kd (if not requested) to report the predicted
+synth + n * kd-step time and the fusion overhead.
+
+One JSON line per measurement on stdout (docs/BENCHMARKS.md lists the fields).
+`flops` is the XLA cost analysis of the per-device program; XLA counts a
+while-loop body once whatever its trip count, so for programs with `lax.scan`
+loops the straight-line (unrolled) equivalent is lowered and analysed instead
+(`flops_source`).
+"""
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "default_config.py"),
+    "A configs/*.py file (optionally :ARG); default: the embedded digits run.",
+    lock_config=True)
+flags.DEFINE_list("what", ["synth", "kd", "epoch"], "Measurements: synth, kd, epoch.")
+flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (after the warm-up calls).")
+flags.DEFINE_integer("warmup", 1, "Untimed warm-up calls per measurement (after compiling).")
+flags.DEFINE_integer("kd_steps", 20, "KD updates per timed kd call.")
+flags.DEFINE_integer("epoch_kd_steps", 400, "KD updates in one timed epoch call.")
+flags.DEFINE_string("profile_dir", "", "If set, one extra call per measurement is traced "
+                    "with jax.profiler.trace into PROFILE_DIR/<what> (not timed).")
+flags.DEFINE_string("torch_reference", "", "Path of torch_reference.py: also time the "
+                    "PyTorch reference (synth, kd) and print a comparison line.")
+flags.DEFINE_integer("peak_matmul_size", 0, "Square matmul size for the peak FLOP/s "
+                     "estimate (0: 2048 on CPU, 8192 on accelerators; <0: skip).")
+flags.DEFINE_string("json_out", "", "If set, JSON lines are also appended to this file.")
+
+WHATS = ("synth", "kd", "epoch")
+TORCH_ARCHS = ("resnet18", "resnet34")  # plus every wrn<depth>_<width>
+
+
+# ------------------------------------------------------------------ helpers
+def cost_flops(cost: Any) -> float | None:
+  """'flops' of a cost analysis: a dict, a list of per-module dicts, or None."""
+  if cost is None:
+    return None
+  if isinstance(cost, dict):
+    cost = [cost]
+  total, found = 0.0, False
+  for entry in cost:
+    if isinstance(entry, dict) and entry.get("flops") is not None:
+      total += float(entry["flops"])
+      found = True
+  return total if found else None
+
+
+def _safe_cost(obj) -> Any:
+  try:
+    return obj.cost_analysis()
+  except Exception as e:  # pylint: disable=broad-except  # Backend without cost analysis.
+    logging.warning("cost analysis unavailable: %s", e)
+    return None
+
+
+def time_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+  """Seconds of `repeats` calls after `warmup` untimed ones; each ends blocked on its outputs."""
+  import jax
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def peak_matmul_flops_per_s(dtype, size: int, repeats: int = 5) -> dict:
+  """FLOP/s of a jitted dense size x size matmul on device 0 (a peak estimate)."""
+  import jax
+  import jax.numpy as jnp
+  dev = jax.devices()[0]
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.device_put(jax.random.normal(k1, (size, size), jnp.float32).astype(dtype), dev)
+  b = jax.device_put(jax.random.normal(k2, (size, size), jnp.float32).astype(dtype), dev)
+  mm = jax.jit(jnp.matmul).lower(a, b).compile()
+  calls = 3 if jax.default_backend() == "cpu" else 20
+  jax.block_until_ready(mm(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      out = mm(a, b)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / calls)
+  med = statistics.median(times)
+  return dict(peak_matmul_flops_per_s=2.0 * size ** 3 / med, peak_matmul_size=size,
+              peak_matmul_dtype=jnp.dtype(dtype).name)
+
+
+# ------------------------------------------------------------------ the bench
+@dataclasses.dataclass
+class _Compiled:
+  fn: Any
+  compile_s: float
+  flops: float | None       # cost analysis of the executable, per call
+  scanned: bool             # holds a lax.scan (XLA counts a while body once)
+
+
+class Bench:
+  """Distiller, random teacher and the (donated, threaded) state for one config."""
+
+  def __init__(self, config, profile_dir: str = "", warmup: int = 1):
+    import jax
+    import jax.numpy as jnp
+    from fastdfkd_jax import distill, input_pipeline, loops, models, parallel, train
+    from fastdfkd_jax.models import util as model_util
+    self.config = config
+    if not config.pool.on_device:
+      raise ValueError("the benchmark measures the on-device pool path; drop "
+                       "--config.pool.on_device=False")
+    self.info = input_pipeline.get_info(config.dataset.name)
+    self.mesh = parallel.make_mesh()
+    self.distiller = distill.build(config, self.info, config.teacher.arch, self.mesh)
+    root = jax.random.key(config.seed)
+    teacher_vars = model_util.init_variables(
+        models.get_model(config.teacher.arch, self.info.num_classes),
+        jax.random.fold_in(root, 1), self.info.image_shape)
+    self.teacher_vars = parallel.put_replicated(teacher_vars, self.mesh)
+    self.state = distill.init_state(self.distiller, config, self.info, self.teacher_vars,
+                                    jax.random.fold_in(root, 0))
+    self.scan = loops.use_scan(config)
+    self.loop = loops.describe(config)
+    self.adv = jnp.float32(config.synth.adv)
+    self.lr = jnp.float32(distill.kd_lr(config, config.warmup))
+    self.dtype = train.activation_dtype(config)
+    self.profile_dir = profile_dir
+    self.warmup = warmup
+    self._compiled: dict[str, _Compiled] = {}
+    self._flops_unrolled: dict[str, float | None] = {}
+    self._calls = 0
+    self.results: dict[str, dict] = {}
+    self.base = dict(
+        teacher=config.teacher.arch, student=config.student.arch, dataset=self.info.name,
+        method=config.method, k=config.k, batch=config.batch_size,
+        num_devices=parallel.num_shards(self.mesh),
+        device_kind=jax.devices()[0].device_kind, backend=jax.default_backend(),
+        dtype=config.dtype, loop=self.loop, jax=jax.__version__)
+
+  # ------------------------------------------------------------ plumbing
+  def _key(self):
+    import jax
+    self._calls += 1
+    return jax.random.fold_in(jax.random.key(1234), self._calls)
+
+  def _args(self, name):
+    """Example arguments of a jitted step (lowering only reads shapes/shardings)."""
+    import jax
+    key = jax.random.key(0)
+    if name == "synth":
+      return (self.state, self.teacher_vars, key, self.adv)
+    if name.startswith("epoch"):
+      return (self.state, self.teacher_vars, key, self.adv, self.lr)
+    return (self.state, self.teacher_vars, key, self.lr)
+
+  def _jitted(self, name, distiller=None):
+    d = distiller or self.distiller
+    if name == "synth":
+      return d.jit_synth(self.state)
+    if name == "kd1":            # the CPU run loop's 1-step straight-line KD function
+      return d.jit_kd_steps(self.state, 1, unroll=True)
+    if name.startswith("kdscan"):
+      return d.jit_kd_steps(self.state, int(name[6:]), unroll=False)
+    if name.startswith("epoch"):
+      return d.jit_epoch(self.state, int(name[5:]))
+    raise KeyError(name)
+
+  def compiled(self, name) -> _Compiled:
+    """AOT-compiled step `name` (cached), with its compile time and cost analysis."""
+    if name not in self._compiled:
+      t0 = time.perf_counter()
+      fn = self._jitted(name).lower(*self._args(name)).compile()
+      compile_s = time.perf_counter() - t0
+      # Only the scans matter: the tiny threefry while loops of jax.random on CPU
+      # carry no convolution FLOPs.
+      scanned = (not self.distiller.synth.hp.unroll) if name == "synth" else name != "kd1"
+      self._compiled[name] = _Compiled(fn, compile_s, cost_flops(_safe_cost(fn)), scanned)
+      logging.info("compiled %s in %.2f s", name, compile_s)
+    return self._compiled[name]
+
+  def flops_unrolled(self, name) -> float | None:
+    """Cost analysis of the straight-line equivalent of `name` (lowered, not compiled).
+
+    'synth': the synthesis call with the k inner steps unrolled; 'kdstep': one
+    KD update. XLA's cost analysis counts a while body once, so these are what
+    scanned programs are scaled from.
+    """
+    if name not in self._flops_unrolled:
+      d = self.distiller
+      if name == "synth":
+        synth = dataclasses.replace(d.synth, hp=dataclasses.replace(d.synth.hp, unroll=True))
+        d, jit_name = dataclasses.replace(d, synth=synth), "synth"
+      else:
+        jit_name = "kd1"
+      lowered = self._jitted(jit_name, d).lower(*self._args(jit_name))
+      self._flops_unrolled[name] = cost_flops(_safe_cost(lowered))
+    return self._flops_unrolled[name]
+
+  def _flops(self, parts: list[tuple[str, int]], straight: list[tuple[str, int]]):
+    """(flops, raw, source): executables' flops x calls, or the straight-line estimate.
+
+    parts: (executable, calls) that one timed call runs; straight: the same work
+    as (straight-line program, count), used when an executable holds a scan.
+    """
+    execs = [(self.compiled(n), c) for n, c in parts]
+    raw = None
+    if all(e.flops is not None for e, _ in execs):
+      raw = sum(e.flops * c for e, c in execs)
+    if raw is not None and not any(e.scanned for e, _ in execs):
+      return raw, raw, "compiled"
+    est = [(self.flops_unrolled(n), c) for n, c in straight]
+    if all(f is not None for f, _ in est):
+      return sum(f * c for f, c in est), raw, "lowered_unrolled"
+    return raw, raw, "compiled_while_body_once"
+
+  def _profile(self, what, call):
+    if not self.profile_dir:
+      return
+    import jax
+    path = os.path.join(self.profile_dir, what)
+    with jax.profiler.trace(path):
+      jax.block_until_ready(call())
+    logging.info("profile of one %s call written to %s", what, path)
+
+  def _ensure_pool(self):
+    if int(self.state.pool.filled) == 0:
+      synth = self.compiled("synth").fn
+      self.state, _, _ = synth(self.state, self.teacher_vars, self._key(), self.adv)
+
+  # ------------------------------------------------------------ steps
+  def _synth_call(self):
+    fn = self.compiled("synth").fn
+    self.state, images, metrics = fn(self.state, self.teacher_vars, self._key(), self.adv)
+    return self.state, images, metrics
+
+  def _kd_host(self, n):
+    """n host-driven 1-step KD calls (the CPU run loop); blocks only at the end."""
+    import jax
+    fn = self.compiled("kd1").fn
+    base = self._key()
+    keys = [jax.random.fold_in(base, i) for i in range(n)]
+    metrics = None
+    for key in keys:
+      self.state, metrics = fn(self.state, self.teacher_vars, key, self.lr)
+    return self.state, metrics
+
+  def _kd_call(self, n):
+    if not self.scan:
+      return self._kd_host(n)
+    fn = self.compiled(f"kdscan{n}").fn
+    self.state, metrics = fn(self.state, self.teacher_vars, self._key(), self.lr)
+    return self.state, metrics
+
+  def _epoch_call(self, n):
+    if not self.scan:
+      state, images, m_synth = self._synth_call()
+      del images
+      state, m_kd = self._kd_host(n)
+      return state, dict(m_synth, **m_kd)
+    fn = self.compiled(f"epoch{n}").fn
+    self.state, metrics = fn(self.state, self.teacher_vars, self._key(), self.adv, self.lr)
+    return self.state, metrics
+
+  # ------------------------------------------------------------ measurements
+  def _record(self, what, times, compile_s, flops, flops_raw, flops_source, images,
+              **extra) -> dict:
+    med = statistics.median(times)
+    row = dict(what=what, **self.base, compile_s=round(compile_s, 4),
+               median_s=med, min_s=min(times), max_s=max(times), repeats=len(times),
+               warmup=self.warmup,
+               images_per_s=images / med, **extra,
+               flops=flops, flops_source=flops_source, flops_compiled_raw=flops_raw,
+               flops_scope="per_device",
+               achieved_flops_per_s=(flops / med) if flops else None)
+    self.results[what] = row
+    return row
+
+  def measure_synth(self, repeats: int) -> dict:
+    c = self.compiled("synth")
+    times = time_calls(self._synth_call, repeats, self.warmup)
+    self._profile("synth", self._synth_call)
+    flops, raw, src = self._flops([("synth", 1)], [("synth", 1)])
+    return self._record("synth", times, c.compile_s, flops, raw, src,
+                        self.config.batch_size)
+
+  def measure_kd(self, repeats: int, kd_steps: int) -> dict:
+    self._ensure_pool()
+    name = f"kdscan{kd_steps}" if self.scan else "kd1"
+    c = self.compiled(name)
+    call = lambda: self._kd_call(kd_steps)
+    times = time_calls(call, repeats, self.warmup)
+    self._profile("kd", call)
+    parts = [(name, 1)] if self.scan else [("kd1", kd_steps)]
+    flops, raw, src = self._flops(parts, [("kdstep", kd_steps)])
+    row = self._record("kd", times, c.compile_s, flops, raw, src,
+                       self.config.batch_size * kd_steps, kd_steps=kd_steps,
+                       kd_structure=("scan: one jit_kd_steps dispatch" if self.scan
+                                     else "host loop of the 1-step compiled function"))
+    row["kd_step_s"] = row["median_s"] / kd_steps
+    return row
+
+  def measure_epoch(self, repeats: int, n: int) -> dict:
+    self._ensure_pool()
+    if self.scan:
+      names, parts = [f"epoch{n}"], [(f"epoch{n}", 1)]
+    else:
+      names, parts = ["synth", "kd1"], [("synth", 1), ("kd1", n)]
+    compile_s = sum(self.compiled(m).compile_s for m in names)
+    call = lambda: self._epoch_call(n)
+    times = time_calls(call, repeats, self.warmup)
+    self._profile("epoch", call)
+    flops, raw, src = self._flops(parts, [("synth", 1), ("kdstep", n)])
+    med = statistics.median(times)
+    predicted = overhead = None
+    if "synth" in self.results and "kd" in self.results:
+      predicted = self.results["synth"]["median_s"] + n * self.results["kd"]["kd_step_s"]
+      overhead = med / predicted - 1.0
+    b = self.config.batch_size
+    return self._record(
+        "epoch", times, compile_s, flops, raw, src, b + b * n, epoch_kd_steps=n,
+        epoch_structure=("scan: fused jit_epoch (synth + KD scan) in one dispatch"
+                         if self.scan else "host: one synth call + host loop of 1-step KD"),
+        synth_plus_kd_s=predicted, overhead_frac=overhead)
+
+
+# ------------------------------------------------------------------ torch
+def torch_archs_ok(name: str) -> bool:
+  return name in TORCH_ARCHS or re.fullmatch(r"wrn\d+_\d+", name) is not None
+
+
+def torch_compare(row: dict, path: str, config, kd_steps: int, repeats: int,
+                  runner: Callable = subprocess.run) -> dict | None:
+  """Runs torch_reference.py for the same measurement; the comparison line (or None)."""
+  what = row["what"]
+  if what not in ("synth", "kd"):
+    return None
+  notes = []
+  for arch in (row["teacher"], row["student"]):
+    if not torch_archs_ok(arch):
+      logging.warning("torch reference does not know %s; no comparison for %s", arch, what)
+      return dict(what=what, skipped=f"torch reference does not know {arch}")
+  from fastdfkd_jax import input_pipeline
+  info = input_pipeline.get_info(config.dataset.name)
+  if info.num_classes != 10:
+    notes.append(f"torch reference uses 10 classes, jax {info.num_classes}")
+  if tuple(info.image_shape) != (32, 32, 3):
+    notes.append(f"torch reference uses 32x32x3 images, jax {tuple(info.image_shape)}")
+  if what == "synth" and (config.synth.nz, config.synth.ngf) != (256, 64):
+    notes.append(f"torch generator nz=256 ngf=64, jax nz={config.synth.nz} "
+                 f"ngf={config.synth.ngf}")
+  if what == "synth" and config.method != "fast_meta":
+    notes.append(f"torch reference runs fast_meta, jax {config.method}")
+  cmd = [sys.executable, path, what, "--teacher", row["teacher"], "--student", row["student"],
+         "--k", str(row["k"]), "--batch", str(row["batch"]), "--steps", str(kd_steps),
+         "--repeats", str(repeats)]
+  logging.info("torch reference: %s", " ".join(cmd))
+  proc = runner(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    return dict(what=what, skipped=f"torch reference failed (rc {proc.returncode}): "
+                f"{proc.stderr[-2000:]}")
+  lines = [l for l in proc.stdout.splitlines() if l.strip().startswith("{")]
+  if not lines:
+    return dict(what=what, skipped="torch reference printed no JSON line")
+  ref = json.loads(lines[-1])
+  torch_med = float(ref["median_s"])
+  out = dict(what=what, teacher=row["teacher"], student=row["student"], k=row["k"],
+             batch=row["batch"], kd_steps=kd_steps if what == "kd" else None,
+             jax_median_s=row["median_s"], torch_median_s=torch_med,
+             speedup=torch_med / row["median_s"],
+             jax_images_per_s=row["images_per_s"],
+             torch_images_per_s=float(ref["images_per_s"]),
+             jax_device_kind=row["device_kind"], jax_loop=row["loop"],
+             torch_version=ref.get("torch"), torch_threads=ref.get("threads"))
+  if notes:
+    out["notes"] = notes
+  return out
+
+
+# ------------------------------------------------------------------ driver
+def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps: int = 400,
+        profile_dir: str = "", torch_reference: str = "", peak_matmul_size: int = 0,
+        emit: Callable[[dict], None] | None = None, warmup: int = 1) -> list[dict]:
+  """Runs the measurements; returns (and emits) one dict per JSON line."""
+  import jax
+  from fastdfkd_jax import config_lib, parallel
+  what = [w.strip() for w in what if w.strip()]
+  for w in what:
+    if w not in WHATS:
+      raise ValueError(f"--what={w!r}: choose from {', '.join(WHATS)}")
+  if repeats < 1 or kd_steps < 1 or epoch_kd_steps < 1 or warmup < 0:
+    raise ValueError("--repeats, --kd_steps and --epoch_kd_steps must be >= 1, "
+                     "--warmup >= 0")
+  parallel.maybe_initialize_distributed()
+  config_lib.validate(config)
+  emit = emit or (lambda row: print(json.dumps(row), flush=True))
+  bench = Bench(config, profile_dir, warmup)
+  peak = {}
+  if peak_matmul_size >= 0:
+    size = peak_matmul_size or (2048 if jax.default_backend() == "cpu" else 8192)
+    peak = peak_matmul_flops_per_s(bench.dtype, size)
+    logging.info("peak matmul %.3g FLOP/s (%d^2 %s)", peak["peak_matmul_flops_per_s"],
+                 size, peak["peak_matmul_dtype"])
+  plan = list(what)
+  if "epoch" in plan:  # the prediction needs synth and kd medians of this process
+    plan = [w for w in WHATS if w in plan or w in ("synth", "kd")]
+  rows = []
+  for w in plan:
+    if w == "synth":
+      row = bench.measure_synth(repeats)
+    elif w == "kd":
+      row = bench.measure_kd(repeats, kd_steps)
+    else:
+      row = bench.measure_epoch(repeats, epoch_kd_steps)
+    if peak:
+      row.update(peak)
+      achieved = row["achieved_flops_per_s"]
+      row["fraction_of_peak"] = achieved / peak["peak_matmul_flops_per_s"] if achieved else None
+    else:
+      row.update(peak_matmul_flops_per_s=None, fraction_of_peak=None)
+    if w not in what:
+      row["implied_by"] = "epoch"
+    emit(row)
+    rows.append(row)
+    if torch_reference and w in what:
+      cmp_row = torch_compare(row, torch_reference, config, kd_steps, repeats)
+      if cmp_row is not None:
+        emit(cmp_row)
+        rows.append(cmp_row)
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  out = open(FLAGS.json_out, "a") if FLAGS.json_out else None
+
+  def emit(row):
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+      out.write(line + "\n")
+      out.flush()
+
+  try:
+    run(FLAGS.config, FLAGS.what, FLAGS.repeats, FLAGS.kd_steps, FLAGS.epoch_kd_steps,
+        FLAGS.profile_dir, FLAGS.torch_reference, FLAGS.peak_matmul_size, emit,
+        FLAGS.warmup)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  finally:
+    if out:
+      out.close()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,79 @@
+"""Shared fixtures: config-file loading and one digits teacher per session."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+# The session teacher: configs/teacher.py:digits (resnet8, batch 64, lr 0.05)
+# shrunk from 30 to 15 epochs; measured 96.9% test accuracy in ~15 s.
+TEACHER_EPOCHS = 15
+
+
+def load_config_file(name: str, arg: str | None = None):
+  """`--config=configs/NAME[:ARG]` as ml_collections' config_flags loads it."""
+  path = os.path.join(CONFIGS, name)
+  spec = importlib.util.spec_from_file_location(f"_cfg_{name[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def config_file():
+  return load_config_file
+
+
+# Programs a test runs a handful of times are compiled without XLA's backend
+# optimisation: about 2x less compile time on CPU, and runtime does not matter.
+COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def compile_unoptimized(fn, *args):
+  """jax.jit(fn) lowered for `args` and compiled unoptimised; call with the same shapes."""
+  import jax
+  lowered = jax.jit(fn).lower(*args)
+  try:
+    return lowered.compile(COMPILE_OPTIONS)
+  except Exception:  # pylint: disable=broad-except  # option unknown to this XLA
+    return lowered.compile()
+
+
+@pytest.fixture(scope="session")
+def tiny_nets():
+  """resnet8 teacher/student on 8x8x1 (random init) and a nz=16 ngf=8 generator.
+
+  Returns (teacher, student, generator, teacher_vars, student_vars).
+  """
+  import jax
+  from fastdfkd_jax import models
+  from fastdfkd_jax.models import util as model_util
+  teacher = models.get_model("resnet8", 10, axis_name=None)
+  generator = models.get_model("generator", nz=16, ngf=8, img_size=8, channels=1,
+                               axis_name=None)
+  init = model_util.init_variables(teacher, jax.random.key(1), (8, 8, 1))
+  # Non-trivial running statistics, so the BN prior is not centred on (0, 1).
+  tv = dict(init, batch_stats=jax.tree.map(lambda s: np.asarray(s) * 0.5 + 0.1, init["batch_stats"]))
+  # A different student without a second init compile: the params scaled by
+  # host-side noise, running statistics as initialised (0, 1).
+  rng = np.random.default_rng(2)
+  sv = dict(init, params=jax.tree.map(
+      lambda p: np.asarray(p) * rng.uniform(0.5, 1.5, p.shape).astype(p.dtype),
+      init["params"]))
+  return teacher, teacher, generator, tv, sv
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory):
+  """A resnet8 digits teacher trained once via runner.run: (workdir, summary)."""
+  from fastdfkd_jax import runner
+  c = load_config_file("teacher.py", "digits")
+  c.epochs = TEACHER_EPOCHS
+  c.checkpoint_every = TEACHER_EPOCHS   # only the final checkpoint
+  workdir = str(tmp_path_factory.mktemp("digits_teacher"))
+  summary = runner.run(c, workdir)
+  return workdir, summary

@@ -1,0 +1,188 @@
+"""Every config file loads and validates; the CIFAR settings match the paper table."""
+
+import importlib.util
+import os
+
+import pytest
+
+from fastdfkd_jax import config_lib, default_config, input_pipeline, models
+
+from conftest import CONFIGS, load_config_file
+
+TEACHER_DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped"]
+CPU_DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
+
+
+def _cifar_settings():
+  """configs/fastdfkd_cifar.py's SETTINGS list (every documented ARG)."""
+  spec = importlib.util.spec_from_file_location("_cifar_cfg",
+                                                os.path.join(CONFIGS, "fastdfkd_cifar.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.SETTINGS
+
+
+CIFAR_SETTINGS = _cifar_settings()
+
+
+ALL_CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", ALL_CONFIG_FILES)
+def test_every_config_file_loads_with_its_default_arg(name):
+  """Any configs/*.py (also ones added later) loads without ARG and validates."""
+  c = load_config_file(name)
+  if c.mode == "evaluate":
+    c.checkpoint = "/nonexistent/dummy_checkpoint"
+  config_lib.validate(c)
+
+
+@pytest.mark.parametrize("dataset", TEACHER_DATASETS)
+def test_teacher_configs(dataset):
+  c = load_config_file("teacher.py", dataset)
+  config_lib.validate(c)
+  assert c.mode == "train_teacher" and c.dataset.name == dataset
+  assert c.model in models.list_models()
+
+
+@pytest.mark.parametrize("dataset", sorted(input_pipeline.DATASETS))
+def test_evaluate_configs(dataset):
+  c = load_config_file("evaluate.py", dataset)
+  assert c.mode == "evaluate" and c.dataset.name == dataset
+  with pytest.raises(ValueError, match="checkpoint"):
+    config_lib.validate(c)   # evaluate needs a checkpoint
+  c.checkpoint = "/nonexistent/dummy_checkpoint"
+  config_lib.validate(c)
+
+
+def test_default_configs():
+  c = load_config_file("default.py")
+  config_lib.validate(c)
+  assert c == config_lib.default_config()
+  assert default_config.get_config() == c
+  config_lib.validate(config_lib.base_config())
+
+
+@pytest.mark.parametrize("dataset", CPU_DATASETS)
+def test_fastdfkd_cpu_configs(dataset):
+  c = load_config_file("fastdfkd_cpu.py", dataset)
+  config_lib.validate(c)
+  assert c.mode == "distill" and c.dataset.name == dataset
+  assert c.teacher.train_if_missing
+
+
+def test_cifar_settings_list():
+  assert len(CIFAR_SETTINGS) == 2 * 5 * 3
+  assert "cifar100-wrn40_2-wrn16_2-k5" in CIFAR_SETTINGS
+
+
+@pytest.mark.parametrize("setting", CIFAR_SETTINGS)
+def test_fastdfkd_cifar_configs(setting):
+  c = load_config_file("fastdfkd_cifar.py", setting)
+  config_lib.validate(c)
+  dataset, teacher, student, k = setting.split("-")
+  assert (c.dataset.name, c.teacher.arch, c.student.arch, c.k) == (
+      dataset, teacher, student, int(k[1:]))
+  # Common settings of the release's scripts (reference doc, section 5).
+  assert (c.method, c.epochs, c.warmup, c.batch_size) == ("fast_meta", 220, 20, 256)
+  assert (c.kd.steps, c.kd.lr, c.kd.temperature) == (400, 0.2, 20.0)
+  assert (c.kd.lr_min, c.kd.cosine_epochs) == (2e-4, 200)
+  assert (c.synth.bn_mmt, c.synth.reset_l0, c.synth.reset_l0_epoch, c.seed) == (
+      0.9, True, 140, 0)
+  assert c.synth.bn == 10.0
+
+
+# setting -> (lr_g, lr_z, adv, bn, oh): rows of the reference doc's table.
+TABLE_ROWS = {
+    "cifar100-wrn40_2-wrn16_2-k5": (3e-3, 0.01, 1.1, 10.0, 0.4),
+    "cifar10-resnet34-resnet18-k2": (5e-3, 0.015, 1.33, 10.0, 0.5),
+    "cifar10-resnet34-resnet18-k10": (2e-3, 0.01, 1.33, 10.0, 0.5),
+    "cifar100-vgg11-resnet18-k5": (3e-3, 0.01, 1.0, 10.0, 0.5),
+    "cifar10-wrn40_2-wrn16_1-k2": (5e-3, 0.015, 1.1, 10.0, 0.4),
+    "cifar100-wrn40_2-wrn40_1-k10": (2e-3, 0.01, 1.1, 10.0, 0.4),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(TABLE_ROWS))
+def test_fastdfkd_cifar_matches_reference_table(setting):
+  c = load_config_file("fastdfkd_cifar.py", setting)
+  s = c.synth
+  assert (s.lr_g, s.lr_z, s.adv, s.bn, s.oh) == TABLE_ROWS[setting]
+
+
+@pytest.mark.parametrize("name,arg", [("teacher.py", "nope"), ("fastdfkd_cpu.py", "nope"),
+                                      ("fastdfkd_cifar.py", "cifar10-resnet34-vgg11-k5"),
+                                      ("fastdfkd_cifar.py", "cifar10-resnet34-resnet18-k3"),
+                                      ("fastdfkd_cifar.py", "svhn-resnet34-resnet18-k5")])
+def test_bad_config_args(name, arg):
+  with pytest.raises(ValueError, match=arg.split("-")[0] if name != "fastdfkd_cifar.py"
+                     else "not a paper setting"):
+    load_config_file(name, arg)
+
+
+def _bad(field, value):
+  c = config_lib.default_config()
+  node = c
+  *parents, leaf = field.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("field,value,choices", [
+    ("method", "nope", config_lib.METHODS),
+    ("mode", "trian_teacher", config_lib.MODES),
+    ("synth.meta_grad", "maml", config_lib.META_GRADS),
+    ("loop", "forever", config_lib.LOOPS),
+    ("dtype", "float16", config_lib.DTYPES),
+])
+def test_bad_choice_names_field_and_choices(field, value, choices):
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(_bad(field, value))
+  msg = str(e.value)
+  assert f"config.{field}" in msg and repr(value) in msg
+  assert all(choice in msg for choice in choices), msg
+
+
+def test_bad_choice_suggests_close_match():
+  with pytest.raises(ValueError, match="did you mean 'train_teacher'"):
+    config_lib.validate(_bad("mode", "trian_teacher"))
+
+
+@pytest.mark.parametrize("field", ["student.arch", "teacher.arch"])
+def test_unknown_model(field):
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(_bad(field, "resnet999"))
+  msg = str(e.value)
+  assert "resnet999" in msg and f"config.{field}" in msg
+  assert all(name in msg for name in ("resnet8", "resnet20", "wrn40_2", "lenet5"))
+
+
+def test_unknown_model_train_teacher():
+  c = load_config_file("teacher.py", "digits")
+  c.model = "resnet999"
+  with pytest.raises(ValueError, match=r"config\.model.*valid names: .*resnet8"):
+    config_lib.validate(c)
+
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(_bad("dataset.name", "imagenet7"))
+  msg = str(e.value)
+  assert "config.dataset.name" in msg and "imagenet7" in msg
+  assert all(name in msg for name in input_pipeline.DATASETS)
+
+
+@pytest.mark.parametrize("field", ["batch_size", "epochs", "k", "kd.steps",
+                                   "eval_batch_size", "kd.temperature"])
+def test_non_positive(field):
+  with pytest.raises(ValueError, match=rf"config\.{field}=0(\.0)? must be > 0"):
+    config_lib.validate(_bad(field, 0))
+
+
+def test_warmup_must_be_below_epochs():
+  c = config_lib.default_config()
+  c.warmup = c.epochs
+  with pytest.raises(ValueError, match="config.warmup"):
+    config_lib.validate(c)

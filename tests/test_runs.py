@@ -1,0 +1,159 @@
+"""Nothing lost: resume after SIGKILL/SIGTERM, config-change refusal, clear failures.
+
+Runs `python -m fastdfkd_jax.main` in subprocesses on a tiny digits setting.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fastdfkd_jax import runs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.epochs=6", "--config.warmup=1", "--config.kd.steps=4",
+        "--config.batch_size=32", "--config.k=2", "--config.synth.nz=16",
+        "--config.synth.ngf=8", "--config.checkpoint_every=1", "--config.sample_every=0",
+        "--config.teacher.arch=resnet8", "--config.student.arch=resnet8"]
+
+
+def _main(workdir, *flags, wait=True):
+  cmd = [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  if not wait:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _rows(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def _accuracies(workdir):
+  return [(r["epoch"], r["student_acc"], r.get("best_loss"), r.get("kd_loss"))
+          for r in _rows(workdir)]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  work = tmp_path_factory.mktemp("teacher")
+  proc = _main(work, "--config=configs/teacher.py:digits", "--config.epochs=3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return str(work)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(teacher, tmp_path_factory):
+  work = tmp_path_factory.mktemp("full")
+  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return str(work)
+
+
+def _interrupt(teacher, work, sig, after_rows):
+  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY, wait=False)
+  deadline = time.time() + 600
+  while len(_rows(work)) < after_rows and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "run finished before it could be interrupted"
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=600)
+  return proc.returncode, out, err
+
+
+def test_sigkill_then_resume_gives_identical_metrics(teacher, uninterrupted, tmp_path):
+  code, _, _ = _interrupt(teacher, tmp_path, signal.SIGKILL, after_rows=3)
+  assert code == -signal.SIGKILL
+  assert len(_rows(tmp_path)) < 6
+  proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _accuracies(tmp_path) == _accuracies(uninterrupted)
+  full = json.load(open(os.path.join(uninterrupted, "summary.json")))
+  resumed = json.load(open(os.path.join(tmp_path, "summary.json")))
+  for key in ("student_acc", "best_student_acc", "teacher_acc"):
+    assert resumed[key] == full[key], key
+
+
+def test_sigterm_checkpoints_exits_zero_and_resumes(teacher, uninterrupted, tmp_path):
+  code, out, err = _interrupt(teacher, tmp_path, signal.SIGTERM, after_rows=2)
+  assert code == 0, err[-3000:]
+  assert "preempted" in out
+  done = len(_rows(tmp_path))
+  steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+  assert max(steps) >= done - 1  # a checkpoint at or after the last completed epoch
+  proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _accuracies(tmp_path) == _accuracies(uninterrupted)
+
+
+def test_changed_config_is_refused_unless_allowed(teacher, uninterrupted, tmp_path):
+  import shutil
+  work = tmp_path / "w"
+  shutil.copytree(uninterrupted, work)
+  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY, "--config.kd.lr=0.3")
+  assert proc.returncode == 2
+  assert "kd.lr: 0.1 -> 0.3" in proc.stderr or "kd.lr" in proc.stderr
+  assert "allow_config_change" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY, "--config.kd.lr=0.3",
+               "--config.allow_config_change=True")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.method=fastest", "fast_meta"),
+    ("--config.student.arch=resnet9", "resnet8"),
+    ("--config.dataset.name=imagenet", "cifar10"),
+])
+def test_unknown_names_list_valid_ones(tmp_path, flag, message):
+  proc = _main(tmp_path, flag)
+  assert proc.returncode == 2
+  assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_teacher_architecture_mismatch_names_field(teacher, tmp_path):
+  proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY,
+               "--config.teacher.arch=resnet20")
+  assert proc.returncode == 2
+  assert "arch='resnet8'" in proc.stderr and "resnet20" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_dir_names_path_and_layout(tmp_path):
+  proc = _main(tmp_path, "--config=configs/teacher.py:mnist",
+               f"--config.dataset.data_dir={tmp_path}/nowhere")
+  assert proc.returncode == 2
+  assert "nowhere" in proc.stderr and "train-images-idx3-ubyte" in proc.stderr
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path):
+  if os.geteuid() == 0:
+    target = "/proc/fastdfkd_cannot_write_here"
+  else:
+    os.chmod(tmp_path, 0o500)
+    target = str(tmp_path / "sub")
+  proc = _main(target, "--config.epochs=1")
+  assert proc.returncode == 2
+  assert "not writable" in proc.stderr
+
+
+def test_nan_loss_stops_with_epoch_and_term(teacher, tmp_path):
+  proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY,
+               "--config.synth.lr_g=1e30", "--config.synth.lr_z=1e30",
+               "--config.kd.lr=1e30")
+  assert proc.returncode == 2
+  assert "at epoch" in proc.stderr and "became" in proc.stderr
+
+
+def test_config_diff_lists_changed_fields():
+  diff = runs.config_diff({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4})
+  assert diff == ["b.c: 2 -> 3", "d: '<absent>' -> 4"]
