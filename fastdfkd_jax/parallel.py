@@ -138,8 +138,18 @@ def to_varying(tree: Any, axis_name: str | None = AXIS) -> Any:
     return tree
 
   def cast(x):
-    if axis_name in getattr(jax.typeof(x), "vma", frozenset()):
+    if axis_name in _varying_axes(x):
       return x
     return jax.lax.pcast(x, axis_name, to="varying")
 
   return jax.tree.map(cast, tree)
+
+
+def _varying_axes(x) -> frozenset:
+  """Mesh axes over which x varies (the aval field moved across jax versions)."""
+  aval = jax.typeof(x)
+  vma = getattr(aval, "vma", None)
+  if vma is None:
+    mat = getattr(aval, "mat", None)
+    vma = getattr(mat, "varying", None) if mat is not None else None
+  return frozenset(vma or ())

@@ -207,7 +207,8 @@ class Synthesizer:
     metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
                        teacher_target_acc=0.0)
     carry = (state.gen_params, latent, gen_opt, latent_tx.init(latent), state.gen_batch_stats,
-             jnp.float32(jnp.inf), jnp.zeros(x_shape, jnp.float32), zeros_like_params,
+             jnp.float32(jnp.inf), parallel.to_varying(jnp.zeros(x_shape, jnp.float32),
+                                                       self.axis_name), zeros_like_params,
              first_last, jax.tree.map(jnp.float32, metric_zero))
     carry, _ = loops.scan(inner_step, carry, step_keys, hp.unroll)
     fast, _, g_opt, _, gen_bs, best_loss, best_x, grad_sum, last, metrics = carry

@@ -16,7 +16,6 @@ from fastdfkd_jax import checkpoint, runner, train
 from conftest import TEACHER_EPOCHS, load_config_file
 
 DIGITS_TRAIN = 1437
-BATCH = 64   # configs/teacher.py:digits
 
 
 def read_rows(workdir):
@@ -41,11 +40,13 @@ def test_teacher_summary_and_metrics_files(digits_teacher):
     assert key in on_disk, key
   assert on_disk["test_accuracy"] == pytest.approx(summary["test_accuracy"])
   assert on_disk["num_devices"] >= 1 and on_disk["wall_seconds"] > 0
-  assert os.path.isfile(os.path.join(workdir, "config.json"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  assert config["mode"] == "train_teacher" and config["epochs"] == TEACHER_EPOCHS
 
   rows = read_rows(workdir)
   assert [r["epoch"] for r in rows] == list(range(TEACHER_EPOCHS))
-  steps_per_epoch = DIGITS_TRAIN // BATCH
+  steps_per_epoch = DIGITS_TRAIN // config["batch_size"]
   for r in rows:
     for key in ("epoch", "step", "wall_seconds", "test_accuracy"):
       assert key in r, (key, r)
