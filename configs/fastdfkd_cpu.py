@@ -17,8 +17,8 @@ from fastdfkd_jax import config_lib
 # dataset -> teacher, student, epochs, warmup, kd steps, batch, nz, ngf, teacher epochs
 _SETTINGS = {
     "digits": ("resnet20", "resnet8", 40, 5, 30, 128, 64, 32, 30),
-    "mnist": ("resnet8", "lenet5_half", 40, 5, 50, 128, 128, 32, 3),
-    "fashion_mnist": ("resnet8", "resnet8", 60, 5, 50, 128, 128, 32, 10),
+    "mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 4),
+    "fashion_mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 5),
     "cifar10": ("resnet20", "resnet8", 60, 5, 50, 128, 256, 64, 10),
 }
 
@@ -36,7 +36,7 @@ def get_config(arg: str = "digits"):
   c.teacher.epochs = t_epochs
   c.epochs, c.warmup, c.batch_size = epochs, warmup, batch
   c.kd.steps = kd_steps
-  c.kd.lr = 0.1
+  c.kd.lr = 0.05
   c.kd.cosine_epochs = epochs - warmup
   c.synth.nz, c.synth.ngf = nz, ngf
   c.synth.reset_l0 = False

@@ -141,7 +141,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
   else:
     os.chmod(tmp_path, 0o500)
     target = str(tmp_path / "sub")
-  proc = _main(target, "--config.epochs=1")
+  proc = _main(target, "--config.epochs=2", "--config.warmup=1")
   assert proc.returncode == 2
   assert "not writable" in proc.stderr
 

@@ -14,8 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from fastdfkd_jax import augment, losses, models, synthesis
-from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax import augment, losses, synthesis
 
 from conftest import compile_unoptimized
 
