@@ -333,6 +333,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
         t0 = time.time()
         rate = reporting.RateLogger(config.kd.steps, config.log_every, config.batch_size, "kd")
         student = state.student
+        kd_loss_sum = 0.0  # summed on device: no host sync inside the epoch
         for step in range(config.kd.steps):
           step_key = jax.random.fold_in(k_kd, step)
           if host_pool is not None:
@@ -343,12 +344,13 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
             state, kd_metrics = kd_fn(state.replace(student=student), teacher_vars,
                                       step_key, lr)
             student = state.student
+          kd_loss_sum = kd_loss_sum + kd_metrics["kd_loss"]
           rate.maybe_log(step + 1, epoch)
         state = state.replace(student=student)
-        metrics.update(jax.device_get(kd_metrics))
+        metrics["kd_loss"] = jax.device_get(kd_loss_sum) / config.kd.steps
         counters["kd_seconds"] += time.time() - t0
       metrics = jax.device_get(metrics)
-    _check_finite(metrics, epoch)
+    runs.check_finite(metrics, epoch)
 
     last = epoch + 1 == config.epochs
     evaluated = last or (epoch + 1) % config.eval_every == 0
@@ -412,12 +414,3 @@ def _write_samples(reporter, workdir, state, host_pool, epoch) -> None:
   reporting.save_png(os.path.join(workdir, "samples", f"epoch_{epoch:04d}.png"), grid,
                      scale=min(scale, 4))
   reporter.image("samples", grid, epoch)
-
-
-def _check_finite(metrics: dict, epoch: int) -> None:
-  for name, value in metrics.items():
-    if not np.all(np.isfinite(np.asarray(value))):
-      raise FloatingPointError(
-          f"{name} became {float(np.asarray(value))} at epoch {epoch}: the run stops "
-          "here and the last good checkpoint is kept. Lower synth.lr_g/kd.lr or the "
-          "loss weights and resume.")

@@ -8,6 +8,7 @@ import tempfile
 import threading
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from fastdfkd_jax import reporting
@@ -104,3 +105,13 @@ class Preemption:
 
 class Preempted(Exception):
   """Raised after the preemption checkpoint is written; main exits 0."""
+
+
+def check_finite(metrics: dict, epoch: int) -> None:
+  """Stops the run (before any checkpoint of this epoch) on a NaN/Inf metric."""
+  for name, value in metrics.items():
+    if not np.all(np.isfinite(np.asarray(value))):
+      raise FloatingPointError(
+          f"{name} became {float(np.asarray(value))} at epoch {epoch}: the run stops "
+          "here and the last good checkpoint is kept. Lower the learning rates "
+          "(optim.lr, synth.lr_g, kd.lr) or the loss weights, then resume.")

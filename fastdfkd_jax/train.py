@@ -191,7 +191,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
       rate.maybe_log(epoch * steps_per_epoch + (c + 1) * chunk_steps, epoch,
                      metrics if (c + 1) * chunk_steps % config.log_every == 0 else None)
     metrics = jax.device_get(metrics)
-    _check_finite(metrics, epoch)
+    runs.check_finite(metrics, epoch)
     epoch_seconds = time.time() - t0
     variables = dict(params=state.params, batch_stats=state.batch_stats)
     last = epoch + 1 == config.epochs
@@ -229,14 +229,6 @@ def _resume(mngr, state, workdir):
   reporter = reporting.Reporter(workdir, resume_wall_seconds=meta.get("wall_seconds", 0.0))
   reporter.truncate_metrics(meta["epoch"])
   return reporter, meta["epoch"] + 1
-
-
-def _check_finite(metrics: dict, epoch: int) -> None:
-  for name, value in metrics.items():
-    if not np.all(np.isfinite(np.asarray(value))):
-      raise FloatingPointError(
-          f"{name} became {value} at epoch {epoch}; the last good checkpoint is kept. "
-          "Lower the learning rate or check the data.")
 
 
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
