@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Loop structure, chosen in one place (fastdfkd_jax.loops): 'auto' = lax.scan on
   # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
   c.loop = "auto"
-  c.inner_unroll = "auto"        # 'auto' | 'true' | 'false': unroll the k-step scan
+  c.inner_unroll = "auto"        # 'auto' | 'true' | 'false' | 'host' (see loops.inner_structure)
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32
 
   c.eval_every = 1
@@ -141,7 +141,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
   choice("loop", c.loop, LOOPS)
   choice("dtype", c.dtype, DTYPES)
-  choice("inner_unroll", str(c.inner_unroll).lower(), ("auto", "true", "false"))
+  choice("inner_unroll", str(c.inner_unroll).lower(), ("auto", "true", "false", "host"))
   positive = {"batch_size": c.batch_size, "epochs": c.epochs, "k": c.k,
               "kd.steps": c.kd.steps, "eval_batch_size": c.eval_batch_size,
               "kd.temperature": c.kd.temperature}

@@ -70,6 +70,7 @@ class Distiller:
   temperature: float
   mesh: Any
   on_device_pool: bool = True
+  host_inner: bool = False   # dispatch the k inner synthesis steps from the host (CPU)
 
   @property
   def axis(self):
@@ -132,6 +133,48 @@ class Distiller:
                         out_specs=(specs, P(AXIS), P()))
     return jax.jit(fn, donate_argnums=(0,))
 
+  def compile_synth(self, state, teacher_vars, key, adv) -> Callable:
+    """Compiled synthesis call f(state, teacher_vars, key, adv) -> (state, images, metrics).
+
+    One executable (scan/unrolled inner loop), or with `host_inner` three
+    executables (begin, inner step, end + pool append) dispatched from the host
+    without any sync: the k inner steps reuse one compiled step.
+    """
+    if not self.host_inner:
+      return self.jit_synth(state).lower(state, teacher_vars, key, adv).compile()
+    specs = self.state_specs(state)
+    synth = self.synth
+    carry_specs = synth.carry_specs(state.synth)
+    begin = parallel.shard(lambda s, k: synth.begin(s.synth, k), self.mesh,
+                           in_specs=(specs, P()), out_specs=(carry_specs, P()))
+    begin = jax.jit(begin).lower(state, key).compile()
+    carry, keys = begin(state, key)  # cheap; concrete shardings for lowering the rest
+
+    def inner(carry, step_key, s, t, adv):
+      return synth.inner_step(carry, step_key, s.synth, t, self._student_vars(s.student), adv)
+
+    inner = parallel.shard(inner, self.mesh, in_specs=(carry_specs, P(), specs, P(), P()),
+                           out_specs=carry_specs)
+    inner = jax.jit(inner, donate_argnums=(0,)).lower(
+        carry, keys[0], state, teacher_vars, adv).compile()
+
+    def end(s, carry):
+      synth_state, images, metrics = synth.end(s.synth, carry)
+      new_pool = pool_lib.add(s.pool, images) if self.on_device_pool else None
+      return s.replace(synth=synth_state, pool=new_pool), images, metrics
+
+    end = parallel.shard(end, self.mesh, in_specs=(specs, carry_specs),
+                         out_specs=(specs, P(AXIS), P()))
+    end = jax.jit(end, donate_argnums=(0, 1)).lower(state, carry).compile()
+
+    def call(state, teacher_vars, key, adv):
+      carry, keys = begin(state, key)
+      for i in range(synth.hp.k):
+        carry = inner(carry, keys[i], state, teacher_vars, adv)
+      return end(state, carry)
+
+    return call
+
   def jit_kd_steps(self, state, n_steps: int, unroll: bool):
     specs = self.state_specs(state)
     fn = lambda s, t, k, lr: self._kd_steps(s, t, k, lr, n_steps, unroll)
@@ -174,7 +217,8 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo,
       mean=tuple(info.mean), std=tuple(info.std), padding=info.crop_padding, axis_name=AXIS)
   return Distiller(synth=synth, student_model=student, tx=kd_tx(config),
                    kd_batch=config.batch_size, temperature=config.kd.temperature, mesh=mesh,
-                   on_device_pool=config.pool.on_device)
+                   on_device_pool=config.pool.on_device,
+                   host_inner=loops.inner_structure(config) == "host")
 
 
 def init_state(distiller: Distiller, config, info, teacher_vars, key) -> DistillState:
@@ -281,7 +325,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   # Compile ahead of time so synthesis/KD timings exclude compilation.
   t_compile = time.time()
   key0, lr0, adv0 = jax.random.key(0), jnp.float32(0.0), jnp.float32(0.0)
-  synth_fn = distiller.jit_synth(state).lower(state, teacher_vars, key0, adv0).compile()
+  synth_fn = distiller.compile_synth(state, teacher_vars, key0, adv0)
   if host_pool is not None:
     batch0 = parallel.put_batch(np.zeros((config.batch_size,) + tuple(info.image_shape),
                                          np.uint8), mesh)

@@ -22,18 +22,29 @@ def use_scan(config: ml_collections.ConfigDict) -> bool:
   return config.loop == "scan"
 
 
-def inner_unroll(config: ml_collections.ConfigDict) -> bool:
-  """Whether the k-step inner synthesis scan is fully unrolled."""
+def inner_structure(config: ml_collections.ConfigDict) -> str:
+  """How the k inner synthesis steps run.
+
+  'scan': one jitted call holding a `lax.scan` (TPU/GPU default);
+  'unroll': one jitted call with the k steps traced straight-line;
+  'host': k dispatches of one compiled inner step from the host (CPU default):
+    no XLA while loop, and one step to compile instead of k copies.
+  """
   value = str(config.inner_unroll).lower()
   if value == "auto":
-    return backend() == "cpu"
-  return value == "true"
+    return "host" if backend() == "cpu" else "scan"
+  return {"true": "unroll", "false": "scan", "host": "host"}[value]
+
+
+def inner_unroll(config: ml_collections.ConfigDict) -> bool:
+  """Whether a single-call synthesis traces the k steps straight-line."""
+  return inner_structure(config) != "scan"
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
   """One line for logs/benchmarks: which structure ran."""
   return (f"backend={backend()} epoch_loop={'scan' if use_scan(config) else 'host'} "
-          f"inner_loop={'unrolled-scan' if inner_unroll(config) else 'scan'}")
+          f"inner_loop={inner_structure(config)}")
 
 
 def scan(body, carry, xs, unroll: bool = False):

@@ -46,6 +46,22 @@ class SynthState:
   calls: jax.Array         # int32: synthesis calls so far
 
 
+@struct.dataclass
+class InnerCarry:
+  """What the k inner steps carry (fields marked * are per-device)."""
+  fast: Any                # theta' (fast generator params)
+  latent: jax.Array        # * z (B_local, nz), or pixel logits for deepinv
+  gen_opt: Any             # inner Adam state of theta'
+  latent_opt: Any          # * inner Adam state of z
+  gen_bs: Any              # generator BN running stats
+  best_loss: jax.Array     # lowest loss so far
+  best_x: jax.Array        # * images of the lowest-loss step (B_local, H, W, C)
+  grad_sum: Any            # sum of inner gradients (the release's meta-gradient)
+  last: Any                # teacher BN input stats of the latest step
+  metrics: Any             # loss terms of the latest step
+  targets: jax.Array       # * drawn labels (B_local,)
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthesisHParams:
   """Static hyper-parameters of one synthesizer (from the config)."""
@@ -151,84 +167,120 @@ class Synthesizer:
     Returns:
       (new state, best images uint8 (B_local, H, W, C), metrics dict of scalars).
     """
+    carry, step_keys = self.begin(state, key)
+
+    def body(carry, step_key):
+      return self.inner_step(carry, step_key, state, teacher_vars, student_vars,
+                             adv_weight), None
+
+    carry, _ = loops.scan(body, carry, step_keys, self.hp.unroll)
+    return self.end(state, carry)
+
+  # The three pieces of a call, also dispatched one by one from the host on
+  # XLA:CPU (`Distiller.compile_synth`): one compiled inner step instead of k
+  # unrolled copies (compile time) and no XLA while loop (run time).
+  def _latent_tx(self) -> optax.GradientTransformation:
+    if self.hp.method == "deepinv":
+      b1, b2 = self.hp.deepinv_betas
+      return optax.adam(self.hp.deepinv_lr, b1=b1, b2=b2)
+    b1, b2 = self.hp.betas
+    return optax.adam(self.hp.lr_z, b1=b1, b2=b2)
+
+  def _inner_gen_tx(self):
+    return None if self.hp.method == "deepinv" else self.gen_tx(self.hp.lr_g)
+
+  def begin(self, state: SynthState, key: jax.Array):
+    """Draws z (or pixels) and targets, copies theta: (InnerCarry, step keys (k,))."""
     hp = self.hp
     k_z, k_y, k_steps = jax.random.split(key, 3)
     b_global = hp.batch_size
     targets = self._stripe(jax.random.randint(k_y, (b_global,), 0, self.num_classes))
-    step_keys = jax.random.split(k_steps, hp.k)
-
-    if hp.method == "deepinv":
-      latent = self._stripe(jax.random.normal(k_z, (b_global,) + self.image_shape))
-      b1, b2 = hp.deepinv_betas
-      latent_tx = optax.adam(hp.deepinv_lr, b1=b1, b2=b2)
-      gen_tx, gen_opt = None, None
+    latent_shape = self.image_shape if hp.method == "deepinv" else (hp.nz,)
+    latent = self._stripe(jax.random.normal(k_z, (b_global,) + tuple(latent_shape)))
+    gen_tx = self._inner_gen_tx()
+    if gen_tx is None:
+      gen_opt = None
     else:
-      latent = self._stripe(jax.random.normal(k_z, (b_global, hp.nz)))
-      b1, b2 = hp.betas
-      latent_tx = optax.adam(hp.lr_z, b1=b1, b2=b2)
-      gen_tx = self.gen_tx(hp.lr_g)
       gen_opt = state.opt_state if hp.method == "fast" else gen_tx.init(state.gen_params)
+    x_shape = (latent.shape[0],) + self.image_shape
+    metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
+                       teacher_target_acc=0.0)
+    carry = InnerCarry(
+        fast=state.gen_params, latent=latent, gen_opt=gen_opt,
+        latent_opt=self._latent_tx().init(latent), gen_bs=state.gen_batch_stats,
+        best_loss=jnp.float32(jnp.inf),
+        best_x=parallel.to_varying(jnp.zeros(x_shape, jnp.float32), self.axis_name),
+        grad_sum=jax.tree.map(jnp.zeros_like, state.gen_params),
+        last=jax.tree.map(jnp.zeros_like, state.bn_momentum),
+        metrics=jax.tree.map(jnp.float32, metric_zero), targets=targets)
+    return carry, jax.random.split(k_steps, hp.k)
 
-    def render(fast, z, gen_bs):
-      if hp.method == "deepinv":
-        return jax.nn.sigmoid(z), gen_bs
-      x, upd = self.generator.apply({"params": fast, "batch_stats": gen_bs}, z, train=True,
-                                    mutable=["batch_stats"])
-      return x, upd["batch_stats"]
+  def inner_step(self, carry: "InnerCarry", step_key: jax.Array, state: SynthState,
+                 teacher_vars, student_vars, adv_weight) -> "InnerCarry":
+    """One inner Adam step on (theta', z); keeps the lowest-loss batch."""
+    hp = self.hp
 
-    def objective(trainable, gen_bs, step_key):
+    def objective(trainable):
       fast, z = trainable
-      x, gen_bs = render(fast, z, gen_bs)
+      if hp.method == "deepinv":
+        x, gen_bs = jax.nn.sigmoid(z), carry.gen_bs
+      else:
+        x, upd = self.generator.apply({"params": fast, "batch_stats": carry.gen_bs}, z,
+                                      train=True, mutable=["batch_stats"])
+        gen_bs = upd["batch_stats"]
+      x = x.astype(jnp.float32)
       loss, (last, metrics) = self.loss_terms(
-          x, targets, step_key, teacher_vars, student_vars, state.bn_momentum,
+          x, carry.targets, step_key, teacher_vars, student_vars, state.bn_momentum,
           state.has_momentum, adv_weight)
       return loss, (x, gen_bs, last, metrics)
 
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
-    zeros_like_params = jax.tree.map(jnp.zeros_like, state.gen_params)
+    (loss, (x, gen_bs, last, metrics)), (g_fast, g_z) = jax.value_and_grad(
+        objective, has_aux=True)((carry.fast, carry.latent))
+    better = loss < carry.best_loss
+    upd_z, latent_opt = self._latent_tx().update(g_z, carry.latent_opt, carry.latent)
+    fast, gen_opt, grad_sum = carry.fast, carry.gen_opt, carry.grad_sum
+    gen_tx = self._inner_gen_tx()
+    if gen_tx is not None:
+      grad_sum = jax.tree.map(jnp.add, grad_sum, g_fast)
+      upd_g, gen_opt = gen_tx.update(g_fast, gen_opt, fast)
+      fast = optax.apply_updates(fast, upd_g)
+    return carry.replace(
+        fast=fast, latent=optax.apply_updates(carry.latent, upd_z), gen_opt=gen_opt,
+        latent_opt=latent_opt, gen_bs=gen_bs, best_loss=jnp.where(better, loss, carry.best_loss),
+        best_x=jnp.where(better, x, carry.best_x), grad_sum=grad_sum, last=last,
+        metrics=dict(metrics, loss=loss))
 
-    def inner_step(carry, step_key):
-      fast, z, g_opt, z_opt, gen_bs, best_loss, best_x, grad_sum, _, _ = carry
-      (loss, (x, gen_bs, last, metrics)), (g_fast, g_z) = grad_fn((fast, z), gen_bs, step_key)
-      better = loss < best_loss
-      best_x = jnp.where(better, x, best_x)
-      best_loss = jnp.where(better, loss, best_loss)
-      upd_z, z_opt = latent_tx.update(g_z, z_opt, z)
-      z = optax.apply_updates(z, upd_z)
-      if gen_tx is not None:
-        grad_sum = jax.tree.map(jnp.add, grad_sum, g_fast)
-        upd_g, g_opt = gen_tx.update(g_fast, g_opt, fast)
-        fast = optax.apply_updates(fast, upd_g)
-      metrics = dict(metrics, loss=loss)
-      return (fast, z, g_opt, z_opt, gen_bs, best_loss, best_x, grad_sum, last, metrics), None
-
-    x_shape = (latent.shape[0],) + self.image_shape
-    first_last = jax.tree.map(jnp.zeros_like, state.bn_momentum)
-    metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
-                       teacher_target_acc=0.0)
-    carry = (state.gen_params, latent, gen_opt, latent_tx.init(latent), state.gen_batch_stats,
-             jnp.float32(jnp.inf), parallel.to_varying(jnp.zeros(x_shape, jnp.float32),
-                                                       self.axis_name), zeros_like_params,
-             first_last, jax.tree.map(jnp.float32, metric_zero))
-    carry, _ = loops.scan(inner_step, carry, step_keys, hp.unroll)
-    fast, _, g_opt, _, gen_bs, best_loss, best_x, grad_sum, last, metrics = carry
-
+  def end(self, state: SynthState, carry: "InnerCarry"):
+    """Meta update and BN momentum update: (state, images uint8, metrics)."""
+    hp = self.hp
     params, opt_state = state.gen_params, state.opt_state
     if hp.method == "fast_meta":
-      meta_grad = (jax.tree.map(jnp.subtract, params, fast) if hp.meta_grad == "param_diff"
-                   else grad_sum)
+      meta_grad = (jax.tree.map(jnp.subtract, params, carry.fast)
+                   if hp.meta_grad == "param_diff" else carry.grad_sum)
       updates, opt_state = self.meta_tx().update(meta_grad, opt_state, params)
       params = optax.apply_updates(params, updates)
     elif hp.method == "fast":
-      params, opt_state = fast, g_opt
-
-    momentum = losses.update_momentum(state.bn_momentum, last, state.has_momentum,
+      params, opt_state = carry.fast, carry.gen_opt
+    momentum = losses.update_momentum(state.bn_momentum, carry.last, state.has_momentum,
                                       hp.bn_mmt)
-    new_state = SynthState(gen_params=params, gen_batch_stats=gen_bs, opt_state=opt_state,
-                           bn_momentum=momentum, has_momentum=jnp.array(True),
-                           calls=state.calls + 1)
-    metrics = dict(metrics, best_loss=best_loss)
-    return new_state, augment.to_uint8(best_x), metrics
+    new_state = SynthState(gen_params=params, gen_batch_stats=carry.gen_bs,
+                           opt_state=opt_state, bn_momentum=momentum,
+                           has_momentum=jnp.array(True), calls=state.calls + 1)
+    metrics = dict(carry.metrics, best_loss=carry.best_loss)
+    return new_state, augment.to_uint8(carry.best_x), metrics
+
+  def carry_specs(self, state: SynthState):
+    """shard_map specs of InnerCarry: per-device batch fields sharded, rest replicated."""
+    from jax.sharding import PartitionSpec as P
+    axis = self.axis_name
+    latent_shape = self.image_shape if self.hp.method == "deepinv" else (self.hp.nz,)
+    opt = jax.eval_shape(self._latent_tx().init,
+                         jax.ShapeDtypeStruct((2,) + tuple(latent_shape), jnp.float32))
+    return InnerCarry(
+        fast=P(), latent=P(axis), gen_opt=P(),
+        latent_opt=jax.tree.map(lambda a: P(axis) if a.ndim else P(), opt),
+        gen_bs=P(), best_loss=P(), best_x=P(axis), grad_sum=P(), last=P(), metrics=P(),
+        targets=P(axis))
 
   def reset_first_layer(self, state: SynthState, key: jax.Array) -> SynthState:
     """The release's `reset_l0`: re-initialise the generator's first linear layer."""

@@ -104,6 +104,9 @@ def e2e_run(digits_teacher, tmp_path_factory):
   with pytest.MonkeyPatch.context() as mp:
     for name in ("_synth", "_kd_steps", "_kd_update", "_epoch"):
       mp.setattr(distill.Distiller, name, counting(name, getattr(distill.Distiller, name)))
+    for name in ("begin", "inner_step", "end"):
+      mp.setattr(synthesis.Synthesizer, name,
+                 counting(name, getattr(synthesis.Synthesizer, name)))
     summary = runner.run(config, workdir)
   return config, workdir, summary, counts, teacher_summary
 
@@ -112,11 +115,14 @@ def test_e2e_each_jitted_step_traced_once(e2e_run):
   config, _, _, counts, _ = e2e_run
   if loops.use_scan(config):
     # synth_step (warmup) and epoch_step (synthesis + scanned KD) are two programs.
-    assert counts == {"_synth": 2, "_epoch": 1, "_kd_steps": 1, "_kd_update": 1}, counts
+    assert {k: counts[k] for k in ("_synth", "_epoch", "_kd_steps", "_kd_update")} == \
+        {"_synth": 2, "_epoch": 1, "_kd_steps": 1, "_kd_update": 1}, counts
   else:
-    # Host-driven KD: one synth program and one single-step KD program, each
-    # traced once for all epochs and steps.
-    assert counts == {"_synth": 1, "_kd_steps": 1, "_kd_update": 1}, counts
+    # Host-driven: the synthesis pieces (begin, one inner step dispatched k
+    # times, end) and a single-step KD program, each traced once for all
+    # epochs and steps.
+    assert counts == {"begin": 1, "inner_step": 1, "end": 1, "_kd_steps": 1,
+                      "_kd_update": 1}, counts
 
 
 def test_e2e_student_accuracy(e2e_run):
