@@ -169,3 +169,30 @@ def test_e2e_workdir_files(e2e_run):
   assert os.path.isdir(ckpt)
   assert any(d.isdigit() for d in os.listdir(ckpt))           # resumable steps
   assert os.path.isdir(os.path.join(ckpt, "best"))
+
+
+def test_bfloat16_activations_synthesis_and_kd_run(digits_teacher):
+  """config.dtype='bfloat16': activations in bf16, params/BN stats/losses stay float32."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from fastdfkd_jax import checkpoint, input_pipeline, parallel
+  teacher_dir = digits_teacher[0] if isinstance(digits_teacher, tuple) else digits_teacher
+  c = e2e_config(teacher_dir)
+  c.dtype = "bfloat16"
+  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
+  info = input_pipeline.get_info("digits")
+  _, teacher_vars, meta = checkpoint.load_model(teacher_dir)
+  mesh = parallel.make_mesh()
+  d = distill.build(c, info, meta["arch"], mesh)
+  t = parallel.put_replicated(teacher_vars, mesh)
+  state = distill.init_state(d, c, info, t, jax.random.key(0))
+  synth = d.compile_synth(state, t, jax.random.key(1), jnp.float32(1.0))
+  state, images, metrics = synth(state, t, jax.random.key(1), jnp.float32(1.0))
+  state, kd_metrics = d.jit_kd_steps(state, 1, unroll=True)(state, t, jax.random.key(2),
+                                                            jnp.float32(0.05))
+  assert images.dtype == jnp.uint8
+  for value in list(metrics.values()) + list(kd_metrics.values()):
+    assert np.isfinite(np.asarray(value)) and np.asarray(value).dtype == np.float32
+  for leaf in jax.tree.leaves((state.student.params, state.synth.gen_params)):
+    assert leaf.dtype == jnp.float32
