@@ -305,6 +305,13 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                   wall_seconds=0.0, synth_calls_timed=0, synth_seconds_timed=0.0)
   if mngr.latest_step() is not None:
     meta = checkpoint.restore_meta(mngr)
+    slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
+    if meta.get("pool_slots", slots) != slots:
+      raise checkpoint.CheckpointError(
+          f"the checkpoint's pool holds {meta['pool_slots']} synthesis batches but this "
+          f"config makes {slots} (pool.capacity=0 keeps one per epoch, so changing "
+          f"epochs changes it); resume with --config.pool.capacity="
+          f"{meta['pool_slots'] * config.batch_size}")
     full = dict(state=state, host_pool=host_pool.state() if host_pool else {})
     restored = checkpoint.restore_state(mngr, full)
     state = restored["state"]
@@ -443,8 +450,9 @@ def distiller_vars(state: DistillState) -> dict:
 
 
 def _meta(config, info, epoch, counters, student_acc) -> dict:
+  slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
   return train.model_meta(config.student.arch, info, "distill", **dict(
-      counters, epoch=epoch, student_acc=student_acc))
+      counters, epoch=epoch, student_acc=student_acc, pool_slots=slots))
 
 
 def _write_samples(reporter, workdir, state, host_pool, epoch) -> None:

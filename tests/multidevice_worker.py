@@ -70,6 +70,7 @@ def run(workdir, epochs, teacher_dir=""):
   c.epochs = int(epochs)
   c.eval_every, c.checkpoint_every = 1, 1
   c.batch_size = 32
+  c.pool.capacity = 8 * 32  # fixed, so runs extended to more epochs keep the pool shape
   if teacher_dir:
     c.teacher.checkpoint = teacher_dir
   c.allow_config_change = True  # the resumed run differs only in epochs/devices
