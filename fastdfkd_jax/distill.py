@@ -165,7 +165,7 @@ class Distiller:
 
     end = parallel.shard(end, self.mesh, in_specs=(specs, carry_specs),
                          out_specs=(specs, P(AXIS), P()))
-    end = jax.jit(end, donate_argnums=(0, 1)).lower(state, carry).compile()
+    end = jax.jit(end, donate_argnums=(0,)).lower(state, carry).compile()
 
     def call(state, teacher_vars, key, adv):
       carry, keys = begin(state, key)
