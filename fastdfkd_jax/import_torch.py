@@ -31,7 +31,6 @@ PyTorch is an optional dependency (`pip install -e .[torch]`), imported only by
 """
 
 import os
-import re
 import sys
 from typing import Any, Mapping, Sequence
 

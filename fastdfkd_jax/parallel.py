@@ -10,11 +10,9 @@ keeps its stripe (`local_stripe`), so 8 devices reproduce 1 device bit for bit
 up to float32 reduction order.
 """
 
-import functools
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 

@@ -6,7 +6,6 @@ whole epoch (one dispatch per epoch); on CPU S = 1 and the host drives the
 steps (XLA:CPU conv gradients inside loops are ~50x slower).
 """
 
-import functools
 import json
 import os
 import time
