@@ -10,7 +10,6 @@ The host loop only logs, evaluates and checkpoints.
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -320,11 +319,9 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
     counters.update({k: meta[k] for k in counters if k in meta})
     student_acc = meta.get("student_acc")
     logging.info("resumed after epoch %d", counters["epoch"])
-  summary_path = os.path.join(workdir, "summary.json")
-  if counters["epoch"] + 1 >= config.epochs and os.path.exists(summary_path):
-    logging.info("run already finished; see %s", summary_path)
-    with open(summary_path) as f:
-      return json.load(f)
+  finished = runs.finished_summary(workdir, counters["epoch"] + 1, config.epochs)
+  if finished is not None:
+    return finished
   reporter = reporting.Reporter(workdir, resume_wall_seconds=counters["wall_seconds"])
   reporter.truncate_metrics(counters["epoch"])
 

@@ -115,3 +115,13 @@ def check_finite(metrics: dict, epoch: int) -> None:
           f"{name} became {float(np.asarray(value))} at epoch {epoch}: the run stops "
           "here and the last good checkpoint is kept. Lower the learning rates "
           "(optim.lr, synth.lr_g, kd.lr) or the loss weights, then resume.")
+
+
+def finished_summary(workdir: str, next_epoch: int, epochs: int) -> dict | None:
+  """The saved summary of a run that already finished (re-running it is a no-op)."""
+  path = os.path.join(workdir, "summary.json")
+  if next_epoch < epochs or not os.path.exists(path):
+    return None
+  logging.info("run already finished; see %s", path)
+  with open(path) as f:
+    return json.load(f)

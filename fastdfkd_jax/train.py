@@ -6,7 +6,6 @@ whole epoch (one dispatch per epoch); on CPU S = 1 and the host drives the
 steps (XLA:CPU conv gradients inside loops are ~50x slower).
 """
 
-import json
 import os
 import time
 from typing import Any
@@ -108,7 +107,7 @@ def evaluate(eval_step, variables, images: np.ndarray, labels: np.ndarray,
   """Top-1 accuracy (%) over the whole split; the last batch is padded and masked."""
   n = len(images)
   batch_size = -(-batch_size // parallel.num_shards(mesh)) * parallel.num_shards(mesh)
-  correct = 0
+  correct = 0  # summed on device: one host transfer per evaluation, not per batch
   for start in range(0, n, batch_size):
     x, y = images[start:start + batch_size], labels[start:start + batch_size]
     mask = np.ones(len(x), np.float32)
@@ -117,8 +116,8 @@ def evaluate(eval_step, variables, images: np.ndarray, labels: np.ndarray,
       x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
       y = np.concatenate([y, np.zeros((pad,), y.dtype)])
       mask = np.concatenate([mask, np.zeros((pad,), np.float32)])
-    correct += int(eval_step(variables, *parallel.put_batch((x, y, mask), mesh)))
-  return 100.0 * correct / n
+    correct = correct + eval_step(variables, *parallel.put_batch((x, y, mask), mesh))
+  return 100.0 * float(correct) / n
 
 
 def model_meta(arch: str, info: input_pipeline.DatasetInfo, mode: str, **extra) -> dict:
@@ -158,12 +157,12 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   state = parallel.put_replicated(state, mesh)
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  reporter, start_epoch = _resume(mngr, state, workdir)
-  summary_path = os.path.join(workdir, "summary.json")
-  if start_epoch >= config.epochs and os.path.exists(summary_path):
-    logging.info("run already finished; see %s", summary_path)
-    with open(summary_path) as f:
-      return json.load(f)
+  start_epoch, wall_seconds = _resume_point(mngr)
+  finished = runs.finished_summary(workdir, start_epoch, config.epochs)
+  if finished is not None:
+    return finished
+  reporter = reporting.Reporter(workdir, resume_wall_seconds=wall_seconds)
+  reporter.truncate_metrics(start_epoch - 1)
   if start_epoch:
     state = checkpoint.restore_state(mngr, state)
     logging.info("resumed from epoch %d", start_epoch)
@@ -220,14 +219,12 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
-def _resume(mngr, state, workdir):
-  """(reporter, first epoch to run) from the latest checkpoint in `mngr`."""
+def _resume_point(mngr) -> tuple[int, float]:
+  """(first epoch to run, wall seconds so far) from the latest checkpoint in `mngr`."""
   if mngr.latest_step() is None:
-    return reporting.Reporter(workdir), 0
+    return 0, 0.0
   meta = checkpoint.restore_meta(mngr)
-  reporter = reporting.Reporter(workdir, resume_wall_seconds=meta.get("wall_seconds", 0.0))
-  reporter.truncate_metrics(meta["epoch"])
-  return reporter, meta["epoch"] + 1
+  return meta["epoch"] + 1, meta.get("wall_seconds", 0.0)
 
 
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
