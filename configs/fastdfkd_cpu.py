@@ -1,36 +1,55 @@
-"""CPU-sized FastDFKD runs: `configs/fastdfkd_cpu.py:<dataset>`.
+"""CPU-sized FastDFKD runs: `configs/fastdfkd_cpu.py:<dataset>[-k<k>]`.
 
   python -m fastdfkd_jax.main --workdir=runs/fdkd_fashion \
       --config=configs/fastdfkd_cpu.py:fashion_mnist \
       --config.dataset.data_dir=../shared/data/fashion_mnist \
       --config.teacher.checkpoint=runs/teacher_fashion_mnist
 
+  python -m fastdfkd_jax.main --workdir=runs/fdkd_cifar10_k5 \
+      --config=configs/fastdfkd_cpu.py:cifar10-k5 \
+      --config.dataset.data_dir=../shared/data/cifar10_jpeg.tar.gz \
+      --config.teacher.checkpoint=runs/teacher_cifar10_e10
+
 datasets: digits, mnist, fashion_mnist, cifar10 (with
-`--config.dataset.data_dir=../shared/data/cifar10_jpeg.tar.gz`). Without
+`--config.dataset.data_dir=../shared/data/cifar10_jpeg.tar.gz`). The optional
+`-k<2|5|10>` suffix sets k and the paper's lr_g / lr_z for that k (reference doc,
+section 5); without it k = 5 with lr_g 3e-3, lr_z 0.01. Without
 `teacher.checkpoint` the teacher is trained first (`teacher.train_if_missing`).
-Switch method and steps with `--config.method=fast_meta|fast|deepinv --config.k=N`.
-Measured runtimes and accuracies on a 2-core CPU: docs/RESULTS.md.
+`--config.method=fast_meta|fast|deepinv --config.k=N` switch method and steps;
+`--config.kd.source=real|noise` runs the KD baselines (upper / lower bound) on the
+same KD schedule.
+
+CPU sizing (deviations from the paper's CIFAR scripts, for a 2-core budget):
+batch 128, 40 KD steps per epoch and 40 epochs for cifar10, KD lr 0.05, and a
+generator with ngf = 32 (4x fewer generator FLOPs than ngf = 64; the generator is
+otherwise the paper's). Measured runtimes and accuracies: docs/RESULTS.md.
 """
 
 from fastdfkd_jax import config_lib
 
-# dataset -> teacher, student, epochs, warmup, kd steps, batch, nz, ngf, teacher epochs
+# dataset -> teacher, student, epochs, warmup, kd steps, batch, nz, ngf, teacher epochs,
+#            eval_every
 _SETTINGS = {
-    "digits": ("resnet20", "resnet8", 40, 5, 30, 128, 64, 32, 30),
-    "mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 4),
-    "fashion_mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 5),
-    "cifar10": ("resnet20", "resnet8", 60, 5, 50, 128, 256, 64, 10),
+    "digits": ("resnet20", "resnet8", 40, 5, 30, 128, 64, 32, 30, 1),
+    "mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 4, 1),
+    "fashion_mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 5, 1),
+    "cifar10": ("resnet20", "resnet8", 40, 5, 40, 128, 256, 32, 10, 5),
 }
+# k -> (lr_g, lr_z), as in configs/fastdfkd_cifar.py
+_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
 
 
 def get_config(arg: str = "digits"):
-  if arg not in _SETTINGS:
-    raise ValueError(f"configs/fastdfkd_cpu.py:{arg}: unknown dataset; use one of "
-                     f"{', '.join(_SETTINGS)}")
-  teacher, student, epochs, warmup, kd_steps, batch, nz, ngf, t_epochs = _SETTINGS[arg]
-  c = config_lib.default_config() if arg == "digits" else config_lib.base_config()
+  dataset, _, k_part = arg.partition("-")
+  if dataset not in _SETTINGS or (k_part and k_part not in [f"k{k}" for k in _STEP_LRS]):
+    raise ValueError(f"configs/fastdfkd_cpu.py:{arg}: use <dataset>[-k<k>] with dataset "
+                     f"one of {', '.join(_SETTINGS)} and k one of "
+                     f"{', '.join(str(k) for k in _STEP_LRS)}")
+  (teacher, student, epochs, warmup, kd_steps, batch, nz, ngf, t_epochs,
+   eval_every) = _SETTINGS[dataset]
+  c = config_lib.default_config() if dataset == "digits" else config_lib.base_config()
   c.mode = "distill"
-  c.dataset.name = arg
+  c.dataset.name = dataset
   c.teacher.arch, c.student.arch = teacher, student
   c.teacher.train_if_missing = True
   c.teacher.epochs = t_epochs
@@ -41,4 +60,8 @@ def get_config(arg: str = "digits"):
   c.synth.nz, c.synth.ngf = nz, ngf
   c.synth.reset_l0 = False
   c.sample_every = 5
+  c.eval_every = eval_every
+  if k_part:
+    c.k = int(k_part[1:])
+    c.synth.lr_g, c.synth.lr_z = _STEP_LRS[c.k]
   return c

@@ -10,6 +10,7 @@ import ml_collections
 
 MODES = ("train_teacher", "evaluate", "distill")
 METHODS = ("fast_meta", "fast", "deepinv")
+KD_SOURCES = ("synthetic", "real", "noise")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host")
 DTYPES = ("float32", "bfloat16")
@@ -81,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.kd.temperature = 20.0
   c.kd.lr_min = 2e-4             # cosine eta_min
   c.kd.cosine_epochs = 200       # cosine T_max, stepped per epoch after warmup
+  # What KD trains on: 'synthetic' (the method), or the baselines 'real' (the real
+  # training set: the upper bound) and 'noise' (fresh uniform-noise images each step:
+  # the lower bound). The baselines skip synthesis and the warmup epochs and keep the
+  # KD schedule (epochs, steps, lr) of the synthetic run.
+  c.kd.source = "synthetic"
 
   c.pool = ml_collections.ConfigDict()
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
@@ -138,6 +144,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   choice("mode", c.mode, MODES)
   choice("method", c.method, METHODS)
+  choice("kd.source", c.kd.source, KD_SOURCES)
   choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
   choice("loop", c.loop, LOOPS)
   choice("dtype", c.dtype, DTYPES)

@@ -70,6 +70,7 @@ class Distiller:
   mesh: Any
   on_device_pool: bool = True
   host_inner: bool = False   # dispatch the k inner synthesis steps from the host (CPU)
+  kd_source: str = "synthetic"   # 'synthetic' | 'real' (a fixed data pool) | 'noise'
 
   @property
   def axis(self):
@@ -104,10 +105,23 @@ class Distiller:
     return StudentState(params=params, batch_stats=batch_stats, opt_state=opt_state,
                         step=student.step + 1), loss
 
-  def _kd_steps(self, state: DistillState, teacher_vars, key, lr, n_steps: int, unroll: bool):
+  def _kd_inputs(self, pool: pool_lib.Pool | None, key) -> jax.Array:
+    """This device's stripe (B_local, H, W, C) uint8 of a global KD batch."""
+    if self.kd_source == "noise":
+      shape = (self.kd_batch,) + tuple(self.synth.image_shape)
+      noise = jax.random.randint(key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
+      return noise if self.axis is None else parallel.local_stripe(noise, self.axis)
+    return pool_lib.sample(pool, key, self.kd_batch, self.axis)
+
+  def _kd_steps(self, state: DistillState, teacher_vars, key, lr, n_steps: int, unroll: bool,
+                data_pool: pool_lib.Pool | None = None):
+    """n_steps KD updates; batches from `data_pool` when given (kd.source='real'),
+    else from the synthetic pool in the state (or noise)."""
+    pool = state.pool if data_pool is None else data_pool
+
     def body(student, step_key):
       k_sample, k_aug = jax.random.split(step_key)
-      images = pool_lib.sample(state.pool, k_sample, self.kd_batch, self.axis)
+      images = self._kd_inputs(pool, k_sample)
       return self._kd_update(student, teacher_vars, images, k_aug, lr)
 
     keys = jax.random.split(key, n_steps)
@@ -121,10 +135,12 @@ class Distiller:
     return state, dict(metrics, **kd_metrics)
 
   # ---------------------------------------------------------- jitted maps
+  @staticmethod
+  def pool_specs(pool: pool_lib.Pool | None):
+    return None if pool is None else pool_lib.Pool(images=P(None, AXIS), filled=P(), cursor=P())
+
   def state_specs(self, state: DistillState):
-    pool_spec = None if state.pool is None else pool_lib.Pool(
-        images=P(None, AXIS), filled=P(), cursor=P())
-    return DistillState(synth=P(), student=P(), pool=pool_spec)
+    return DistillState(synth=P(), student=P(), pool=self.pool_specs(state.pool))
 
   def jit_synth(self, state):
     specs = self.state_specs(state)
@@ -174,10 +190,17 @@ class Distiller:
 
     return call
 
-  def jit_kd_steps(self, state, n_steps: int, unroll: bool):
+  def jit_kd_steps(self, state, n_steps: int, unroll: bool, data_pool=None):
+    """f(state, teacher_vars, key, lr[, data_pool]) -> (state, metrics): n_steps KD
+    updates; the extra `data_pool` argument exists when one is given here."""
     specs = self.state_specs(state)
-    fn = lambda s, t, k, lr: self._kd_steps(s, t, k, lr, n_steps, unroll)
-    fn = parallel.shard(fn, self.mesh, in_specs=(specs, P(), P(), P()), out_specs=(specs, P()))
+    if data_pool is None:
+      fn = lambda s, t, k, lr: self._kd_steps(s, t, k, lr, n_steps, unroll)
+      in_specs = (specs, P(), P(), P())
+    else:
+      fn = lambda s, t, k, lr, d: self._kd_steps(s, t, k, lr, n_steps, unroll, d)
+      in_specs = (specs, P(), P(), P(), self.pool_specs(data_pool))
+    fn = parallel.shard(fn, self.mesh, in_specs=in_specs, out_specs=(specs, P()))
     return jax.jit(fn, donate_argnums=(0,))
 
   def jit_kd_batch(self):
@@ -217,7 +240,8 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo,
   return Distiller(synth=synth, student_model=student, tx=kd_tx(config),
                    kd_batch=config.batch_size, temperature=config.kd.temperature, mesh=mesh,
                    on_device_pool=config.pool.on_device,
-                   host_inner=loops.inner_structure(config) == "host")
+                   host_inner=loops.inner_structure(config) == "host",
+                   kd_source=config.kd.source)
 
 
 def init_state(distiller: Distiller, config, info, teacher_vars, key) -> DistillState:
@@ -233,7 +257,7 @@ def init_state(distiller: Distiller, config, info, teacher_vars, key) -> Distill
   mesh = distiller.mesh
   state = DistillState(synth=synth_state, student=student, pool=None)
   state = parallel.put_replicated(state, mesh)
-  if config.pool.on_device:
+  if config.pool.on_device and config.kd.source == "synthetic":
     slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
     empty = pool_lib.init(slots, config.batch_size, info.image_shape)
     pool = pool_lib.Pool(images=parallel.put_batch(np.asarray(empty.images), mesh, axis=1),
@@ -291,11 +315,21 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
 
   root = jax.random.key(config.seed)
   state = init_state(distiller, config, info, teacher_vars, jax.random.fold_in(root, 0))
-  host_pool = None
-  if not config.pool.on_device:
+  synthetic = config.kd.source == "synthetic"
+  host_pool = data_pool = None   # host_pool: synthetic pool in host memory, or real data
+  if config.kd.source == "real":
+    real = pool_lib.fixed_set(ds.train_images, config.batch_size, config.seed)
+    if config.pool.on_device:
+      data_pool = pool_lib.Pool(images=parallel.put_batch(real, mesh, axis=1),
+                                filled=parallel.put_replicated(jnp.int32(len(real)), mesh),
+                                cursor=parallel.put_replicated(jnp.int32(0), mesh))
+    else:
+      host_pool = pool_lib.HostPool.of(real)
+  elif synthetic and not config.pool.on_device:
     host_pool = pool_lib.HostPool(pool_lib.num_slots(config.pool.capacity, config.batch_size,
                                                      config.epochs),
                                   config.batch_size, info.image_shape)
+  saved_pool = host_pool if synthetic else None   # real data is not checkpointed
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   best_mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", "best"), 1)
@@ -311,11 +345,11 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
           f"config makes {slots} (pool.capacity=0 keeps one per epoch, so changing "
           f"epochs changes it); resume with --config.pool.capacity="
           f"{meta['pool_slots'] * config.batch_size}")
-    full = dict(state=state, host_pool=host_pool.state() if host_pool else {})
+    full = dict(state=state, host_pool=saved_pool.state() if saved_pool else {})
     restored = checkpoint.restore_state(mngr, full)
     state = restored["state"]
-    if host_pool:
-      host_pool.load(restored["host_pool"])
+    if saved_pool:
+      saved_pool.load(restored["host_pool"])
     counters.update({k: meta[k] for k in counters if k in meta})
     student_acc = meta.get("student_acc")
     logging.info("resumed after epoch %d", counters["epoch"])
@@ -329,36 +363,41 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   # Compile ahead of time so synthesis/KD timings exclude compilation.
   t_compile = time.time()
   key0, lr0, adv0 = jax.random.key(0), jnp.float32(0.0), jnp.float32(0.0)
-  synth_fn = distiller.compile_synth(state, teacher_vars, key0, adv0)
+  synth_fn = distiller.compile_synth(state, teacher_vars, key0, adv0) if synthetic else None
+  epoch_fn = kd_fn = None
+  kd_args = () if data_pool is None else (data_pool,)
+  steps_per_call = config.kd.steps if scan and host_pool is None else 1
   if host_pool is not None:
     batch0 = parallel.put_batch(np.zeros((config.batch_size,) + tuple(info.image_shape),
                                          np.uint8), mesh)
     kd_fn = distiller.jit_kd_batch().lower(state.student, teacher_vars, batch0, key0,
                                            lr0).compile()
-  elif scan:
+  elif scan and synthetic:
     epoch_fn = distiller.jit_epoch(state, config.kd.steps).lower(
         state, teacher_vars, key0, adv0, lr0).compile()
-  else:
-    kd_fn = distiller.jit_kd_steps(state, 1, unroll=True).lower(
-        state, teacher_vars, key0, lr0).compile()
+  else:  # TPU/GPU: all KD steps in one scanned call; CPU: one host-driven step per call
+    kd_fn = distiller.jit_kd_steps(state, steps_per_call, not scan, data_pool).lower(
+        state, teacher_vars, key0, lr0, *kd_args).compile()
   compile_seconds = time.time() - t_compile
   logging.info("compiled the jitted steps in %.1f s", compile_seconds)
   reset_fn = jax.jit(distiller.synth.reset_first_layer)
-  logging.info("distill %s -> %s, method=%s k=%d, %d epochs (warmup %d), %d devices, %s",
-               teacher_meta["arch"], config.student.arch, config.method, config.k,
-               config.epochs, config.warmup, parallel.num_shards(mesh), loops.describe(config))
+  logging.info("distill %s -> %s, kd on %s, method=%s k=%d, %d epochs (warmup %d), "
+               "%d devices, %s", teacher_meta["arch"], config.student.arch, config.kd.source,
+               config.method, config.k, config.epochs, config.warmup,
+               parallel.num_shards(mesh), loops.describe(config))
 
-  for epoch in range(counters["epoch"] + 1, config.epochs):
+  first_epoch = 0 if synthetic else config.warmup   # baselines: no synthesis-only epochs
+  for epoch in range(max(counters["epoch"] + 1, first_epoch), config.epochs):
     key = jax.random.fold_in(root, epoch + 1)
     k_synth, k_kd, k_reset = jax.random.split(key, 3)
-    if config.synth.reset_l0 and epoch == config.synth.reset_l0_epoch and \
+    if synthetic and config.synth.reset_l0 and epoch == config.synth.reset_l0_epoch and \
         config.method != "deepinv":
       state = state.replace(synth=reset_fn(state.synth, k_reset))
     adv = jnp.float32(config.synth.adv if epoch >= config.warmup else 0.0)
     lr = jnp.float32(kd_lr(config, epoch))
     kd_phase = epoch >= config.warmup
     metrics = {}
-    if scan and kd_phase and host_pool is None:
+    if epoch_fn is not None and kd_phase:
       t0 = time.time()
       state, metrics = epoch_fn(state, teacher_vars, key, adv, lr)
       metrics = jax.device_get(metrics)
@@ -367,22 +406,24 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
       counters["synth_seconds"] += per_call  # fused epoch: synthesis share from warmup timing
       counters["kd_seconds"] += max(elapsed - per_call, 0.0)
     else:
-      t0 = time.time()
-      state, images, metrics = synth_fn(state, teacher_vars, k_synth, adv)
-      jax.block_until_ready(state)
-      dt = time.time() - t0
-      counters["synth_seconds"] += dt
-      counters["synth_seconds_timed"] += dt
-      counters["synth_calls_timed"] += 1
-      if host_pool is not None:
-        host_pool.add(jax.device_get(images))
-      del images
+      if synthetic:
+        t0 = time.time()
+        state, images, metrics = synth_fn(state, teacher_vars, k_synth, adv)
+        jax.block_until_ready(state)
+        dt = time.time() - t0
+        counters["synth_seconds"] += dt
+        counters["synth_seconds_timed"] += dt
+        counters["synth_calls_timed"] += 1
+        if host_pool is not None:
+          host_pool.add(jax.device_get(images))
+        del images
       if kd_phase:
         t0 = time.time()
         rate = reporting.RateLogger(config.kd.steps, config.log_every, config.batch_size, "kd")
         student = state.student
         kd_loss_sum = 0.0  # summed on device: no host sync inside the epoch
-        for step in range(config.kd.steps):
+        calls = config.kd.steps // steps_per_call
+        for step in range(calls):
           step_key = jax.random.fold_in(k_kd, step)
           if host_pool is not None:
             batch = parallel.put_batch(host_pool.sample(jax.random.fold_in(step_key, 1),
@@ -390,12 +431,12 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
             student, kd_metrics = kd_fn(student, teacher_vars, batch, step_key, lr)
           else:
             state, kd_metrics = kd_fn(state.replace(student=student), teacher_vars,
-                                      step_key, lr)
+                                      step_key, lr, *kd_args)
             student = state.student
           kd_loss_sum = kd_loss_sum + kd_metrics["kd_loss"]
-          rate.maybe_log(step + 1, epoch)
+          rate.maybe_log((step + 1) * steps_per_call, epoch)
         state = state.replace(student=student)
-        metrics["kd_loss"] = jax.device_get(kd_loss_sum) / config.kd.steps
+        metrics["kd_loss"] = jax.device_get(kd_loss_sum) / calls
         counters["kd_seconds"] += time.time() - t0
       metrics = jax.device_get(metrics)
     runs.check_finite(metrics, epoch)
@@ -421,16 +462,17 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
     logging.info("epoch %d: student %.2f%% (best %.2f%%) synth %.1fs kd %.1fs loss %.3f",
                  epoch, student_acc or 0.0, counters["best_student_acc"],
                  counters["synth_seconds"], counters["kd_seconds"], metrics.get("best_loss", 0))
-    if config.sample_every and (epoch % config.sample_every == 0 or last):
+    if synthetic and config.sample_every and (epoch % config.sample_every == 0 or last):
       _write_samples(reporter, workdir, state, host_pool, epoch)
     if last or preemption.requested or (epoch + 1) % config.checkpoint_every == 0:
       checkpoint.save(mngr, epoch, _meta(config, info, epoch, counters, student_acc),
                       distiller_vars(state),
-                      dict(state=state, host_pool=host_pool.state() if host_pool else {}))
+                      dict(state=state, host_pool=saved_pool.state() if saved_pool else {}))
     if preemption.requested and not last:
       raise runs.Preempted(f"preempted after epoch {epoch}; checkpoint saved")
 
-  summary = dict(mode="distill", method=config.method, k=config.k, epochs=config.epochs,
+  summary = dict(mode="distill", kd_source=config.kd.source, method=config.method, k=config.k,
+                 epochs=config.epochs,
                  teacher=teacher_meta["arch"], student=config.student.arch,
                  dataset=info.name, teacher_acc=teacher_acc, student_acc=student_acc,
                  test_accuracy=student_acc, best_student_acc=counters["best_student_acc"],

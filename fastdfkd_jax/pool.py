@@ -51,6 +51,17 @@ def add(pool: Pool, batch_uint8: jax.Array) -> Pool:
               cursor=(pool.cursor + 1) % slots)
 
 
+def fixed_set(images: np.ndarray, batch: int, seed: int) -> np.ndarray:
+  """A full pool (slots, batch, H, W, C) uint8 of a fixed image set, e.g. the real
+  training set for the KD-on-real-data upper bound: shuffled with `seed`, the last
+  N mod batch images dropped. Wrap it with `full_pool` (device) or `HostPool.of`."""
+  slots = len(images) // batch
+  if slots == 0:
+    raise ValueError(f"{len(images)} images cannot fill one pool slot of {batch}")
+  order = np.random.default_rng(seed).permutation(len(images))[:slots * batch]
+  return np.asarray(images)[order].reshape((slots, batch) + images.shape[1:])
+
+
 def sample_indices(key: jax.Array, n: int, synth_batch: int, filled) -> tuple[jax.Array, jax.Array]:
   """(slot, row) of each of the n positions of a *global* sample, each (n,)."""
   if n <= synth_batch:
@@ -93,6 +104,13 @@ class HostPool:
     self.images = np.zeros((slots, batch) + tuple(image_shape), np.uint8)
     self.filled = 0
     self.cursor = 0
+
+  @classmethod
+  def of(cls, images: np.ndarray) -> "HostPool":
+    """A full host pool holding `images` (slots, B, H, W, C) uint8."""
+    pool = cls(0, images.shape[1], images.shape[2:])
+    pool.images, pool.filled = images, len(images)
+    return pool
 
   def add(self, batch_uint8: np.ndarray) -> None:
     self.images[self.cursor] = np.asarray(batch_uint8)

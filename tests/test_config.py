@@ -71,6 +71,14 @@ def test_fastdfkd_cpu_configs(dataset):
   assert c.teacher.train_if_missing
 
 
+@pytest.mark.parametrize("k,lrs", [(2, (5e-3, 0.015)), (5, (3e-3, 0.01)), (10, (2e-3, 0.01))])
+def test_fastdfkd_cpu_k_suffix_sets_the_papers_step_lrs(k, lrs):
+  c = load_config_file("fastdfkd_cpu.py", f"cifar10-k{k}")
+  config_lib.validate(c)
+  assert c.k == k and (c.synth.lr_g, c.synth.lr_z) == lrs
+  assert c.synth.ngf == load_config_file("fastdfkd_cpu.py", "cifar10").synth.ngf
+
+
 def test_cifar_settings_list():
   assert len(CIFAR_SETTINGS) == 2 * 5 * 3
   assert "cifar100-wrn40_2-wrn16_2-k5" in CIFAR_SETTINGS
@@ -111,6 +119,7 @@ def test_fastdfkd_cifar_matches_reference_table(setting):
 
 
 @pytest.mark.parametrize("name,arg", [("teacher.py", "nope"), ("fastdfkd_cpu.py", "nope"),
+                                      ("fastdfkd_cpu.py", "cifar10-k3"),
                                       ("fastdfkd_cifar.py", "cifar10-resnet34-vgg11-k5"),
                                       ("fastdfkd_cifar.py", "cifar10-resnet34-resnet18-k3"),
                                       ("fastdfkd_cifar.py", "svhn-resnet34-resnet18-k5")])
@@ -136,6 +145,7 @@ def _bad(field, value):
     ("synth.meta_grad", "maml", config_lib.META_GRADS),
     ("loop", "forever", config_lib.LOOPS),
     ("dtype", "float16", config_lib.DTYPES),
+    ("kd.source", "imagenet", config_lib.KD_SOURCES),
 ])
 def test_bad_choice_names_field_and_choices(field, value, choices):
   with pytest.raises(ValueError) as e:

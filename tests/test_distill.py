@@ -196,3 +196,67 @@ def test_bfloat16_activations_synthesis_and_kd_run(digits_teacher):
     assert np.isfinite(np.asarray(value)) and np.asarray(value).dtype == np.float32
   for leaf in jax.tree.leaves((state.student.params, state.synth.gen_params)):
     assert leaf.dtype == jnp.float32
+
+
+# ------------------------------------------------ KD baselines (kd.source)
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(digits_teacher, tmp_path_factory):
+  """The same short KD schedule on the real training set and on uniform noise."""
+  from fastdfkd_jax import runner
+  teacher_dir, _ = digits_teacher
+  out = {}
+  for source in ("real", "noise"):
+    c = e2e_config(teacher_dir)
+    c.kd.source = source
+    c.epochs, c.warmup, c.kd.steps = 8, 2, 25
+    c.kd.cosine_epochs = c.epochs - c.warmup
+    c.eval_every = 2
+    workdir = str(tmp_path_factory.mktemp(f"kd_{source}"))
+    with pytest.MonkeyPatch.context() as mp:
+      def no_synthesis(*args, **kwargs):
+        raise AssertionError("a KD baseline must not synthesize")
+      mp.setattr(distill.Distiller, "compile_synth", no_synthesis)
+      out[source] = (c, workdir, runner.run(c, workdir))
+  return out
+
+
+def test_kd_baselines_bracket_the_student(baseline_runs):
+  real, noise = baseline_runs["real"][2], baseline_runs["noise"][2]
+  assert real["kd_source"] == "real" and noise["kd_source"] == "noise"
+  assert real["synth_seconds"] == 0.0 and noise["synth_seconds"] == 0.0
+  # 150 KD steps on real digits: far above chance (10%); noise inputs teach little.
+  assert real["student_acc"] >= 80.0, real
+  assert noise["student_acc"] < real["student_acc"] - 20.0, (noise, real)
+
+
+def test_kd_baselines_skip_warmup_and_synthesis_outputs(baseline_runs):
+  for source, (config, workdir, summary) in baseline_runs.items():
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    assert [r["epoch"] for r in rows] == list(range(config.warmup, config.epochs)), source
+    assert rows[-1]["step"] == (config.epochs - config.warmup) * config.kd.steps
+    assert not os.path.exists(os.path.join(workdir, "samples")), source
+
+
+def test_kd_noise_inputs_are_uniform_uint8_and_device_invariant(tiny_nets):
+  teacher, student_model, generator, _, _ = tiny_nets
+
+  def distiller(axis_name):
+    synth = synthesis.Synthesizer(
+        generator=generator, teacher=teacher, student=student_model,
+        hp=synthesis.SynthesisHParams(k=2, batch_size=256, nz=16), num_classes=10,
+        image_shape=(8, 8, 1), mean=(0.3054,), std=(0.3757,), padding=1,
+        axis_name=axis_name)
+    return distill.Distiller(synth=synth, student_model=student_model, tx=None,
+                             kd_batch=256, temperature=20.0, mesh=None, kd_source="noise")
+
+  key = jax.random.key(0)
+  x = np.asarray(distiller(None)._kd_inputs(None, key))
+  assert x.shape == (256, 8, 8, 1) and x.dtype == np.uint8
+  assert x.min() < 10 and x.max() > 245 and abs(x.mean() - 127.5) < 4
+  # Two "devices" (a vmapped named axis) draw the two halves of the same global batch.
+  d2 = distiller("data")
+  stripes = jax.vmap(lambda _: d2._kd_inputs(None, key), axis_name="data")(jnp.zeros(2))
+  np.testing.assert_array_equal(np.concatenate(np.asarray(stripes)), x)

@@ -153,3 +153,25 @@ def test_host_pool_state_roundtrip():
   np.testing.assert_array_equal(other.images, host.images)
   key = jax.random.key(0)
   np.testing.assert_array_equal(other.sample(key, 4), host.sample(key, 4))
+
+
+def test_fixed_set_shuffles_and_drops_the_remainder():
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1,) + SHAPE, np.uint8)
+  full = pool_lib.fixed_set(images, 4, seed=0)
+  assert full.shape == (2, 4) + SHAPE
+  firsts = full[:, :, 0, 0, 0].ravel()
+  assert len(set(firsts)) == 8 and set(firsts) <= set(range(10))   # 2 dropped, none twice
+  np.testing.assert_array_equal(full, pool_lib.fixed_set(images, 4, seed=0))
+  assert not np.array_equal(full, pool_lib.fixed_set(images, 4, seed=1))
+  with pytest.raises(ValueError, match="cannot fill one pool slot"):
+    pool_lib.fixed_set(images, 16, seed=0)
+
+
+def test_host_pool_of_a_fixed_set_samples_only_it():
+  full = np.random.default_rng(0).integers(0, 256, (3, 4) + SHAPE).astype(np.uint8)
+  host = pool_lib.HostPool.of(full)
+  assert host.filled == 3
+  batch = host.sample(jax.random.key(0), 4)
+  flat = full.reshape((12,) + SHAPE)
+  for image in batch:
+    assert any(np.array_equal(image, f) for f in flat)
