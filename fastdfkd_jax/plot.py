@@ -54,8 +54,18 @@ def read_run(workdir: str) -> tuple[list[dict], dict]:
   return rows, summary
 
 
+_BASELINE_LABELS = {"real": "KD on real data", "noise": "KD on noise"}
+
+
+def is_baseline(summary: dict) -> bool:
+  """A KD baseline run (kd.source real/noise): no synthesis."""
+  return summary.get("kd_source", "synthetic") in _BASELINE_LABELS
+
+
 def run_label(workdir: str, summary: dict) -> str:
-  """'fast (k=5)' from the summary, else the workdir's name."""
+  """'fast (k=5)' or 'KD on real data' from the summary, else the workdir's name."""
+  if is_baseline(summary):
+    return _BASELINE_LABELS[summary["kd_source"]]
   method, k = summary.get("method"), summary.get("k")
   if not method:
     return os.path.basename(os.path.normpath(workdir))
@@ -116,6 +126,10 @@ def make_figure(workdirs: Sequence[str], x: str = "synth_seconds"):
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   for (wd, summary, xs, ys), label in zip(runs, labels):
+    if x == "synth_seconds" and is_baseline(summary):  # no synthesis: its final accuracy
+      ax.axhline(ys[-1], linestyle="--", linewidth=1.2, color="gray" if
+                 summary["kd_source"] == "noise" else "black", label=label)
+      continue
     ax.plot([v / scale for v in xs], ys, marker="o" if len(xs) <= 30 else None,
             markersize=3, linewidth=1.5, label=label)
   ax.set_xlabel({"synth_seconds": f"cumulative synthesis time ({unit})",

@@ -134,3 +134,21 @@ def test_teacher_run_uses_test_accuracy(tmp_path):
   assert list(ax.get_lines()[0].get_data()[1]) == [50.0, 51.0, 52.0]
   with pytest.raises(ValueError, match="choose another --x"):
     plot.make_figure([str(wd)])  # no synth_seconds in a teacher run
+
+
+def test_kd_baselines_are_reference_lines_on_the_synthesis_axis(tmp_path):
+  runs = [fake_run(tmp_path, "fast5", "fast_meta", 5, 3.0)]
+  for source in ("real", "noise"):
+    wd = fake_run(tmp_path, f"kd_{source}", "fast_meta", 5, 0.0)
+    summary = json.loads((tmp_path / f"kd_{source}" / "summary.json").read_text())
+    summary["kd_source"] = source
+    (tmp_path / f"kd_{source}" / "summary.json").write_text(json.dumps(summary))
+    runs.append(wd)
+  ax = plot.make_figure(runs).axes[0]
+  lines = ax.get_lines()
+  assert [l.get_label() for l in lines] == ["fast_meta (k=5)", "KD on real data", "KD on noise"]
+  real = lines[1]
+  assert list(real.get_ydata()) == [75.0, 75.0]     # the final accuracy (10 + 12 * 5 + 5)
+  assert real.get_linestyle() == "--"
+  ax = plot.make_figure(runs, x="wall_seconds").axes[0]   # over wall clock: curves
+  assert len(ax.get_lines()[1].get_xdata()) == 6
