@@ -459,9 +459,11 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                wall_seconds=counters["wall_seconds"], kd_lr=float(lr),
                **{k: float(v) for k, v in metrics.items()})
     reporter.write_metrics(row)
-    logging.info("epoch %d: student %.2f%% (best %.2f%%) synth %.1fs kd %.1fs loss %.3f",
-                 epoch, student_acc or 0.0, counters["best_student_acc"],
-                 counters["synth_seconds"], counters["kd_seconds"], metrics.get("best_loss", 0))
+    losses_text = " ".join(f"{name} {float(metrics[name]):.3f}"
+                           for name in ("best_loss", "kd_loss") if name in metrics)
+    logging.info("epoch %d: student %s (best %.2f%%) synth %.1fs kd %.1fs %s", epoch,
+                 f"{student_acc:.2f}%" if evaluated else "-", counters["best_student_acc"],
+                 counters["synth_seconds"], counters["kd_seconds"], losses_text)
     if synthetic and config.sample_every and (epoch % config.sample_every == 0 or last):
       _write_samples(reporter, workdir, state, host_pool, epoch)
     if last or preemption.requested or (epoch + 1) % config.checkpoint_every == 0:
