@@ -12,6 +12,7 @@ import json
 import math
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,3 +261,32 @@ def test_kd_noise_inputs_are_uniform_uint8_and_device_invariant(tiny_nets):
   d2 = distiller("data")
   stripes = jax.vmap(lambda _: d2._kd_inputs(None, key), axis_name="data")(jnp.zeros(2))
   np.testing.assert_array_equal(np.concatenate(np.asarray(stripes)), x)
+
+
+def test_kd_steps_on_a_data_pool_scan_equals_unrolled(digits_teacher):
+  """kd.source='real': the data pool is an argument of the jitted KD steps (sharded like the
+  synthetic pool); the scanned form (TPU/GPU) and the unrolled one (CPU) agree."""
+  from fastdfkd_jax import checkpoint, input_pipeline, parallel, pool as pool_lib
+  teacher_dir, _ = digits_teacher
+  c = e2e_config(teacher_dir)
+  c.kd.source, c.batch_size = "real", 16
+  info = input_pipeline.get_info("digits")
+  _, teacher_vars, meta = checkpoint.load_model(teacher_dir)
+  mesh = parallel.make_mesh()
+  d = distill.build(c, info, meta["arch"], mesh)
+  t = parallel.put_replicated(teacher_vars, mesh)
+  images = np.random.default_rng(0).integers(0, 256, (64,) + tuple(info.image_shape))
+  real = pool_lib.fixed_set(images.astype(np.uint8), c.batch_size, seed=0)
+  data_pool = pool_lib.Pool(images=parallel.put_batch(real, mesh, axis=1),
+                            filled=parallel.put_replicated(jnp.int32(len(real)), mesh),
+                            cursor=parallel.put_replicated(jnp.int32(0), mesh))
+  out = {}
+  for unroll in (False, True):
+    state = distill.init_state(d, c, info, t, jax.random.key(0))
+    assert state.pool is None                     # no synthetic pool for the baselines
+    state, metrics = d.jit_kd_steps(state, 2, unroll, data_pool)(
+        state, t, jax.random.key(2), jnp.float32(0.05), data_pool)
+    out[unroll] = (state.student.params, float(metrics["kd_loss"]), int(state.student.step))
+  assert out[False][2] == out[True][2] == 2
+  assert out[False][1] == pytest.approx(out[True][1], rel=1e-5)
+  chex.assert_trees_all_close(out[False][0], out[True][0], rtol=1e-4, atol=1e-6)
