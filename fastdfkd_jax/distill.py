@@ -244,6 +244,14 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo,
                    kd_source=config.kd.source)
 
 
+def put_pool(images: np.ndarray, filled: int, cursor: int, mesh) -> pool_lib.Pool:
+  """A host (slots, B, H, W, C) uint8 array as a Pool on the mesh: rows sharded, counters
+  replicated."""
+  return pool_lib.Pool(images=parallel.put_batch(np.asarray(images), mesh, axis=1),
+                       filled=parallel.put_replicated(jnp.int32(filled), mesh),
+                       cursor=parallel.put_replicated(jnp.int32(cursor), mesh))
+
+
 def init_state(distiller: Distiller, config, info, teacher_vars, key) -> DistillState:
   """Fresh replicated state (and an empty sharded pool) on the mesh."""
   k_gen, k_student = jax.random.split(key)
@@ -259,11 +267,8 @@ def init_state(distiller: Distiller, config, info, teacher_vars, key) -> Distill
   state = parallel.put_replicated(state, mesh)
   if config.pool.on_device and config.kd.source == "synthetic":
     slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
-    empty = pool_lib.init(slots, config.batch_size, info.image_shape)
-    pool = pool_lib.Pool(images=parallel.put_batch(np.asarray(empty.images), mesh, axis=1),
-                         filled=parallel.put_replicated(empty.filled, mesh),
-                         cursor=parallel.put_replicated(empty.cursor, mesh))
-    state = state.replace(pool=pool)
+    empty = np.zeros((slots, config.batch_size) + tuple(info.image_shape), np.uint8)
+    state = state.replace(pool=put_pool(empty, 0, 0, mesh))
   return state
 
 
@@ -320,9 +325,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   if config.kd.source == "real":
     real = pool_lib.fixed_set(ds.train_images, config.batch_size, config.seed)
     if config.pool.on_device:
-      data_pool = pool_lib.Pool(images=parallel.put_batch(real, mesh, axis=1),
-                                filled=parallel.put_replicated(jnp.int32(len(real)), mesh),
-                                cursor=parallel.put_replicated(jnp.int32(0), mesh))
+      data_pool = put_pool(real, len(real), 0, mesh)
     else:
       host_pool = pool_lib.HostPool.of(real)
   elif synthetic and not config.pool.on_device:

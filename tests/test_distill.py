@@ -277,9 +277,7 @@ def test_kd_steps_on_a_data_pool_scan_equals_unrolled(digits_teacher):
   t = parallel.put_replicated(teacher_vars, mesh)
   images = np.random.default_rng(0).integers(0, 256, (64,) + tuple(info.image_shape))
   real = pool_lib.fixed_set(images.astype(np.uint8), c.batch_size, seed=0)
-  data_pool = pool_lib.Pool(images=parallel.put_batch(real, mesh, axis=1),
-                            filled=parallel.put_replicated(jnp.int32(len(real)), mesh),
-                            cursor=parallel.put_replicated(jnp.int32(0), mesh))
+  data_pool = distill.put_pool(real, len(real), 0, mesh)
   out = {}
   for unroll in (False, True):
     state = distill.init_state(d, c, info, t, jax.random.key(0))
