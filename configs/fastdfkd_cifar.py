@@ -15,8 +15,7 @@ GPU for resnet34 -> resnet18); `--config.method=fast|deepinv` for the ablations.
 
 from fastdfkd_jax import config_lib
 
-# k -> (lr_g, lr_z)
-_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
+_STEP_LRS = config_lib.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
 # (teacher, student) -> (adv, bn, oh)
 _PAIRS = {
     ("resnet34", "resnet18"): (1.33, 10.0, 0.5),

@@ -35,8 +35,7 @@ _SETTINGS = {
     "fashion_mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 5, 1),
     "cifar10": ("resnet20", "resnet8", 40, 5, 40, 128, 256, 32, 10, 5),
 }
-# k -> (lr_g, lr_z), as in configs/fastdfkd_cifar.py
-_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
+_STEP_LRS = config_lib.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
 
 
 def get_config(arg: str = "digits"):

@@ -14,6 +14,8 @@ KD_SOURCES = ("synthetic", "real", "noise")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host")
 DTYPES = ("float32", "bfloat16")
+# The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
+PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
 
 
 def base_config() -> ml_collections.ConfigDict:
