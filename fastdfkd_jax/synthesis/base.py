@@ -51,13 +51,15 @@ Optional hooks
     synthesize == end(state, k x inner_step(begin(state, key))).
   reset_first_layer(state, key) -> state: the release's `reset_l0`, for methods
     with a generator (config.synth.reset_l0 at config.synth.reset_l0_epoch).
-  Generator-vs-student methods (`GeneratorVsStudent`) add
-    g_steps, kd_steps: ints, one round's generator and student updates;
-    generator_step(state, teacher_vars, student_vars, key, adv_weight)
-        -> (state, metrics): one generator update against the frozen student
-        (`synthesize` is `g_steps` of them; the host may dispatch them one by one);
-    sample(state, key, n) -> this device's stripe of a global batch of n fresh
-        generator images, uint8 like pool batches (no update).
+
+Required of generator-vs-student methods (`GeneratorVsStudent`)
+  g_steps, kd_steps: ints, one round's generator and student updates.
+  generator_step(state, teacher_vars, student_vars, key, adv_weight)
+      -> (state, metrics): one generator update against the frozen student;
+    `synthesize` is `g_steps` of them, and the host may dispatch them one by one
+    (as `inner_step` on XLA:CPU).
+  sample(state, key, n) -> this device's stripe of a global batch of n fresh
+    generator images, uint8 like pool batches (no update).
 
 What the run loop calls, per epoch
   Pool methods: `reset_first_layer` (at its epoch, where the method has it), one
@@ -65,7 +67,8 @@ What the run loop calls, per epoch
   images into the pool, then after warmup kd.steps KD updates on pool batches.
   Generator-vs-student methods: kd.steps // kd_steps rounds of `synthesize` (or
   g_steps x `generator_step`) followed by kd_steps KD updates, each on
-  `sample(state, key, kd_batch)`; no pool is allocated or checkpointed.
+  `sample(state, key, kd_batch)`; no pool is allocated or checkpointed. (The run
+  loop drives pool methods today; this path lands with the first such method.)
 """
 
 from typing import Any, Protocol, runtime_checkable

@@ -82,6 +82,7 @@ class SynthesisHParams:
 
 
 def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
+  """The hyper-parameters of `config` (k, batch_size and the `synth.*` fields)."""
   s = config.synth
   return SynthesisHParams(
       k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g, lr_z=s.lr_z,
