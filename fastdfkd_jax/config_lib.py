@@ -9,7 +9,6 @@ import difflib
 import ml_collections
 
 MODES = ("train_teacher", "evaluate", "distill")
-METHODS = ("fast_meta", "fast", "deepinv")
 KD_SOURCES = ("synthetic", "real", "noise")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host")
@@ -56,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.sync_bn = True       # cross-device BN for the student's train-mode BN
 
   # FastDFKD synthesis.
-  c.method = "fast_meta"         # fast_meta | fast | deepinv
+  c.method = "fast_meta"         # a synthesis method: fastdfkd_jax.synthesis.available()
   c.k = 5                        # inner steps per synthesis call
   c.warmup = 20                  # synthesis-only epochs (adversarial term off)
   c.synth = ml_collections.ConfigDict()
@@ -144,8 +143,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field}={value!r} is not valid{hint}; "
                        f"choose one of {', '.join(valid)}")
 
+  from fastdfkd_jax import synthesis  # late: keeps config import light
   choice("mode", c.mode, MODES)
-  choice("method", c.method, METHODS)
+  choice("method", c.method, synthesis.available())
   choice("kd.source", c.kd.source, KD_SOURCES)
   choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
   choice("loop", c.loop, LOOPS)

@@ -42,7 +42,7 @@ class StudentState:
 @struct.dataclass
 class DistillState:
   """The whole resumable state of a distillation run (pool sharded, rest replicated)."""
-  synth: synthesis.SynthState
+  synth: Any                 # the synthesis method's state pytree
   student: StudentState
   pool: pool_lib.Pool | None
 
@@ -164,6 +164,7 @@ class Distiller:
                            in_specs=(specs, P()), out_specs=(carry_specs, P()))
     begin = jax.jit(begin).lower(state, key).compile()
     carry, keys = begin(state, key)  # cheap; concrete shardings for lowering the rest
+    n_steps = keys.shape[0]
 
     def inner(carry, step_key, s, t, adv):
       return synth.inner_step(carry, step_key, s.synth, t, self._student_vars(s.student), adv)
@@ -184,7 +185,7 @@ class Distiller:
 
     def call(state, teacher_vars, key, adv):
       carry, keys = begin(state, key)
-      for i in range(synth.hp.k):
+      for i in range(n_steps):
         carry = inner(carry, keys[i], state, teacher_vars, adv)
       return end(state, carry)
 
@@ -229,18 +230,13 @@ def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo,
   teacher = models.get_model(teacher_arch, info.num_classes, dtype=dtype, axis_name=AXIS)
   student = models.get_model(config.student.arch, info.num_classes, dtype=dtype,
                              axis_name=AXIS if config.student.sync_bn else None)
-  h, w, c = info.image_shape
-  generator = models.get_model("generator", nz=config.synth.nz, ngf=config.synth.ngf,
-                               img_size=h, channels=c, axis_name=AXIS)
-  synth = synthesis.Synthesizer(
-      generator=generator, teacher=teacher, student=student,
-      hp=synthesis.hparams_from_config(config, loops.inner_unroll(config)),
-      num_classes=info.num_classes, image_shape=tuple(info.image_shape),
-      mean=tuple(info.mean), std=tuple(info.std), padding=info.crop_padding, axis_name=AXIS)
+  synth = synthesis.build(config, teacher=teacher, student=student, info=info,
+                          axis_name=AXIS, unroll=loops.inner_unroll(config))
   return Distiller(synth=synth, student_model=student, tx=kd_tx(config),
                    kd_batch=config.batch_size, temperature=config.kd.temperature, mesh=mesh,
                    on_device_pool=config.pool.on_device,
-                   host_inner=loops.inner_structure(config) == "host",
+                   host_inner=(loops.inner_structure(config) == "host"
+                               and synthesis.host_steppable(synth)),
                    kd_source=config.kd.source)
 
 
@@ -383,7 +379,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
         state, teacher_vars, key0, lr0, *kd_args).compile()
   compile_seconds = time.time() - t_compile
   logging.info("compiled the jitted steps in %.1f s", compile_seconds)
-  reset_fn = jax.jit(distiller.synth.reset_first_layer)
+  reset_l0 = getattr(distiller.synth, "reset_first_layer", None)   # an optional hook
+  reset_fn = None if reset_l0 is None else jax.jit(reset_l0)
   logging.info("distill %s -> %s, kd on %s, method=%s k=%d, %d epochs (warmup %d), "
                "%d devices, %s", teacher_meta["arch"], config.student.arch, config.kd.source,
                config.method, config.k, config.epochs, config.warmup,
@@ -394,7 +391,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
     key = jax.random.fold_in(root, epoch + 1)
     k_synth, k_kd, k_reset = jax.random.split(key, 3)
     if synthetic and config.synth.reset_l0 and epoch == config.synth.reset_l0_epoch and \
-        config.method != "deepinv":
+        reset_fn is not None:
       state = state.replace(synth=reset_fn(state.synth, k_reset))
     adv = jnp.float32(config.synth.adv if epoch >= config.warmup else 0.0)
     lr = jnp.float32(kd_lr(config, epoch))

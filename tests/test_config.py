@@ -6,6 +6,7 @@ import os
 import pytest
 
 from fastdfkd_jax import config_lib, default_config, input_pipeline, models
+from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
 
@@ -140,7 +141,7 @@ def _bad(field, value):
 
 
 @pytest.mark.parametrize("field,value,choices", [
-    ("method", "nope", config_lib.METHODS),
+    ("method", "nope", synthesis.available()),
     ("mode", "trian_teacher", config_lib.MODES),
     ("synth.meta_grad", "maml", config_lib.META_GRADS),
     ("loop", "forever", config_lib.LOOPS),

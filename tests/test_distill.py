@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_lib, distill, loops, synthesis
+from fastdfkd_jax import config_lib, distill, loops
+from fastdfkd_jax.synthesis import fast_meta, inversion
 
 from conftest import compile_unoptimized
 
@@ -45,9 +46,9 @@ def test_kd_lr_cosine():
 def test_one_kd_update_reduces_kd_loss(tiny_nets):
   teacher, student_model, generator, tv, sv = tiny_nets
   shape = (8, 8, 1)
-  synth = synthesis.Synthesizer(
+  synth = fast_meta.FastMetaSynthesizer(
       generator=generator, teacher=teacher, student=student_model,
-      hp=synthesis.SynthesisHParams(k=2, batch_size=16, nz=16), num_classes=10,
+      hp=inversion.SynthesisHParams(k=2, batch_size=16, nz=16), num_classes=10,
       image_shape=shape, mean=(0.3054,), std=(0.3757,), padding=1, axis_name=None)
   c = config_lib.default_config()
   d = distill.Distiller(synth=synth, student_model=student_model, tx=distill.kd_tx(c),
@@ -106,8 +107,8 @@ def e2e_run(digits_teacher, tmp_path_factory):
     for name in ("_synth", "_kd_steps", "_kd_update", "_epoch"):
       mp.setattr(distill.Distiller, name, counting(name, getattr(distill.Distiller, name)))
     for name in ("begin", "inner_step", "end"):
-      mp.setattr(synthesis.Synthesizer, name,
-                 counting(name, getattr(synthesis.Synthesizer, name)))
+      mp.setattr(inversion.InversionSynthesizer, name,
+                 counting(name, getattr(inversion.InversionSynthesizer, name)))
     summary = runner.run(config, workdir)
   return config, workdir, summary, counts, teacher_summary
 
@@ -245,9 +246,9 @@ def test_kd_noise_inputs_are_uniform_uint8_and_device_invariant(tiny_nets):
   teacher, student_model, generator, _, _ = tiny_nets
 
   def distiller(axis_name):
-    synth = synthesis.Synthesizer(
+    synth = fast_meta.FastMetaSynthesizer(
         generator=generator, teacher=teacher, student=student_model,
-        hp=synthesis.SynthesisHParams(k=2, batch_size=256, nz=16), num_classes=10,
+        hp=inversion.SynthesisHParams(k=2, batch_size=256, nz=16), num_classes=10,
         image_shape=(8, 8, 1), mean=(0.3054,), std=(0.3757,), padding=1,
         axis_name=axis_name)
     return distill.Distiller(synth=synth, student_model=student_model, tx=None,

@@ -1,46 +1,47 @@
-"""The FastDFKD synthesizer: pure functions over an explicit state pytree.
+"""Model inversion with k inner Adam steps: the engine of fast_meta, fast and deepinv.
 
-`Synthesizer.synthesize(state, teacher_vars, student_vars, key, adv_weight)`
+`InversionSynthesizer.synthesize(state, teacher_vars, student_vars, key, adv_weight)`
 is per-device code (run inside `shard_map` over the data axis) that:
-  1. draws z ~ N(0, I) (B, nz) and targets y ~ U[0, C) for the global batch
-     and keeps this device's stripe;
-  2. copies the meta-generator theta into fast params theta' and runs k inner
-     Adam steps (betas 0.5/0.999, lr_g on theta', lr_z on z) as a `lax.scan`
-     (fully unrolled where `unroll`): generator -> augmentation -> frozen
-     teacher & student (eval-mode BN) -> bn*L_BN + oh*CE + adv*L_adv;
+  1. draws the latents (z ~ N(0, I), or pixel logits) and targets y ~ U[0, C)
+     for the global batch and keeps this device's stripe;
+  2. runs k inner Adam steps on the trainables (the fast generator params theta'
+     and the latents) as a `lax.scan` (fully unrolled where `hp.unroll`): render
+     -> augmentation -> frozen teacher & student (eval-mode BN) ->
+     bn*L_BN + oh*CE + adv*L_adv;
   3. keeps the lowest-loss batch inside the scan (no host sync);
-  4. meta update: g = theta - theta'_k ('param_diff', Eq. 10) or the sum of
-     the inner gradients ('sum_inner_grads', the release), fed to
-     Adam(lr_g * k, betas 0.5/0.999); then updates the BN momentum buffers
-     with the last inner step's statistics.
-Only theta' and z (or pixels) are differentiated: teacher and student
-variables are constants (`stop_gradient`), so no weight gradient is computed.
+  4. lets the method update its generator from the inner loop (`_next_generator`)
+     and updates the BN momentum buffers with the last inner step's statistics.
+Only theta' and the latents are differentiated: teacher and student variables are
+constants (`stop_gradient`), so no weight gradient is computed.
 
-Methods: 'fast_meta' (above), 'fast' (sequential reuse: the generator itself is
-optimised, its Adam state persists across calls, no copy, no meta step) and
-'deepinv' (no reuse: fresh pixels from noise, sigmoid-parameterised, k Adam steps).
+A method subclasses it and says how its generator enters and leaves the inner
+loop (`state_tx`, `_begin_gen_opt`, `_next_generator`), and, to optimise
+something other than a generator's latents, how images are rendered
+(`latent_shape`, `latent_tx`, `_inner_gen_tx`, `render`).
 """
 
+import abc
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import augment, loops, losses, parallel
-from fastdfkd_jax.models import generator as generator_lib
+from fastdfkd_jax import augment, loops, models, parallel
 from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax.synthesis import base, losses
 
 
 @struct.dataclass
 class SynthState:
   """Everything synthesis carries across calls (replicated over devices)."""
-  gen_params: Any          # meta-generator theta
+  gen_params: Any          # generator theta (the meta-generator for fast_meta)
   gen_batch_stats: Any     # generator BN running stats (unused in train mode)
-  opt_state: Any           # meta Adam ('fast_meta'); persistent generator Adam ('fast')
+  opt_state: Any           # the generator optimizer state kept across calls (`state_tx`)
   bn_momentum: Any         # [{'mean', 'var'}] per teacher BN layer
   has_momentum: jax.Array  # bool: buffers valid (False before the first call)
   calls: jax.Array         # int32: synthesis calls so far
@@ -51,8 +52,8 @@ class InnerCarry:
   """What the k inner steps carry (fields marked * are per-device)."""
   fast: Any                # theta' (fast generator params)
   latent: jax.Array        # * z (B_local, nz), or pixel logits for deepinv
-  gen_opt: Any             # inner Adam state of theta'
-  latent_opt: Any          # * inner Adam state of z
+  gen_opt: Any             # inner Adam state of theta' (None: theta' is not trained)
+  latent_opt: Any          # * inner Adam state of the latents
   gen_bs: Any              # generator BN running stats
   best_loss: jax.Array     # lowest loss so far
   best_x: jax.Array        # * images of the lowest-loss step (B_local, H, W, C)
@@ -65,13 +66,11 @@ class InnerCarry:
 @dataclasses.dataclass(frozen=True)
 class SynthesisHParams:
   """Static hyper-parameters of one synthesizer (from the config)."""
-  method: str = "fast_meta"
   k: int = 5
   batch_size: int = 256          # global synthesis batch
   nz: int = 256
   lr_g: float = 3e-3
   lr_z: float = 1e-2
-  adv: float = 1.1
   bn: float = 10.0
   oh: float = 0.4
   bn_mmt: float = 0.9
@@ -82,9 +81,19 @@ class SynthesisHParams:
   unroll: bool = False           # fully unroll the k-step scan (XLA:CPU)
 
 
-@dataclasses.dataclass(frozen=True)
-class Synthesizer:
+def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
+  """The hyper-parameters of `config` (k, batch_size and the `synth.*` fields)."""
+  s = config.synth
+  return SynthesisHParams(
+      k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g, lr_z=s.lr_z,
+      bn=s.bn, oh=s.oh, bn_mmt=s.bn_mmt, betas=tuple(s.betas), meta_grad=s.meta_grad,
+      deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InversionSynthesizer(abc.ABC):
   """Generator + frozen teacher/student + hyper-parameters; methods are pure."""
+  uses_pool: ClassVar[bool] = True
   generator: nn.Module
   teacher: nn.Module
   student: nn.Module
@@ -96,14 +105,53 @@ class Synthesizer:
   padding: int
   axis_name: str | None = parallel.AXIS
 
-  # ---------------------------------------------------------------- init
+  @classmethod
+  def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
+                  unroll: bool) -> "InversionSynthesizer":
+    """The synthesizer of `config` (base.Synthesizer.from_config)."""
+    h, _, c = info.image_shape
+    generator = models.get_model("generator", nz=config.synth.nz, ngf=config.synth.ngf,
+                                 img_size=h, channels=c, axis_name=axis_name)
+    return cls(generator=generator, teacher=teacher, student=student,
+               hp=hparams_from_config(config, unroll), num_classes=info.num_classes,
+               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
+               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
+
+  # ------------------------------------------------------- method hooks
   def gen_tx(self, lr: float) -> optax.GradientTransformation:
     b1, b2 = self.hp.betas
     return optax.adam(lr, b1=b1, b2=b2)
 
-  def meta_tx(self) -> optax.GradientTransformation:
-    return self.gen_tx(self.hp.lr_g * self.hp.k)
+  @abc.abstractmethod
+  def state_tx(self) -> optax.GradientTransformation:
+    """The generator optimizer whose state `SynthState.opt_state` keeps across calls."""
 
+  @abc.abstractmethod
+  def _begin_gen_opt(self, state: SynthState):
+    """The inner optimizer state of theta' at the first inner step (None: untrained)."""
+
+  @abc.abstractmethod
+  def _next_generator(self, state: SynthState, carry: InnerCarry):
+    """(gen_params, opt_state) of the new state, from the finished inner loop."""
+
+  @property
+  def latent_shape(self) -> tuple[int, ...]:
+    return (self.hp.nz,)
+
+  def latent_tx(self) -> optax.GradientTransformation:
+    b1, b2 = self.hp.betas
+    return optax.adam(self.hp.lr_z, b1=b1, b2=b2)
+
+  def _inner_gen_tx(self) -> optax.GradientTransformation | None:
+    return self.gen_tx(self.hp.lr_g)
+
+  def render(self, fast, latent, gen_bs):
+    """Images in [0, 1] of the trainables, and the generator's new BN stats."""
+    x, upd = self.generator.apply({"params": fast, "batch_stats": gen_bs}, latent,
+                                  train=True, mutable=["batch_stats"])
+    return x, upd["batch_stats"]
+
+  # ---------------------------------------------------------------- init
   def init(self, key: jax.Array, teacher_vars) -> SynthState:
     """Fresh state: generator init, optimizer state, zero momentum buffers.
 
@@ -112,24 +160,16 @@ class Synthesizer:
     gen_vars = model_util.init_variables(self.generator.clone(axis_name=None), key,
                                          (self.hp.nz,))
     params = gen_vars["params"]
-    opt = self.gen_tx(self.hp.lr_g).init(params) if self.hp.method == "fast" \
-        else self.meta_tx().init(params)
     teacher = self.teacher.clone(axis_name=None)
     stats = jax.eval_shape(lambda: teacher.apply(
         teacher_vars, jnp.zeros((2,) + self.image_shape), train=False,
         mutable=[losses.BN_STATS_COLLECTION])[1])
     momentum = losses.init_momentum(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats))
     return SynthState(gen_params=params, gen_batch_stats=gen_vars.get("batch_stats", {}),
-                      opt_state=opt, bn_momentum=momentum,
+                      opt_state=self.state_tx().init(params), bn_momentum=momentum,
                       has_momentum=jnp.array(False), calls=jnp.int32(0))
 
   # ----------------------------------------------------------- per step
-  def _augment(self, key, x):
-    return augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
-
-  def _devices(self):
-    return 1 if self.axis_name is None else jax.lax.axis_size(self.axis_name)
-
   def _stripe(self, x):
     return x if self.axis_name is None else parallel.local_stripe(x, self.axis_name)
 
@@ -140,7 +180,7 @@ class Synthesizer:
     Returns (loss, (this call's BN input stats, metrics dict)).
     """
     teacher_vars, student_vars = jax.lax.stop_gradient((teacher_vars, student_vars))
-    xa = self._augment(key, x)
+    xa = base.augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
     t_logits, aux = self.teacher.apply(teacher_vars, xa, train=False,
                                        mutable=[losses.BN_STATS_COLLECTION])
     s_logits = self.student.apply(student_vars, xa, train=False)
@@ -179,35 +219,20 @@ class Synthesizer:
   # The three pieces of a call, also dispatched one by one from the host on
   # XLA:CPU (`Distiller.compile_synth`): one compiled inner step instead of k
   # unrolled copies (compile time) and no XLA while loop (run time).
-  def _latent_tx(self) -> optax.GradientTransformation:
-    if self.hp.method == "deepinv":
-      b1, b2 = self.hp.deepinv_betas
-      return optax.adam(self.hp.deepinv_lr, b1=b1, b2=b2)
-    b1, b2 = self.hp.betas
-    return optax.adam(self.hp.lr_z, b1=b1, b2=b2)
-
-  def _inner_gen_tx(self):
-    return None if self.hp.method == "deepinv" else self.gen_tx(self.hp.lr_g)
-
   def begin(self, state: SynthState, key: jax.Array):
-    """Draws z (or pixels) and targets, copies theta: (InnerCarry, step keys (k,))."""
+    """Draws the latents and targets, copies theta: (InnerCarry, step keys (k,))."""
     hp = self.hp
     k_z, k_y, k_steps = jax.random.split(key, 3)
     b_global = hp.batch_size
     targets = self._stripe(jax.random.randint(k_y, (b_global,), 0, self.num_classes))
-    latent_shape = self.image_shape if hp.method == "deepinv" else (hp.nz,)
-    latent = self._stripe(jax.random.normal(k_z, (b_global,) + tuple(latent_shape)))
-    gen_tx = self._inner_gen_tx()
-    if gen_tx is None:
-      gen_opt = None
-    else:
-      gen_opt = state.opt_state if hp.method == "fast" else gen_tx.init(state.gen_params)
+    latent = self._stripe(jax.random.normal(k_z, (b_global,) + tuple(self.latent_shape)))
+    gen_opt = self._begin_gen_opt(state)
     x_shape = (latent.shape[0],) + self.image_shape
     metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
                        teacher_target_acc=0.0)
     carry = InnerCarry(
         fast=state.gen_params, latent=latent, gen_opt=gen_opt,
-        latent_opt=self._latent_tx().init(latent), gen_bs=state.gen_batch_stats,
+        latent_opt=self.latent_tx().init(latent), gen_bs=state.gen_batch_stats,
         best_loss=jnp.float32(jnp.inf),
         best_x=parallel.to_varying(jnp.zeros(x_shape, jnp.float32), self.axis_name),
         grad_sum=jax.tree.map(jnp.zeros_like, state.gen_params),
@@ -215,19 +240,13 @@ class Synthesizer:
         metrics=jax.tree.map(jnp.float32, metric_zero), targets=targets)
     return carry, jax.random.split(k_steps, hp.k)
 
-  def inner_step(self, carry: "InnerCarry", step_key: jax.Array, state: SynthState,
-                 teacher_vars, student_vars, adv_weight) -> "InnerCarry":
-    """One inner Adam step on (theta', z); keeps the lowest-loss batch."""
-    hp = self.hp
+  def inner_step(self, carry: InnerCarry, step_key: jax.Array, state: SynthState,
+                 teacher_vars, student_vars, adv_weight) -> InnerCarry:
+    """One inner Adam step on (theta', latents); keeps the lowest-loss batch."""
 
     def objective(trainable):
       fast, z = trainable
-      if hp.method == "deepinv":
-        x, gen_bs = jax.nn.sigmoid(z), carry.gen_bs
-      else:
-        x, upd = self.generator.apply({"params": fast, "batch_stats": carry.gen_bs}, z,
-                                      train=True, mutable=["batch_stats"])
-        gen_bs = upd["batch_stats"]
+      x, gen_bs = self.render(fast, z, carry.gen_bs)
       x = x.astype(jnp.float32)
       loss, (last, metrics) = self.loss_terms(
           x, carry.targets, step_key, teacher_vars, student_vars, state.bn_momentum,
@@ -237,7 +256,7 @@ class Synthesizer:
     (loss, (x, gen_bs, last, metrics)), (g_fast, g_z) = jax.value_and_grad(
         objective, has_aux=True)((carry.fast, carry.latent))
     better = loss < carry.best_loss
-    upd_z, latent_opt = self._latent_tx().update(g_z, carry.latent_opt, carry.latent)
+    upd_z, latent_opt = self.latent_tx().update(g_z, carry.latent_opt, carry.latent)
     fast, gen_opt, grad_sum = carry.fast, carry.gen_opt, carry.grad_sum
     gen_tx = self._inner_gen_tx()
     if gen_tx is not None:
@@ -250,19 +269,11 @@ class Synthesizer:
         best_x=jnp.where(better, x, carry.best_x), grad_sum=grad_sum, last=last,
         metrics=dict(metrics, loss=loss))
 
-  def end(self, state: SynthState, carry: "InnerCarry"):
-    """Meta update and BN momentum update: (state, images uint8, metrics)."""
-    hp = self.hp
-    params, opt_state = state.gen_params, state.opt_state
-    if hp.method == "fast_meta":
-      meta_grad = (jax.tree.map(jnp.subtract, params, carry.fast)
-                   if hp.meta_grad == "param_diff" else carry.grad_sum)
-      updates, opt_state = self.meta_tx().update(meta_grad, opt_state, params)
-      params = optax.apply_updates(params, updates)
-    elif hp.method == "fast":
-      params, opt_state = carry.fast, carry.gen_opt
+  def end(self, state: SynthState, carry: InnerCarry):
+    """Generator update and BN momentum update: (state, images uint8, metrics)."""
+    params, opt_state = self._next_generator(state, carry)
     momentum = losses.update_momentum(state.bn_momentum, carry.last, state.has_momentum,
-                                      hp.bn_mmt)
+                                      self.hp.bn_mmt)
     new_state = SynthState(gen_params=params, gen_batch_stats=carry.gen_bs,
                            opt_state=opt_state, bn_momentum=momentum,
                            has_momentum=jnp.array(True), calls=state.calls + 1)
@@ -271,49 +282,12 @@ class Synthesizer:
 
   def carry_specs(self, state: SynthState):
     """shard_map specs of InnerCarry: per-device batch fields sharded, rest replicated."""
-    from jax.sharding import PartitionSpec as P
+    del state  # the carry's layout depends only on the hyper-parameters
     axis = self.axis_name
-    latent_shape = self.image_shape if self.hp.method == "deepinv" else (self.hp.nz,)
-    opt = jax.eval_shape(self._latent_tx().init,
-                         jax.ShapeDtypeStruct((2,) + tuple(latent_shape), jnp.float32))
+    opt = jax.eval_shape(self.latent_tx().init,
+                         jax.ShapeDtypeStruct((2,) + tuple(self.latent_shape), jnp.float32))
     return InnerCarry(
         fast=P(), latent=P(axis), gen_opt=P(),
         latent_opt=jax.tree.map(lambda a: P(axis) if a.ndim else P(), opt),
         gen_bs=P(), best_loss=P(), best_x=P(axis), grad_sum=P(), last=P(), metrics=P(),
         targets=P(axis))
-
-  def reset_first_layer(self, state: SynthState, key: jax.Array) -> SynthState:
-    """The release's `reset_l0`: re-initialise the generator's first linear layer."""
-    return state.replace(gen_params=generator_lib.reset_first_layer(state.gen_params, key))
-
-
-def augment_stripe(key: jax.Array, x: jax.Array, mean, std, padding: int,
-                   axis_name: str | None) -> jax.Array:
-  """The release's augmentation with randomness drawn for the *global* batch.
-
-  Crop offsets and flip decisions are drawn for all B_global images and each
-  device applies its stripe, so the result does not depend on the device count.
-  x: (B_local, H, W, C) float in [0, 1] -> normalised float, same shape.
-  """
-  n = x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
-  k_crop, k_flip = jax.random.split(key)
-  stripe = (lambda a: a) if axis_name is None else (
-      lambda a: parallel.local_stripe(a, axis_name))
-  _, h, w, c = x.shape
-  if padding:
-    offsets = stripe(augment.crop_offsets(k_crop, n, padding))
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
-        padded, offsets)
-  flip = stripe(augment.flip_mask(k_flip, n))
-  x = jnp.where(flip[:, None, None, None], jnp.flip(x, axis=2), x)
-  return augment.normalize(x, mean, std)
-
-
-def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
-  s = config.synth
-  return SynthesisHParams(
-      method=config.method, k=config.k, batch_size=config.batch_size, nz=s.nz,
-      lr_g=s.lr_g, lr_z=s.lr_z, adv=s.adv, bn=s.bn, oh=s.oh, bn_mmt=s.bn_mmt,
-      betas=tuple(s.betas), meta_grad=s.meta_grad, deepinv_lr=s.deepinv_lr,
-      deepinv_betas=tuple(s.deepinv_betas), unroll=unroll)

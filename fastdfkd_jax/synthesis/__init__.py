@@ -1,0 +1,13 @@
+"""Data-free synthesis methods, one module per family, chosen by `config.method`.
+
+`build(config, teacher=..., student=..., info=...)` makes the method; `base`
+documents the protocol every method meets and what the run loop calls.
+"""
+
+# Importing the method modules runs their @register decorators.
+from fastdfkd_jax.synthesis import deepinv, fast_meta  # noqa: F401
+from fastdfkd_jax.synthesis.base import (Synthesizer, augment_stripe, available, build,
+                                         get, host_steppable, register)
+
+__all__ = ["Synthesizer", "augment_stripe", "available", "build", "get", "host_steppable",
+           "register"]

@@ -1,0 +1,226 @@
+"""The protocol every synthesis method meets, and the registry of methods by name.
+
+A synthesis method is a frozen dataclass (modules and static hyper-parameters)
+whose methods are pure functions over an explicit state pytree. Each method
+family is one module registering its classes with `@register(name)`;
+`build(config, ...)` makes the one named by `config.method`.
+
+Two kinds of method
+  Pool methods (`uses_pool = True`: fast_meta, fast, deepinv; the original
+  DeepInversion and CMI) make one batch per synthesis call; the run loop appends
+  it to the pool and the KD steps draw their batches from the pool.
+  Generator-vs-student methods (`uses_pool = False`: DAFL, ZSKT, DFQ, DFAD)
+  train a generator against the student and keep no pool: KD batches come
+  straight from the generator. They own their epoch structure through `g_steps`
+  and `kd_steps`: a round is `g_steps` generator updates, then `kd_steps`
+  student updates each on a fresh generator batch (the release's
+  `datafree_kd.py`: `synthesize()`, then `kd_steps` x `sample()`).
+
+Members of every method (`Synthesizer`)
+  uses_pool: bool, a class attribute.
+  teacher, student: the frozen Flax modules; image_shape (H, W, C), mean, std,
+    padding: the data geometry (the KD step augments with it); axis_name: the
+    data axis inside `shard_map`, or None.
+  from_config(config, *, teacher, student, info, axis_name, unroll): classmethod
+    building the method; `info` carries num_classes, image_shape, mean, std and
+    crop_padding; `unroll` traces inner loops straight-line (XLA:CPU).
+  init(key, teacher_vars) -> state: host-side, outside `shard_map`. The state
+    is a pytree of arrays, replicated over devices and checkpointed with the run
+    (`DistillState.synth`); whatever a method keeps across calls lives in it
+    (generator and optimizer states, BN momentum buffers, CMI's memory bank and
+    MLP head with its optimizer).
+  synthesize(state, teacher_vars, student_vars, key, adv_weight)
+      -> (state, images, metrics):
+    one synthesis call, per-device code inside `shard_map`. `key` is replicated
+    and all randomness is drawn for the global batch (device-count invariant);
+    `adv_weight` is the traced adversarial weight (0 during warmup); `images` is
+    this device's stripe (B_local, H, W, C) uint8 of the global batch; `metrics`
+    a dict of replicated scalars. Teacher and student variables are constants:
+    no gradient is computed for them. For a generator-vs-student method a call
+    is one round's `g_steps` generator updates and its images (a batch of the
+    updated generator) only feed the sample grids.
+
+Optional hooks
+  Host-dispatched inner steps (`HostSteps`, all four or none), so that XLA:CPU
+  compiles one inner step instead of k copies (`Distiller.compile_synth`):
+    begin(state, key) -> (carry, step keys (k,));
+    inner_step(carry, step_key, state, teacher_vars, student_vars, adv_weight)
+        -> carry;
+    end(state, carry) -> (state, images, metrics);
+    carry_specs(state) -> PartitionSpecs of the carry (batch fields sharded);
+    synthesize == end(state, k x inner_step(begin(state, key))).
+  reset_first_layer(state, key) -> state: the release's `reset_l0`, for methods
+    with a generator (config.synth.reset_l0 at config.synth.reset_l0_epoch).
+
+Required of generator-vs-student methods (`GeneratorVsStudent`)
+  g_steps, kd_steps: ints, one round's generator and student updates.
+  generator_step(state, teacher_vars, student_vars, key, adv_weight)
+      -> (state, metrics): one generator update against the frozen student;
+    `synthesize` is `g_steps` of them, and the host may dispatch them one by one
+    (as `inner_step` on XLA:CPU).
+  sample(state, key, n) -> this device's stripe of a global batch of n fresh
+    generator images, uint8 like pool batches (no update).
+
+What the run loop calls, per epoch
+  Pool methods: `reset_first_layer` (at its epoch, where the method has it), one
+  `synthesize` (or `begin`, k x `inner_step`, `end` where `host_steppable`), the
+  images into the pool, then after warmup kd.steps KD updates on pool batches.
+  Generator-vs-student methods: kd.steps // kd_steps rounds of `synthesize` (or
+  g_steps x `generator_step`) followed by kd_steps KD updates, each on
+  `sample(state, key, kd_batch)`; no pool is allocated or checkpointed. (The run
+  loop drives pool methods today; this path lands with the first such method.)
+"""
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+from fastdfkd_jax import augment, parallel
+
+
+@runtime_checkable
+class Synthesizer(Protocol):
+  """What every synthesis method provides (see the module docstring)."""
+  uses_pool: bool
+  teacher: Any
+  student: Any
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  padding: int
+  axis_name: str | None
+
+  @classmethod
+  def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
+                  unroll: bool) -> "Synthesizer":
+    ...
+
+  def init(self, key: jax.Array, teacher_vars) -> Any:
+    ...
+
+  def synthesize(self, state, teacher_vars, student_vars, key: jax.Array,
+                 adv_weight: jax.Array) -> tuple[Any, jax.Array, dict]:
+    ...
+
+
+@runtime_checkable
+class HostSteps(Protocol):
+  """The pieces of one `synthesize` call, dispatched one by one from the host."""
+
+  def begin(self, state, key: jax.Array) -> tuple[Any, jax.Array]:
+    ...
+
+  def inner_step(self, carry, step_key: jax.Array, state, teacher_vars, student_vars,
+                 adv_weight: jax.Array) -> Any:
+    ...
+
+  def end(self, state, carry) -> tuple[Any, jax.Array, dict]:
+    ...
+
+  def carry_specs(self, state) -> Any:
+    ...
+
+
+@runtime_checkable
+class GeneratorVsStudent(Synthesizer, Protocol):
+  """A method that trains a generator against the student and keeps no pool."""
+  g_steps: int
+  kd_steps: int
+
+  def generator_step(self, state, teacher_vars, student_vars, key: jax.Array,
+                     adv_weight: jax.Array) -> tuple[Any, dict]:
+    ...
+
+  def sample(self, state, key: jax.Array, n: int) -> jax.Array:
+    ...
+
+
+_REGISTRY: dict[str, type] = {}
+_REQUIRED = ("from_config", "init", "synthesize")
+_HOST_STEPS = ("begin", "inner_step", "end", "carry_specs")
+_GENERATOR_VS_STUDENT = ("generator_step", "sample")
+
+
+def register(name: str):
+  """Class decorator registering a synthesis method as `config.method=name`.
+
+  Raises:
+    ValueError: the name is taken.
+    TypeError: the class lacks a required hook (the message names them).
+  """
+
+  def deco(cls):
+    if name in _REGISTRY:
+      raise ValueError(f"synthesis method {name!r} registered twice")
+    missing = _missing_hooks(cls)
+    if missing:
+      raise TypeError(f"synthesis method {name!r} ({cls.__name__}) lacks "
+                      f"{', '.join(missing)}")
+    _REGISTRY[name] = cls
+    return cls
+
+  return deco
+
+
+def _missing_hooks(cls) -> list[str]:
+  uses_pool = getattr(cls, "uses_pool", None)
+  missing = [] if isinstance(uses_pool, bool) else ["uses_pool"]
+  hooks = _REQUIRED + (_GENERATOR_VS_STUDENT if uses_pool is False else ())
+  missing += [h for h in hooks if not callable(getattr(cls, h, None))]
+  host = [h for h in _HOST_STEPS if callable(getattr(cls, h, None))]
+  if host and len(host) < len(_HOST_STEPS):
+    missing += [h for h in _HOST_STEPS if h not in host]
+  return missing
+
+
+def available() -> list[str]:
+  """Names accepted by `get` (config.method), sorted."""
+  return sorted(_REGISTRY)
+
+
+def get(name: str) -> type:
+  """The registered class of a method.
+
+  Raises:
+    ValueError: unknown name; the message lists the valid ones.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown synthesis method {name!r}; valid names: "
+                     f"{', '.join(available())}")
+  return _REGISTRY[name]
+
+
+def build(config, *, teacher, student, info, axis_name: str | None = parallel.AXIS,
+          unroll: bool = False) -> Synthesizer:
+  """The method named by `config.method`, built from the config (see `Synthesizer`)."""
+  return get(config.method).from_config(config, teacher=teacher, student=student,
+                                        info=info, axis_name=axis_name, unroll=unroll)
+
+
+def host_steppable(synth: Synthesizer) -> bool:
+  """Whether `synth` has the host-dispatched pieces begin/inner_step/end/carry_specs."""
+  return isinstance(synth, HostSteps)
+
+
+def augment_stripe(key: jax.Array, x: jax.Array, mean, std, padding: int,
+                   axis_name: str | None) -> jax.Array:
+  """The release's augmentation with randomness drawn for the *global* batch.
+
+  Crop offsets and flip decisions are drawn for all B_global images and each
+  device applies its stripe, so the result does not depend on the device count.
+  x: (B_local, H, W, C) float in [0, 1] -> normalised float, same shape.
+  """
+  n = x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+  k_crop, k_flip = jax.random.split(key)
+  stripe = (lambda a: a) if axis_name is None else (
+      lambda a: parallel.local_stripe(a, axis_name))
+  _, h, w, c = x.shape
+  if padding:
+    offsets = stripe(augment.crop_offsets(k_crop, n, padding))
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets)
+  flip = stripe(augment.flip_mask(k_flip, n))
+  x = jnp.where(flip[:, None, None, None], jnp.flip(x, axis=2), x)
+  return augment.normalize(x, mean, std)

@@ -1,0 +1,128 @@
+"""Tests of fastdfkd_jax.synthesis.fast_meta (FastDFKD and sequential reuse) on tiny models.
+
+Also the engine's scan == unrolled check (`inversion`), on the fast_meta call.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fastdfkd_jax.synthesis import fast_meta
+
+from synthesis_testlib import (BATCH, IMAGE_SHAPE, K, assert_tree_close, make_synth,
+                               run)
+
+
+@pytest.fixture(scope="module")
+def nets(tiny_nets):
+  return tiny_nets
+
+
+class RecordMetaGrad(fast_meta.FastMetaSynthesizer):
+  """Plain-SGD inner loop; the 'meta optimiser' stores the meta-gradient as its state."""
+
+  def gen_tx(self, lr):
+    return optax.sgd(lr)
+
+  def meta_tx(self):
+    return optax.GradientTransformation(
+        init=lambda params: jax.tree.map(jnp.zeros_like, params),
+        update=lambda g, state, params=None: (jax.tree.map(jnp.zeros_like, g), g))
+
+
+@pytest.fixture(scope="module")
+def meta_unrolled(nets):
+  """fast_meta/param_diff, unrolled: one call from a fresh state."""
+  synth = make_synth(nets, fast_meta.FastMetaSynthesizer)
+  s0 = synth.init(jax.random.key(0), nets[3])
+  s1, x1, m1 = run(synth, s0, nets, jax.random.key(10))
+  return synth, s0, s1, x1, m1
+
+
+@pytest.fixture(scope="module")
+def fast_unrolled(nets):
+  """method='fast' (sequential reuse) from the same init and key: params = theta'_k."""
+  synth = make_synth(nets, fast_meta.FastSynthesizer)
+  f0 = synth.init(jax.random.key(0), nets[3])
+  f1, x, m = run(synth, f0, nets, jax.random.key(10))
+  return synth, f0, f1, x, m
+
+
+# ------------------------------------------------------------------ (f)
+def test_fast_meta_outputs(meta_unrolled):
+  synth, s0, s1, x1, m1 = meta_unrolled
+  chex.assert_shape(x1, (BATCH,) + IMAGE_SHAPE)
+  assert x1.dtype == jnp.uint8
+  assert int(s1.calls) == 1 and bool(s1.has_momentum)
+  chex.assert_trees_all_equal_shapes_and_dtypes(s0.gen_params, s1.gen_params)
+  for name in ("loss", "loss_bn", "loss_oh", "loss_adv", "teacher_target_acc", "best_loss"):
+    assert np.isfinite(float(m1[name])), name
+  assert float(m1["best_loss"]) <= float(m1["loss"]) + 1e-6
+  # The generator moved.
+  diff = sum(np.abs(np.asarray(a) - np.asarray(b)).sum() for a, b in
+             zip(jax.tree.leaves(s0.gen_params), jax.tree.leaves(s1.gen_params)))
+  assert diff > 0
+
+
+def test_fast_method_outputs(fast_unrolled):
+  _, f0, f1, x, m = fast_unrolled
+  chex.assert_shape(x, (BATCH,) + IMAGE_SHAPE)
+  assert x.dtype == jnp.uint8
+  assert np.isfinite(float(m["best_loss"])) and int(f1.calls) == 1
+  # Sequential reuse: the generator's own Adam state persists (one step per inner step).
+  counts = [int(c) for c in jax.tree.leaves(f1.opt_state) if jnp.ndim(c) == 0]
+  assert counts and all(c == K for c in counts)
+
+
+# ------------------------------------------------------------------ (a)
+def test_scan_equals_unrolled(nets, meta_unrolled):
+  _, s0, s1, x1, m1 = meta_unrolled
+  synth = make_synth(nets, fast_meta.FastMetaSynthesizer, unroll=False)
+  s1_scan, x_scan, m_scan = run(synth, s0, nets, jax.random.key(10))
+  assert_tree_close(s1_scan, s1, rtol=1e-4, atol=1e-5)
+  # uint8 rounding of nearly equal floats may differ by one level.
+  np.testing.assert_allclose(np.asarray(x_scan, np.int32), np.asarray(x1, np.int32), atol=1)
+  assert_tree_close(m_scan, m1, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ (b)
+def test_param_diff_meta_step(meta_unrolled, fast_unrolled):
+  """theta_new = theta + MetaAdam(g = theta - theta'_k), theta'_k from method='fast'."""
+  synth, s0, s1, _, _ = meta_unrolled
+  _, f0, f1, _, _ = fast_unrolled
+  chex.assert_trees_all_equal(f0.gen_params, s0.gen_params)   # same init key
+  theta, theta_k = s0.gen_params, f1.gen_params   # same z, targets and inner steps
+
+  @jax.jit
+  def meta_step(theta, theta_k, opt_state):
+    g = jax.tree.map(jnp.subtract, theta, theta_k)
+    updates, opt = synth.meta_tx().update(g, opt_state, theta)
+    return g, optax.apply_updates(theta, updates), opt
+
+  g, expected, opt = meta_step(theta, theta_k, s0.opt_state)
+  assert max(np.abs(np.asarray(x)).max() for x in jax.tree.leaves(g)) > 0
+  assert_tree_close(s1.gen_params, expected, rtol=1e-5, atol=1e-6)
+  assert_tree_close(s1.opt_state, opt, rtol=1e-3, atol=1e-10)
+  # Meta Adam lr is lr_g * k: its first step moves each weight by <= lr_g * k.
+  step = max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
+             zip(jax.tree.leaves(s1.gen_params), jax.tree.leaves(theta)))
+  assert step <= synth.hp.lr_g * synth.hp.k * (1 + 1e-4)
+
+
+# ------------------------------------------------------------------ (c)
+def test_sgd_inner_loop_meta_gradients_agree(nets):
+  """With SGD(a) inner steps: theta - theta'_k == a * sum_i dL_i/dtheta'."""
+  lr_g = 0.05
+  key = jax.random.key(10)
+  pd = make_synth(nets, cls=RecordMetaGrad, lr_g=lr_g, meta_grad="param_diff")
+  sm = make_synth(nets, cls=RecordMetaGrad, lr_g=lr_g, meta_grad="sum_inner_grads")
+  s0 = pd.init(jax.random.key(0), nets[3])
+  g_pd = run(pd, s0, nets, key)[0].opt_state
+  g_sum = run(sm, s0, nets, key)[0].opt_state
+  norm = np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(g_sum)))
+  assert norm > 0
+  # theta - theta'_k carries float32 cancellation of |theta| * 1e-7.
+  assert_tree_close(g_pd, jax.tree.map(lambda x: lr_g * x, g_sum), rtol=2e-3, atol=2e-6)
