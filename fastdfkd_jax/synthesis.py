@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from fastdfkd_jax import augment, loops, losses, parallel
+from fastdfkd_jax import loops, losses, parallel
+from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import generator as generator_lib
 from fastdfkd_jax.models import util as model_util
 

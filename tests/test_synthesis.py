@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from fastdfkd_jax import augment, losses, synthesis
+from fastdfkd_jax import losses, synthesis
+from fastdfkd_jax.data import augment
 
 from conftest import compile_unoptimized
 
