@@ -7,7 +7,7 @@
       [--torch_reference=../shared/bench/torch_reference.py]
 
 Random-weight teacher and student (no checkpoint, no data files: only
-`input_pipeline.get_info` for shapes), the Distiller built on the full mesh,
+`data.get_info` for shapes), the Distiller built on the full mesh,
 every step compiled ahead of time (`.lower().compile()`, reported as
 compile_s), one warm-up call, then `--repeats` timed calls each ended by
 `jax.block_until_ready` on all outputs; medians are reported. The state is
@@ -139,13 +139,13 @@ class Bench:
   def __init__(self, config, profile_dir: str = "", warmup: int = 1):
     import jax
     import jax.numpy as jnp
-    from fastdfkd_jax import distill, input_pipeline, loops, models, parallel, train
+    from fastdfkd_jax import data, distill, loops, models, parallel, train
     from fastdfkd_jax.models import util as model_util
     self.config = config
     if not config.pool.on_device:
       raise ValueError("the benchmark measures the on-device pool path; drop "
                        "--config.pool.on_device=False")
-    self.info = input_pipeline.get_info(config.dataset.name)
+    self.info = data.get_info(config.dataset.name)
     self.mesh = parallel.make_mesh()
     self.distiller = distill.build(config, self.info, config.teacher.arch, self.mesh)
     root = jax.random.key(config.seed)
@@ -384,8 +384,8 @@ def torch_compare(row: dict, path: str, config, kd_steps: int, repeats: int,
     if not torch_archs_ok(arch):
       logging.warning("torch reference does not know %s; no comparison for %s", arch, what)
       return dict(what=what, skipped=f"torch reference does not know {arch}")
-  from fastdfkd_jax import input_pipeline
-  info = input_pipeline.get_info(config.dataset.name)
+  from fastdfkd_jax import data
+  info = data.get_info(config.dataset.name)
   if info.num_classes != 10:
     notes.append(f"torch reference uses 10 classes, jax {info.num_classes}")
   if tuple(info.image_shape) != (32, 32, 3):

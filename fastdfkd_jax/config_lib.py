@@ -162,9 +162,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.mode == "evaluate" and not c.checkpoint:
     raise ValueError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
                      "written by train_teacher or distill, or a release .pth)")
-  from fastdfkd_jax import input_pipeline, models  # late: keeps config import light
+  from fastdfkd_jax import data, models  # late: keeps config import light
   try:
-    input_pipeline.get_info(c.dataset.name)
+    data.get_info(c.dataset.name)
   except ValueError as e:
     raise ValueError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
   archs = ([("model", c.model)] if c.mode != "distill"

@@ -24,8 +24,9 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import augment, checkpoint, input_pipeline, loops, losses, models
+from fastdfkd_jax import checkpoint, data, loops, losses, models
 from fastdfkd_jax import parallel, pool as pool_lib, reporting, runs, synthesis, train
+from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import util as model_util
 
 AXIS = parallel.AXIS
@@ -87,8 +88,8 @@ class Distiller:
     return {"params": student.params, "batch_stats": student.batch_stats}
 
   def _kd_update(self, student: StudentState, teacher_vars, images_u8, key, lr):
-    x = synthesis.augment_stripe(key, augment.to_float(images_u8), self.synth.mean,
-                                 self.synth.std, self.synth.padding, self.axis)
+    x = augment.augment_stripe(key, augment.to_float(images_u8), self.synth.mean,
+                               self.synth.std, self.synth.padding, self.axis)
     teacher_vars = jax.lax.stop_gradient(teacher_vars)
     t_logits = self.synth.teacher.apply(teacher_vars, x, train=False)
 
@@ -222,7 +223,7 @@ class Distiller:
 
 
 # ---------------------------------------------------------------- building
-def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo,
+def build(config: ml_collections.ConfigDict, info: data.DatasetInfo,
           teacher_arch: str, mesh) -> Distiller:
   """The Distiller for a config: models, synthesizer, optimizer, batch checks."""
   dtype = train.activation_dtype(config)
@@ -302,10 +303,10 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   """mode=distill: FastDFKD (or an ablation method) end to end; returns the summary."""
   preemption = preemption or runs.Preemption()
   mesh = parallel.make_mesh()
-  info = input_pipeline.get_info(config.dataset.name)
+  info = data.get_info(config.dataset.name)
   teacher_vars, teacher_meta = obtain_teacher(config, workdir, info, preemption)
-  ds = input_pipeline.load_dataset(config.dataset.name, config.dataset.data_dir,
-                                   config.dataset.cache_dir or None)
+  ds = data.load_dataset(config.dataset.name, config.dataset.data_dir,
+                         config.dataset.cache_dir or None)
   distiller = build(config, info, teacher_meta["arch"], mesh)
   teacher_vars = parallel.put_replicated(teacher_vars, mesh)
   eval_step = train.make_eval_step(distiller.student_model, info, mesh)

@@ -281,12 +281,12 @@ def import_to_checkpoint(pth: str, out_dir: str, arch: str, dataset: str = "cifa
   Returns the checkpoint's meta dict.
   """
   # Imported here: these pull in the training stack, not needed for conversion.
-  from fastdfkd_jax import checkpoint, input_pipeline, train  # pylint: disable=import-outside-toplevel
+  from fastdfkd_jax import checkpoint, data, train  # pylint: disable=import-outside-toplevel
 
   if arch == "generator":
     raise ValueError("the CLI imports classifiers (teachers); convert a generator with "
                      "convert_state_dict/load_pth instead")
-  info = input_pipeline.get_info(dataset)
+  info = data.get_info(dataset)
   if num_classes is not None and num_classes != info.num_classes:
     raise ValueError(f"--num_classes={num_classes} but dataset {dataset} has "
                      f"{info.num_classes} classes")

@@ -19,7 +19,8 @@ from absl import logging
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import augment, checkpoint, input_pipeline, loops, models, parallel
+from fastdfkd_jax import checkpoint, data, loops, models, parallel
+from fastdfkd_jax.data import augment
 from fastdfkd_jax import reporting, runs
 from fastdfkd_jax.models import util as model_util
 
@@ -50,7 +51,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       logits.astype(jnp.float32), labels).mean()
 
 
-def make_train_chunk(model, tx, info: input_pipeline.DatasetInfo, mesh, unroll: bool):
+def make_train_chunk(model, tx, info: data.DatasetInfo, mesh, unroll: bool):
   """jitted (state, images (S,B,H,W,C) u8, labels (S,B), key) -> (state, metrics).
 
   Batches are sharded over the data axis (axis 1); metrics are per-step means.
@@ -88,7 +89,7 @@ def make_train_chunk(model, tx, info: input_pipeline.DatasetInfo, mesh, unroll: 
   return jax.jit(sharded, donate_argnums=(0,))
 
 
-def make_eval_step(model, info: input_pipeline.DatasetInfo, mesh):
+def make_eval_step(model, info: data.DatasetInfo, mesh):
   """jitted (variables, images u8 (B,..), labels (B,), mask (B,)) -> correct count."""
   mean, std = jnp.asarray(info.mean), jnp.asarray(info.std)
 
@@ -120,7 +121,7 @@ def evaluate(eval_step, variables, images: np.ndarray, labels: np.ndarray,
   return 100.0 * float(correct) / n
 
 
-def model_meta(arch: str, info: input_pipeline.DatasetInfo, mode: str, **extra) -> dict:
+def model_meta(arch: str, info: data.DatasetInfo, mode: str, **extra) -> dict:
   return dict(arch=arch, num_classes=info.num_classes, input_shape=list(info.image_shape),
               dataset=info.name, mode=mode, **extra)
 
@@ -134,8 +135,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   """
   preemption = preemption or runs.Preemption()
   mesh = parallel.make_mesh()
-  ds = input_pipeline.load_dataset(config.dataset.name, config.dataset.data_dir,
-                                   config.dataset.cache_dir or None)
+  ds = data.load_dataset(config.dataset.name, config.dataset.data_dir,
+                         config.dataset.cache_dir or None)
   info = ds.info
   model = models.get_model(config.model, info.num_classes, dtype=activation_dtype(config),
                            axis_name=AXIS)
@@ -230,14 +231,14 @@ def _resume_point(mngr) -> tuple[int, float]:
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """mode=evaluate: test accuracy of `config.checkpoint` on the dataset's test split."""
   mesh = parallel.make_mesh()
-  info = input_pipeline.get_info(config.dataset.name)
+  info = data.get_info(config.dataset.name)
   module, variables, meta = checkpoint.load_model(
       config.checkpoint, dict(num_classes=info.num_classes,
                               input_shape=list(info.image_shape),
                               arch=None if not config.checkpoint.endswith(".pth")
                               else config.model))
-  ds = input_pipeline.load_dataset(config.dataset.name, config.dataset.data_dir,
-                                   config.dataset.cache_dir or None)
+  ds = data.load_dataset(config.dataset.name, config.dataset.data_dir,
+                         config.dataset.cache_dir or None)
   t0 = time.time()
   module = models.get_model(meta["arch"], meta["num_classes"],
                             dtype=activation_dtype(config), axis_name=AXIS)

@@ -15,7 +15,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fastdfkd_jax import config_lib, distill, input_pipeline, parallel, runner  # noqa: E402
+from fastdfkd_jax import config_lib, data, distill, parallel, runner  # noqa: E402
 from fastdfkd_jax import models  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
 
@@ -31,7 +31,7 @@ def tiny_config():
 def equivalence(out_path):
   """Synthesis, KD and a fused epoch on 1 vs 8 devices from the same keys."""
   c = tiny_config()
-  info = input_pipeline.get_info("digits")
+  info = data.get_info("digits")
   teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
                                      info.image_shape)
   results = {}

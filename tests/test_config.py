@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fastdfkd_jax import config_lib, default_config, input_pipeline, models
+from fastdfkd_jax import config_lib, data, default_config, models
 from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
@@ -46,7 +46,7 @@ def test_teacher_configs(dataset):
   assert c.model in models.list_models()
 
 
-@pytest.mark.parametrize("dataset", sorted(input_pipeline.DATASETS))
+@pytest.mark.parametrize("dataset", sorted(data.DATASETS))
 def test_evaluate_configs(dataset):
   c = load_config_file("evaluate.py", dataset)
   assert c.mode == "evaluate" and c.dataset.name == dataset
@@ -182,7 +182,7 @@ def test_unknown_dataset():
     config_lib.validate(_bad("dataset.name", "imagenet7"))
   msg = str(e.value)
   assert "config.dataset.name" in msg and "imagenet7" in msg
-  assert all(name in msg for name in input_pipeline.DATASETS)
+  assert all(name in msg for name in data.DATASETS)
 
 
 @pytest.mark.parametrize("field", ["batch_size", "epochs", "k", "kd.steps",

@@ -1,4 +1,4 @@
-"""Tests of fastdfkd_jax.synthesis.base: the registry, the protocol and augment_stripe.
+"""Tests of fastdfkd_jax.synthesis.base: the registry and the protocol.
 
 A test-only generator-vs-student method (`DummyAdversarialGenerator`, ZSKT-like:
 the generator maximises KL(teacher || student) on its own samples) shows that
@@ -20,7 +20,8 @@ import optax
 import pytest
 from flax import struct
 
-from fastdfkd_jax import augment, config_lib, distill, loops, models, parallel
+from fastdfkd_jax.data import augment
+from fastdfkd_jax import config_lib, distill, loops, models, parallel
 from fastdfkd_jax import losses as kd_losses
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import base
@@ -92,27 +93,6 @@ def test_register_names_the_missing_hooks():
     with pytest.raises(TypeError, match="lacks uses_pool, from_config, init, synthesize"):
       base.register("empty")(type("Empty", (), {}))
     assert base.available() == METHODS
-
-
-# ------------------------------------------------------ augment_stripe
-def test_augment_stripe_matches_augment():
-  x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
-  key = jax.random.key(7)
-  a = base.augment_stripe(key, x, MEAN, STD, PADDING, None)
-  b = augment.augment(key, x, jnp.asarray(MEAN), jnp.asarray(STD), PADDING)
-  chex.assert_equal_shape((a, x))
-  chex.assert_trees_all_close(a, b)
-  chex.assert_trees_all_equal(a, base.augment_stripe(key, x, MEAN, STD, PADDING, None))
-  c = base.augment_stripe(jax.random.key(8), x, MEAN, STD, PADDING, None)
-  assert not np.allclose(np.asarray(a), np.asarray(c))
-
-
-def test_augment_stripe_no_padding():
-  x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
-  mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-  a = base.augment_stripe(jax.random.key(1), x, mean, std, 0, None)
-  b = augment.augment(jax.random.key(1), x, mean, std, 0)
-  chex.assert_trees_all_close(a, b)
 
 
 # --------------------------------------- a generator-vs-student method

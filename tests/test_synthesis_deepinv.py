@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax.synthesis import base, deepinv, losses
+from fastdfkd_jax.data import augment
+from fastdfkd_jax.synthesis import deepinv, losses
 
 from synthesis_testlib import (BATCH, IMAGE_SHAPE, MEAN, PADDING, STD, assert_tree_close,
                                compiled, make_synth, run)
@@ -53,7 +54,7 @@ def _last_stats(synth, nets, key):
 def _last_stats_fn(synth, tv, key):
   k_z, _, k_steps = jax.random.split(key, 3)
   x = jax.nn.sigmoid(jax.random.normal(k_z, (BATCH,) + IMAGE_SHAPE))
-  xa = base.augment_stripe(jax.random.split(k_steps, 1)[0], x, MEAN, STD, PADDING, None)
+  xa = augment.augment_stripe(jax.random.split(k_steps, 1)[0], x, MEAN, STD, PADDING, None)
   _, aux = synth.teacher.apply(tv, xa, train=False, mutable=[losses.BN_STATS_COLLECTION])
   return [dict(mean=l["mean"], var=l["var"])
           for l in losses.flatten_bn_stats(aux[losses.BN_STATS_COLLECTION])]

@@ -74,9 +74,8 @@ What the run loop calls, per epoch
 from typing import Any, Protocol, runtime_checkable
 
 import jax
-import jax.numpy as jnp
 
-from fastdfkd_jax import augment, parallel
+from fastdfkd_jax import parallel
 
 
 @runtime_checkable
@@ -201,26 +200,3 @@ def build(config, *, teacher, student, info, axis_name: str | None = parallel.AX
 def host_steppable(synth: Synthesizer) -> bool:
   """Whether `synth` has the host-dispatched pieces begin/inner_step/end/carry_specs."""
   return isinstance(synth, HostSteps)
-
-
-def augment_stripe(key: jax.Array, x: jax.Array, mean, std, padding: int,
-                   axis_name: str | None) -> jax.Array:
-  """The release's augmentation with randomness drawn for the *global* batch.
-
-  Crop offsets and flip decisions are drawn for all B_global images and each
-  device applies its stripe, so the result does not depend on the device count.
-  x: (B_local, H, W, C) float in [0, 1] -> normalised float, same shape.
-  """
-  n = x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
-  k_crop, k_flip = jax.random.split(key)
-  stripe = (lambda a: a) if axis_name is None else (
-      lambda a: parallel.local_stripe(a, axis_name))
-  _, h, w, c = x.shape
-  if padding:
-    offsets = stripe(augment.crop_offsets(k_crop, n, padding))
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
-        padded, offsets)
-  flip = stripe(augment.flip_mask(k_flip, n))
-  x = jnp.where(flip[:, None, None, None], jnp.flip(x, axis=2), x)
-  return augment.normalize(x, mean, std)

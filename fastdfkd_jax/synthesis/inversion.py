@@ -31,9 +31,10 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import augment, loops, models, parallel
+from fastdfkd_jax import loops, models, parallel
+from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import util as model_util
-from fastdfkd_jax.synthesis import base, losses
+from fastdfkd_jax.synthesis import losses
 
 
 @struct.dataclass
@@ -180,7 +181,7 @@ class InversionSynthesizer(abc.ABC):
     Returns (loss, (this call's BN input stats, metrics dict)).
     """
     teacher_vars, student_vars = jax.lax.stop_gradient((teacher_vars, student_vars))
-    xa = base.augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
+    xa = augment.augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
     t_logits, aux = self.teacher.apply(teacher_vars, xa, train=False,
                                        mutable=[losses.BN_STATS_COLLECTION])
     s_logits = self.student.apply(student_vars, xa, train=False)

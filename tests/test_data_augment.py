@@ -1,4 +1,13 @@
-"""Tests of fastdfkd_jax.augment: shapes, determinism, and numpy references."""
+"""Tests of fastdfkd_jax.data.augment: shapes, determinism, numpy references, device counts.
+
+Run as a script (`python tests/test_data_augment.py OUT.npz`) it is the
+subprocess worker of the multi-device test: the device count must be fixed
+(XLA_FLAGS=--xla_force_host_platform_device_count=8) before jax is imported.
+"""
+
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -6,7 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import augment as aug
+from fastdfkd_jax.data import augment as aug
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE_COUNTS = (1, 2, 4, 8)
+# (padding, flip) settings the multi-device test covers.
+STRIPE_CASES = ((4, True), (1, True), (0, True), (4, False))
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -147,3 +161,58 @@ def test_under_jit():
       key, jnp.zeros((256, 32, 32, 3)))
   chex.assert_shape(big, (256, 32, 32, 3))
   chex.assert_tree_all_finite(big)
+
+
+def test_augment_stripe_without_axis_is_augment():
+  x = images(b=6, h=8, w=8, c=1)
+  key = jax.random.key(7)
+  a = aug.augment_stripe(key, x, (0.3,), (0.4,), 1, None)
+  chex.assert_equal_shape((a, x))
+  np.testing.assert_array_equal(a, aug.augment(key, x, jnp.asarray((0.3,)),
+                                               jnp.asarray((0.4,)), 1))
+  chex.assert_trees_all_equal(a, aug.augment_stripe(key, x, (0.3,), (0.4,), 1, None))
+  c = aug.augment_stripe(jax.random.key(8), x, (0.3,), (0.4,), 1, None)
+  assert not np.allclose(np.asarray(a), np.asarray(c))
+  np.testing.assert_array_equal(aug.augment_stripe(key, x, (0.3,), (0.4,), 0, None),
+                                aug.augment(key, x, (0.3,), (0.4,), 0))
+
+
+def stripe_results(num_devices):
+  """augment_stripe under shard_map on `num_devices` devices, per STRIPE_CASES."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from fastdfkd_jax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  x = images(b=16)
+  out = {}
+  for padding, flip in STRIPE_CASES:
+    fn = parallel.shard(
+        lambda k, v, p=padding, f=flip: aug.augment_stripe(k, v, MEAN, STD, p, parallel.AXIS, f),
+        mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=P(parallel.AXIS))
+    out[f"pad{padding}_flip{flip}"] = np.asarray(jax.jit(fn)(jax.random.key(9), x))
+  return out
+
+
+def test_augment_stripe_is_device_count_invariant(tmp_path):
+  # 1 device in this process; 1, 2, 4 and 8 forced CPU devices in a subprocess.
+  x = images(b=16)
+  one = stripe_results(1)
+  for padding, flip in STRIPE_CASES:
+    np.testing.assert_array_equal(
+        one[f"pad{padding}_flip{flip}"],
+        aug.augment(jax.random.key(9), x, MEAN, STD, padding, flip))
+  out = tmp_path / "stripes.npz"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with np.load(out) as got:
+    assert len(got.files) == len(DEVICE_COUNTS) * len(STRIPE_CASES)
+    for name in got.files:
+      np.testing.assert_array_equal(got[name], one[name.split("/")[1]], err_msg=name)
+
+
+if __name__ == "__main__":
+  assert jax.device_count() == 8, jax.devices()
+  np.savez(sys.argv[1], **{f"d{n}/{k}": v for n in DEVICE_COUNTS
+                           for k, v in stripe_results(n).items()})

@@ -7,8 +7,10 @@ order (reference doc, section 2) is
   augment(x) = normalize(flip(crop(x)))
 
 with a random crop of zero padding 4 (1 for `digits`) and a horizontal flip
-with probability 0.5. The same function augments the synthetic batches inside
-the synthesis loop and the pool batches in the KD step.
+with probability 0.5. Under `shard_map`, `augment_stripe` draws the randomness
+for the global batch and each device applies its stripe, so a batch is
+augmented the same way on any number of devices; it augments the synthetic
+batches inside the synthesis loop and the pool batches in the KD step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+
+from fastdfkd_jax import parallel
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -62,15 +66,18 @@ def crop_offsets(key: jax.Array, batch: int, padding: int) -> jax.Array:
   return jax.random.randint(key, (batch, 2), 0, 2 * padding + 1, jnp.int32)
 
 
-def random_crop(key: jax.Array, images: ArrayLike, padding: int) -> jax.Array:
+def random_crop(key: jax.Array, images: ArrayLike, padding: int,
+                axis_name: str | None = None) -> jax.Array:
   """Zero-pads by `padding` on each side and crops back to H x W at random.
 
   Equivalent to torchvision's RandomCrop(H, padding) applied per image.
 
   Args:
-    key: PRNG key; offsets are `crop_offsets(key, B, padding)`.
+    key: PRNG key; offsets are `crop_offsets(key, B_global, padding)`.
     images: (B, H, W, C).
     padding: static non-negative int; 0 returns the images unchanged.
+    axis_name: inside `shard_map`, the batch axis: the offsets are drawn for the
+      global batch and this device uses its stripe. None: B_global = B.
 
   Returns:
     (B, H, W, C), same dtype.
@@ -80,8 +87,8 @@ def random_crop(key: jax.Array, images: ArrayLike, padding: int) -> jax.Array:
     raise ValueError(f"padding must be >= 0, got {padding}")
   if padding == 0:
     return x
-  b, h, w, c = x.shape
-  offsets = crop_offsets(key, b, padding)
+  _, h, w, c = x.shape
+  offsets = _stripe(crop_offsets(key, _global_batch(x, axis_name), padding), axis_name)
   padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
   def crop_one(img: jax.Array, off: jax.Array) -> jax.Array:
@@ -95,19 +102,50 @@ def flip_mask(key: jax.Array, batch: int, prob: float = 0.5) -> jax.Array:
   return jax.random.bernoulli(key, prob, (batch,))
 
 
-def random_flip(key: jax.Array, images: ArrayLike) -> jax.Array:
+def random_flip(key: jax.Array, images: ArrayLike,
+                axis_name: str | None = None) -> jax.Array:
   """Flips each image horizontally (the W axis) with probability 0.5.
 
   Args:
-    key: PRNG key; flipped images are where `flip_mask(key, B)` is True.
+    key: PRNG key; flipped images are where `flip_mask(key, B_global)` is True.
     images: (B, H, W, C).
+    axis_name: as in `random_crop`.
 
   Returns:
     (B, H, W, C), same dtype.
   """
   x = jnp.asarray(images)
-  mask = flip_mask(key, x.shape[0])
+  mask = _stripe(flip_mask(key, _global_batch(x, axis_name)), axis_name)
   return jnp.where(mask[:, None, None, None], jnp.flip(x, axis=2), x)
+
+
+def augment_stripe(key: jax.Array, images: ArrayLike,
+                   mean: Sequence[float] | ArrayLike, std: Sequence[float] | ArrayLike,
+                   padding: int, axis_name: str | None, flip: bool = True) -> jax.Array:
+  """`augment` with its randomness drawn for the *global* batch.
+
+  Per-device code inside `shard_map` over `axis_name`: crop offsets and flip
+  decisions are drawn for all B_global = B * axis_size images and each device
+  applies its stripe (`parallel.local_stripe`), so the result does not depend
+  on the device count. With `axis_name=None` it is `augment`.
+
+  Args:
+    key: PRNG key, the same on every device.
+    images: float (B, H, W, C) in [0, 1], this device's stripe of the batch.
+    mean: length-C per-channel mean.
+    std: length-C per-channel standard deviation.
+    padding: static crop padding (0: no crop).
+    axis_name: the batch axis of the enclosing `shard_map`, or None.
+    flip: static; apply the random horizontal flip.
+
+  Returns:
+    Normalised float (B, H, W, C), same dtype as `images`.
+  """
+  k_crop, k_flip = jax.random.split(key)
+  x = random_crop(k_crop, images, padding, axis_name)
+  if flip:
+    x = random_flip(k_flip, x, axis_name)
+  return normalize(x, mean, std)
 
 
 def augment(key: jax.Array, images: ArrayLike,
@@ -127,9 +165,14 @@ def augment(key: jax.Array, images: ArrayLike,
   Returns:
     Normalised float (B, H, W, C), same dtype as `images`.
   """
-  k_crop, k_flip = jax.random.split(key)
-  x = random_crop(k_crop, images, padding)
-  if flip:
-    x = random_flip(k_flip, x)
-  return normalize(x, mean, std)
+  return augment_stripe(key, images, mean, std, padding, None, flip)
 
+
+def _global_batch(x: jax.Array, axis_name: str | None) -> int:
+  """B_global: the local batch times the size of `axis_name` (1 when None)."""
+  return x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+
+
+def _stripe(a: jax.Array, axis_name: str | None) -> jax.Array:
+  """This device's stripe of an array drawn for the global batch."""
+  return a if axis_name is None else parallel.local_stripe(a, axis_name)

@@ -1,0 +1,173 @@
+"""Loading a data set's splits (dispatch over the sources) and a host batch iterator.
+
+Every loader returns host numpy arrays:
+
+  images: uint8 (N, H, W, C), pixels 0..255 (C = 1 for grey sets, 3 for RGB)
+  labels: int32 (N,), values in [0, num_classes)
+
+Where the data comes from (see `load_split`):
+
+  * `digits` always comes from scikit-learn (`digits.py`: offline, 8x8 grey,
+    1797 images).
+  * `data_dir=''`: TensorFlow Datasets (`tfds.py`: downloads; needs network the
+    first time).
+  * `data_dir=<path>`: a local copy in one of three layouts, detected from the path:
+      (a) a directory with the IDX files `train-images-idx3-ubyte.gz`,
+          `train-labels-idx1-ubyte.gz`, `t10k-images-idx3-ubyte.gz`,
+          `t10k-labels-idx1-ubyte.gz` (gzipped or not), as MNIST ships (`idx.py`);
+      (b) an image-folder tree `<data_dir>/train/<class>/*.{jpg,jpeg,png}` and
+          `<data_dir>/test/<class>/*` (possibly under one top-level folder);
+      (c) a `.tar.gz` / `.tgz` / `.tar` archive of such a tree, extracted once into
+          a cache directory (`image_folder.py` for both).
+    Decoded image-folder splits are cached as `.npz` files and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator
+
+import numpy as np
+
+from fastdfkd_jax import errors
+from fastdfkd_jax.data import digits, idx, image_folder, tfds
+from fastdfkd_jax.data.info import LAYOUT_HELP, SPLITS, DatasetInfo, Split, get_info
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """Both splits of a data set on the host.
+
+  Attributes:
+    info: the data set's `DatasetInfo`.
+    train_images: uint8 (N_train, H, W, C).
+    train_labels: int32 (N_train,).
+    test_images: uint8 (N_test, H, W, C).
+    test_labels: int32 (N_test,).
+  """
+
+  info: DatasetInfo
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+
+
+def load_dataset(name: str, data_dir: str = "",
+                 cache_dir: str | None = None) -> Dataset:
+  """Loads the train and test splits of `name` (see `load_split`)."""
+  info = get_info(name)
+  train_images, train_labels = load_split(name, "train", data_dir, cache_dir)
+  test_images, test_labels = load_split(name, "test", data_dir, cache_dir)
+  return Dataset(info, train_images, train_labels, test_images, test_labels)
+
+
+def load_split(name: str, split: Split, data_dir: str = "",
+               cache_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Loads one split of a data set.
+
+  Args:
+    name: a key of `DATASETS`.
+    split: 'train' or 'test'.
+    data_dir: '' for TensorFlow Datasets, else a local directory or archive in
+      one of the layouts of `LAYOUT_HELP`. Ignored for `digits`.
+    cache_dir: root of the extraction / decoded-split cache; default
+      `~/.cache/fastdfkd_jax`. Each archive or image tree gets its own
+      sub-folder `<stem>-<short hash>` under it.
+
+  Returns:
+    images: uint8 (N, H, W, C) with (H, W, C) = `get_info(name).image_shape`.
+    labels: int32 (N,) in [0, num_classes).
+
+  Raises:
+    UserError: unknown name; missing, unreadable or mismatching data; TensorFlow
+      Datasets could not provide the data.
+    ValueError: unknown split (a bug in the caller).
+  """
+  info = get_info(name)
+  if split not in SPLITS:
+    raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}")
+  if name == "digits":
+    images, labels = digits.load(split)
+  elif not data_dir:
+    images, labels = tfds.load(info, split)
+  else:
+    images, labels = _load_local(info, split, data_dir, cache_dir)
+  _check_arrays(info, images, labels, data_dir or info.tfds_name or name)
+  return images, labels
+
+
+def _load_local(info: DatasetInfo, split: Split, data_dir: str,
+                cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """Dispatches on the layout found at `data_dir`."""
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  if not os.path.exists(path):
+    raise errors.UserError(
+        f"Data path {path!r} (dataset {info.name!r}) does not exist.\n"
+        f"{LAYOUT_HELP}")
+  if os.path.isfile(path):
+    if not path.lower().endswith(image_folder.ARCHIVE_SUFFIXES):
+      raise errors.UserError(
+          f"Data path {path!r} is a file but not a .tar.gz/.tgz/.tar archive.\n"
+          f"{LAYOUT_HELP}")
+    return image_folder.load_archive(info, split, path, cache_dir)
+  if idx.is_idx_dir(path, split):
+    return idx.load(info, split, path)
+  root = image_folder.find_tree_root(path)
+  if root is not None:
+    return image_folder.load_tree(info, split, root, cache_dir)
+  raise errors.UserError(
+      f"Data directory {path!r} matches none of the accepted layouts "
+      f"(no IDX files, no train/ or test/ folder).\n{LAYOUT_HELP}")
+
+
+def _check_arrays(info: DatasetInfo, images: np.ndarray, labels: np.ndarray,
+                  source: str) -> None:
+  if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
+    raise errors.UserError(
+        f"{source!r}: images are {images.dtype} {images.shape}, expected uint8 "
+        f"(N,) + {info.image_shape} for {info.name!r}")
+  if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
+    raise errors.UserError(
+        f"{source!r}: labels are {labels.dtype} {labels.shape}, expected int32 "
+        f"({images.shape[0]},)")
+  if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+    raise errors.UserError(
+        f"{source!r}: labels span [{labels.min()}, {labels.max()}], expected "
+        f"[0, {info.num_classes})")
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
+  """Number of batches `iterate_batches` yields for `n` examples."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def iterate_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int,
+    rng: np.random.Generator | None = None, drop_remainder: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """One epoch of host batches.
+
+  Args:
+    images: (N, ...) array, any dtype.
+    labels: (N,) array.
+    batch_size: examples per batch.
+    rng: shuffles the order when given; sequential order when None.
+    drop_remainder: drop the last batch when it is smaller than `batch_size`.
+
+  Yields:
+    (images[idx], labels[idx]) numpy batches, idx of length `batch_size` (the
+    last one may be shorter unless `drop_remainder`); each example appears at
+    most once per epoch (exactly once unless dropped).
+  """
+  n = len(images)
+  if len(labels) != n:
+    raise ValueError(f"images ({n}) and labels ({len(labels)}) differ in length")
+  count = num_batches(n, batch_size, drop_remainder)
+  order = rng.permutation(n) if rng is not None else np.arange(n)
+  for b in range(count):
+    batch = order[b * batch_size:(b + 1) * batch_size]
+    yield images[batch], labels[batch]

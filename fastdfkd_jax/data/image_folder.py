@@ -1,0 +1,298 @@
+"""Image-folder trees and `.tar.gz` / `.tgz` / `.tar` archives of them, with a decode cache.
+
+A tree is `<root>/train/<class>/*.{jpg,jpeg,png}` and `<root>/test/<class>/*`
+(possibly under one top-level folder). An archive of one is extracted once into
+`<cache_root>/<stem>-<short hash>/tree`; a plain tree gets its own
+`<cache_root>/<name>-<short hash>/` folder. Decoded splits are cached there as
+`<dataset>-<split>-<H>x<W>x<C>-v<version>.npz` and reused.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+
+import numpy as np
+
+from fastdfkd_jax import errors
+from fastdfkd_jax.data.info import LAYOUT_HELP, SPLITS, DatasetInfo, Split
+
+# Bump when the decoded `.npz` contents change meaning, so stale caches are ignored.
+_CACHE_VERSION = 1
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck")
+
+
+def _cache_root(cache_dir: str | None) -> str:
+  if cache_dir:
+    return os.path.abspath(os.path.expanduser(cache_dir))
+  return os.path.join(os.path.expanduser("~"), ".cache", "fastdfkd_jax")
+
+
+def _short_hash(*parts: object) -> str:
+  return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
+def _archive_stem(path: str) -> str:
+  base = os.path.basename(path)
+  for suffix in ARCHIVE_SUFFIXES:
+    if base.lower().endswith(suffix):
+      return base[:-len(suffix)]
+  return base
+
+
+def archive_cache_dir(path: str, cache_dir: str | None = None) -> str:
+  """Cache folder of an archive: `<root>/<stem>-<hash(path, size, mtime)>`."""
+  st = os.stat(path)
+  return os.path.join(
+      _cache_root(cache_dir),
+      f"{_archive_stem(path)}-{_short_hash(path, st.st_size, st.st_mtime_ns)}")
+
+
+def _tree_cache_dir(root: str, cache_dir: str | None) -> str:
+  """Cache folder of a plain image tree, keyed on its path and class folders."""
+  parts: list[object] = [root]
+  for split in SPLITS:
+    split_dir = os.path.join(root, split)
+    if os.path.isdir(split_dir):
+      for cls in sorted(os.listdir(split_dir)):
+        cdir = os.path.join(split_dir, cls)
+        if os.path.isdir(cdir):
+          parts += [split, cls, os.stat(cdir).st_mtime_ns,
+                    len(os.listdir(cdir))]
+  name = os.path.basename(root.rstrip(os.sep)) or "tree"
+  return os.path.join(_cache_root(cache_dir), f"{name}-{_short_hash(*parts)}")
+
+
+def find_tree_root(path: str) -> str | None:
+  """`path` or its single sub-folder when it holds train/ or test/."""
+  def is_root(p: str) -> bool:
+    return any(os.path.isdir(os.path.join(p, s)) for s in SPLITS)
+  if is_root(path):
+    return path
+  subdirs = [e for e in os.listdir(path)
+             if not e.startswith((".", "__MACOSX"))
+             and os.path.isdir(os.path.join(path, e))]
+  if len(subdirs) == 1 and is_root(os.path.join(path, subdirs[0])):
+    return os.path.join(path, subdirs[0])
+  return None
+
+
+def _safe_members(tar: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
+  """Regular files and folders of `tar`; rejects absolute or '..' paths."""
+  members = []
+  for m in tar.getmembers():
+    name = m.name
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+      raise errors.UserError(
+          f"Archive {archive!r} holds an unsafe member path {name!r} (absolute "
+          f"or containing '..'); refusing to extract it.")
+    if m.isfile() or m.isdir():
+      members.append(m)
+  return members
+
+
+def _extract_archive(path: str, cache: str) -> str:
+  """Extracts `path` once into `<cache>/tree`, atomically; returns that folder."""
+  tree = os.path.join(cache, "tree")
+  if os.path.isdir(tree):
+    return tree
+  os.makedirs(cache, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".extract-", dir=cache)
+  try:
+    try:
+      with tarfile.open(path, "r:*") as tar:
+        members = _safe_members(tar, path)
+        if hasattr(tarfile, "data_filter"):
+          tar.extractall(tmp, members=members, filter="data")
+        else:  # Python without extraction filters; members are checked above.
+          tar.extractall(tmp, members=members)  # noqa: S202
+    except (tarfile.TarError, OSError, EOFError) as e:
+      raise errors.UserError(
+          f"Cannot extract archive {path!r}: {e}.\n{LAYOUT_HELP}") from e
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only.
+    try:
+      os.replace(tmp, tree)
+    except OSError:
+      if not os.path.isdir(tree):  # Not a lost race with another process.
+        raise
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return tree
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def _npz_path(cache: str, info: DatasetInfo, split: Split) -> str:
+  h, w, c = info.image_shape
+  return os.path.join(
+      cache, f"{info.name}-{split}-{h}x{w}x{c}-v{_CACHE_VERSION}.npz")
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path) as data:
+      return data["images"], data["labels"]
+  except Exception:  # pylint: disable=broad-except  # Stale/corrupt: rebuild.
+    return None
+
+
+def _write_npz(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """Writes the decoded split atomically (temp file + os.replace)."""
+  folder = os.path.dirname(path)
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, images=images, labels=labels)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only.
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load_archive(info: DatasetInfo, split: Split, path: str,
+                 cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """`split` of the archive at `path`: cached `.npz`, else extract (once) and decode."""
+  cache = archive_cache_dir(path, cache_dir)
+  cached = _read_npz(_npz_path(cache, info, split))
+  if cached is not None:
+    return cached
+  tree = _extract_archive(path, cache)
+  root = find_tree_root(tree)
+  if root is None:
+    raise errors.UserError(
+        f"Archive {path!r} (extracted to {tree!r}) holds no train/ or test/ "
+        f"folder.\n{LAYOUT_HELP}")
+  return _load_tree_cached(info, split, root, cache)
+
+
+def load_tree(info: DatasetInfo, split: Split, root: str,
+              cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """`split` of the tree at `root` (see `find_tree_root`): cached `.npz`, else decode."""
+  return _load_tree_cached(info, split, root, _tree_cache_dir(root, cache_dir))
+
+
+def _load_tree_cached(info: DatasetInfo, split: Split, root: str,
+                      cache: str) -> tuple[np.ndarray, np.ndarray]:
+  npz = _npz_path(cache, info, split)
+  cached = _read_npz(npz)
+  if cached is not None:
+    return cached
+  images, labels = load_image_tree(info, split, root)
+  try:
+    _write_npz(npz, images, labels)
+  except OSError:  # An unwritable cache only costs speed.
+    pass
+  return images, labels
+
+
+def class_names(info: DatasetInfo, root: str) -> list[str]:
+  """Class folder names of the tree at `root`, in label order.
+
+  The order is the sorted union of the class folders of train/ and test/
+  (numeric order when all names are integers), except for cifar10 whose
+  canonical order (airplane, automobile, ..., truck) is used when the folders
+  carry those names.
+  """
+  names: set[str] = set()
+  for split in SPLITS:
+    split_dir = os.path.join(root, split)
+    if os.path.isdir(split_dir):
+      names.update(e for e in os.listdir(split_dir)
+                   if not e.startswith(".")
+                   and os.path.isdir(os.path.join(split_dir, e)))
+  if info.name == "cifar10" and names == set(CIFAR10_CLASSES):
+    return list(CIFAR10_CLASSES)
+  if names and all(n.isdigit() for n in names):
+    return sorted(names, key=int)
+  return sorted(names)
+
+
+def _decode_image(path: str, mode: str, hw: tuple[int, int]) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as img:
+      img.load()
+      array = np.asarray(img if img.mode == mode else img.convert(mode),
+                         dtype=np.uint8)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.UserError(f"Cannot decode image {path!r}: {e}") from e
+  if array.shape[:2] != hw:
+    raise errors.UserError(
+        f"Image {path!r} is {array.shape[1]}x{array.shape[0]} (WxH); "
+        f"expected {hw[1]}x{hw[0]}.\n{LAYOUT_HELP}")
+  return array
+
+
+def load_image_tree(info: DatasetInfo, split: Split,
+                    root: str) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes `<root>/<split>/<class>/*.{jpg,jpeg,png}` with Pillow (no cache).
+
+  Returns:
+    images: uint8 (N, H, W, C), converted to the data set's channel count.
+    labels: int32 (N,), class index per `class_names`.
+  """
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise errors.UserError(
+        f"Image-folder tree {root!r} has no {split}/ folder (expected "
+        f"{split_dir!r}).\n{LAYOUT_HELP}")
+  classes = class_names(info, root)
+  if len(classes) != info.num_classes:
+    raise errors.UserError(
+        f"Image-folder tree {root!r} has {len(classes)} class folders "
+        f"({', '.join(classes[:12])}{'...' if len(classes) > 12 else ''}); "
+        f"dataset {info.name!r} has {info.num_classes} classes.\n{LAYOUT_HELP}")
+  files: list[str] = []
+  labels: list[int] = []
+  for label, cls in enumerate(classes):
+    cdir = os.path.join(split_dir, cls)
+    if not os.path.isdir(cdir):
+      continue
+    names = sorted(e for e in os.listdir(cdir)
+                   if e.lower().endswith(_IMAGE_EXTENSIONS)
+                   and not e.startswith("."))
+    files += [os.path.join(cdir, n) for n in names]
+    labels += [label] * len(names)
+  if not files:
+    raise errors.UserError(
+        f"Image-folder split {split_dir!r} holds no .jpg/.jpeg/.png images in "
+        f"its class folders.\n{LAYOUT_HELP}")
+  h, w, c = info.image_shape
+  mode = {1: "L", 3: "RGB"}[c]
+  images = np.empty((len(files), h, w, c), np.uint8)
+
+  def decode_chunk(start: int, stop: int) -> None:
+    for i in range(start, stop):
+      images[i] = _decode_image(files[i], mode, (h, w)).reshape(h, w, c)
+
+  chunk = 2048
+  workers = min(8, os.cpu_count() or 1)
+  ranges = [(s, min(s + chunk, len(files))) for s in range(0, len(files), chunk)]
+  if workers <= 1 or len(ranges) <= 1:
+    for s, e in ranges:
+      decode_chunk(s, e)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for fut in [pool.submit(decode_chunk, s, e) for s, e in ranges]:
+        fut.result()
+  return images, np.asarray(labels, np.int32)
