@@ -30,9 +30,9 @@ def user_errors() -> Iterator[None]:
     sys.exit(2)
 
 
-def override_names(argv: Sequence[str], flag: str = "config") -> list[str]:
+def override_names(argv: Sequence[str]) -> list[str]:
   """The fields X of the `--config.X[=V]` (or `--noconfig.X`) overrides in argv."""
-  pattern = re.compile(rf"-{{1,2}}(?:no)?{flag}\.([^=]+)")
+  pattern = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
   return [m.group(1) for m in map(pattern.match, argv) if m]
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fastdfkd_jax import cli, config_lib, errors
+from fastdfkd_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -84,10 +84,3 @@ def test_override_names():
           "--noconfig.pool.on_device", "--configs.x=1"]
   assert cli.override_names(argv) == ["kd.lr", "k", "pool.on_device"]
 
-
-def test_check_field_names_names_the_nearest():
-  config_lib.check_field_names(["kd", "kd.lr", "synth.betas", "mode"])
-  with pytest.raises(errors.UserError, match="did you mean synth.lr_g"):
-    config_lib.check_field_names(["synth.lrg"])
-  with pytest.raises(errors.UserError, match="top-level fields: .*batch_size.*mode"):
-    config_lib.check_field_names(["zzzzzz"])
