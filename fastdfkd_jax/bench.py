@@ -41,13 +41,10 @@ import time
 from typing import Any, Callable
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from fastdfkd_jax import cli, errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "default_config.py"),
-    "A configs/*.py file (optionally :ARG); default: the embedded digits run.",
-    lock_config=True)
 flags.DEFINE_list("what", ["synth", "kd", "epoch"], "Measurements: synth, kd, epoch.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (after the warm-up calls).")
 flags.DEFINE_integer("warmup", 1, "Untimed warm-up calls per measurement (after compiling).")
@@ -139,12 +136,12 @@ class Bench:
   def __init__(self, config, profile_dir: str = "", warmup: int = 1):
     import jax
     import jax.numpy as jnp
-    from fastdfkd_jax import data, distill, loops, models, parallel, train
+    from fastdfkd_jax import data, distill, loops, models, parallel
     from fastdfkd_jax.models import util as model_util
     self.config = config
     if not config.pool.on_device:
-      raise ValueError("the benchmark measures the on-device pool path; drop "
-                       "--config.pool.on_device=False")
+      raise errors.UserError("the benchmark measures the on-device pool path; drop "
+                             "--config.pool.on_device=False")
     self.info = data.get_info(config.dataset.name)
     self.mesh = parallel.make_mesh()
     self.distiller = distill.build(config, self.info, config.teacher.arch, self.mesh)
@@ -159,7 +156,7 @@ class Bench:
     self.loop = loops.describe(config)
     self.adv = jnp.float32(config.synth.adv)
     self.lr = jnp.float32(distill.kd_lr(config, config.warmup))
-    self.dtype = train.activation_dtype(config)
+    self.dtype = model_util.activation_dtype(config.dtype)
     self.profile_dir = profile_dir
     self.warmup = warmup
     self._compiled: dict[str, _Compiled] = {}
@@ -431,10 +428,10 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
   what = [w.strip() for w in what if w.strip()]
   for w in what:
     if w not in WHATS:
-      raise ValueError(f"--what={w!r}: choose from {', '.join(WHATS)}")
+      raise errors.UserError(f"--what={w!r}: choose from {', '.join(WHATS)}")
   if repeats < 1 or kd_steps < 1 or epoch_kd_steps < 1 or warmup < 0:
-    raise ValueError("--repeats, --kd_steps and --epoch_kd_steps must be >= 1, "
-                     "--warmup >= 0")
+    raise errors.UserError("--repeats, --kd_steps and --epoch_kd_steps must be >= 1, "
+                           "--warmup >= 0")
   parallel.maybe_initialize_distributed()
   config_lib.validate(config)
   emit = emit or (lambda row: print(json.dumps(row), flush=True))
@@ -487,16 +484,14 @@ def main(argv):
       out.flush()
 
   try:
-    run(FLAGS.config, FLAGS.what, FLAGS.repeats, FLAGS.kd_steps, FLAGS.epoch_kd_steps,
-        FLAGS.profile_dir, FLAGS.torch_reference, FLAGS.peak_matmul_size, emit,
-        FLAGS.warmup)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    with cli.user_errors():
+      run(FLAGS.config, FLAGS.what, FLAGS.repeats, FLAGS.kd_steps, FLAGS.epoch_kd_steps,
+          FLAGS.profile_dir, FLAGS.torch_reference, FLAGS.peak_matmul_size, emit,
+          FLAGS.warmup)
   finally:
     if out:
       out.close()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

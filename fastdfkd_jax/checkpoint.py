@@ -14,15 +14,13 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-from fastdfkd_jax import models
-from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax import errors
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that is missing or does not fit the requested model."""
+class CheckpointError(errors.UserError):
+  """A checkpoint that is missing, unreadable or does not fit the requested model."""
 
 
 def manager(directory: str, keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
@@ -63,67 +61,15 @@ def restore_state(mngr: ocp.CheckpointManager, abstract_state: Any,
       state=ocp.args.StandardRestore(abstract))).state
 
 
-def resolve_dir(path: str) -> str:
-  """Accepts a checkpoints dir, or a workdir that contains `checkpoints/`."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
-    raise CheckpointError(
-        f"checkpoint path {path} does not exist; pass the `checkpoints` directory "
-        "(or the workdir) of a train_teacher/distill run, or a release .pth file")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  return path
+def restore_model(mngr: ocp.CheckpointManager, abstract_model: Any,
+                  step: int | None = None) -> Any:
+  """Restores the `model` item onto the shapes and shardings of `abstract_model`."""
+  step = mngr.latest_step() if step is None else step
+  return mngr.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore(abstract_model))).model
 
 
-def load_model(path: str, expect: dict | None = None, dtype=None):
-  """Loads (model, variables, meta) from a checkpoint for evaluation/teaching.
-
-  Args:
-    path: checkpoints dir, workdir, or a PyTorch `.pth` (release key layout).
-    expect: optional {'arch', 'num_classes', 'input_shape'} the caller needs;
-      the first disagreeing field raises CheckpointError.
-    dtype: activation dtype for the returned module.
-
-  Returns:
-    (flax module, {'params', 'batch_stats'} on host, meta dict).
-  """
-  if path.endswith((".pth", ".pt")):
-    from fastdfkd_jax import import_torch  # optional torch dependency
-    if not expect:
-      raise CheckpointError("a .pth teacher needs the config's arch and class count")
-    variables = import_torch.load_pth(path, expect["arch"], expect["num_classes"],
-                                      tuple(expect["input_shape"]))
-    meta = dict(arch=expect["arch"], num_classes=expect["num_classes"],
-                input_shape=list(expect["input_shape"]), source=path)
-  else:
-    directory = resolve_dir(path)
-    mngr = manager(directory, create=False)
-    if mngr.latest_step() is None:
-      raise CheckpointError(f"no checkpoint found in {directory}")
-    meta = restore_meta(mngr)
-    _check(meta, expect, directory)
-    module = models.get_model(meta["arch"], meta["num_classes"])
-    abstract = jax.eval_shape(lambda: model_util.init_variables(
-        module, jax.random.key(0), tuple(meta["input_shape"])))
-    # Restore onto one local device whatever topology saved it (8 devices -> 1, ...).
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
-                            abstract)
-    variables = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(abstract))).model
-    variables = jax.tree.map(np.asarray, variables)
-  kwargs = {} if dtype is None else dict(dtype=dtype)
-  return models.get_model(meta["arch"], meta["num_classes"], **kwargs), variables, meta
-
-
-def _check(meta: dict, expect: dict | None, where: str) -> None:
-  for field in ("arch", "num_classes", "input_shape"):
-    if expect and expect.get(field) is not None:
-      got, want = meta.get(field), expect[field]
-      if field == "input_shape":
-        got, want = list(got or []), list(want)
-      if got != want:
-        raise CheckpointError(
-            f"checkpoint {where} has {field}={got!r} but the config needs "
-            f"{want!r}; point teacher.checkpoint at a matching checkpoint or change "
-            f"the config ({'teacher.arch' if field == 'arch' else 'dataset.name'})")
+def model_meta(arch: str, info, mode: str, **extra) -> dict:
+  """The `meta` item of a checkpoint of `arch` on the data set `info` (a DatasetInfo)."""
+  return dict(arch=arch, num_classes=info.num_classes, input_shape=list(info.image_shape),
+              dataset=info.name, mode=mode, **extra)

@@ -6,7 +6,11 @@ a few minutes on a laptop CPU). Every constant of a run lives here.
 """
 
 import difflib
+from typing import Iterable
+
 import ml_collections
+
+from fastdfkd_jax import errors
 
 MODES = ("train_teacher", "evaluate", "distill")
 KD_SOURCES = ("synthetic", "real", "noise")
@@ -135,12 +139,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field and the fix for a bad config."""
+  """Raises errors.UserError naming the field and the fix for a bad config."""
   def choice(field, value, valid):
     if value not in valid:
       close = difflib.get_close_matches(str(value), valid, n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise ValueError(f"config.{field}={value!r} is not valid{hint}; "
+      raise errors.UserError(f"config.{field}={value!r} is not valid{hint}; "
                        f"choose one of {', '.join(valid)}")
 
   from fastdfkd_jax import synthesis  # late: keeps config import light
@@ -156,20 +160,41 @@ def validate(c: ml_collections.ConfigDict) -> None:
               "kd.temperature": c.kd.temperature}
   for name, value in positive.items():
     if value <= 0:
-      raise ValueError(f"config.{name}={value} must be > 0")
+      raise errors.UserError(f"config.{name}={value} must be > 0")
   if c.mode == "distill" and not 0 <= c.warmup < c.epochs:
-    raise ValueError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
+    raise errors.UserError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
   if c.mode == "evaluate" and not c.checkpoint:
-    raise ValueError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
+    raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
                      "written by train_teacher or distill, or a release .pth)")
   from fastdfkd_jax import data, models  # late: keeps config import light
   try:
     data.get_info(c.dataset.name)
   except ValueError as e:
-    raise ValueError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
+    raise errors.UserError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
   archs = ([("model", c.model)] if c.mode != "distill"
            else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
   for field, arch in archs:
     if arch not in models.list_models():
-      raise ValueError(f"unknown model {arch!r} in config.{field}; valid names: "
+      raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
                        f"{', '.join(models.list_models())}")
+
+
+def field_names(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every field of `c` as a dotted name, sub-configs included ('kd', 'kd.lr', ...)."""
+  names = []
+  for key, value in c.items():
+    names.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      names += field_names(value, f"{prefix}{key}.")
+  return names
+
+
+def check_field_names(names: Iterable[str]) -> None:
+  """Raises errors.UserError for a name that is no field of `base_config`, naming the nearest."""
+  valid = field_names(base_config())
+  for name in names:
+    if name not in valid:
+      close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+      hint = f"; did you mean {' or '.join(close)}?" if close else (
+          f"; top-level fields: {', '.join(n for n in valid if '.' not in n)}")
+      raise errors.UserError(f"config has no field {name!r}{hint}")

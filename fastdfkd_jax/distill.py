@@ -25,9 +25,10 @@ from flax import struct
 from jax.sharding import PartitionSpec as P
 
 from fastdfkd_jax import checkpoint, data, loops, losses, models
-from fastdfkd_jax import parallel, pool as pool_lib, reporting, runs, synthesis, train
+from fastdfkd_jax import optim, parallel, pool as pool_lib, reporting, runs, synthesis
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax.teacher import evaluate as evaluate_lib, loader, train as teacher_train
 
 AXIS = parallel.AXIS
 
@@ -57,7 +58,7 @@ def kd_lr(config: ml_collections.ConfigDict, epoch: int) -> float:
 
 def kd_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """PyTorch SGD with unit lr; the per-epoch lr multiplies the update (a traced arg)."""
-  return train.sgd(1.0, config.kd.momentum, config.kd.weight_decay)
+  return optim.sgd(1.0, config.kd.momentum, config.kd.weight_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +227,7 @@ class Distiller:
 def build(config: ml_collections.ConfigDict, info: data.DatasetInfo,
           teacher_arch: str, mesh) -> Distiller:
   """The Distiller for a config: models, synthesizer, optimizer, batch checks."""
-  dtype = train.activation_dtype(config)
+  dtype = model_util.activation_dtype(config.dtype)
   parallel.local_batch_size(config.batch_size, mesh)
   teacher = models.get_model(teacher_arch, info.num_classes, dtype=dtype, axis_name=AXIS)
   student = models.get_model(config.student.arch, info.num_classes, dtype=dtype,
@@ -272,8 +273,6 @@ def init_state(distiller: Distiller, config, info, teacher_vars, key) -> Distill
 # --------------------------------------------------------------- teacher
 def obtain_teacher(config, workdir: str, info, preemption) -> tuple[Any, dict]:
   """Loads config.teacher.checkpoint, or trains the teacher first if allowed."""
-  expect = dict(arch=config.teacher.arch, num_classes=info.num_classes,
-                input_shape=list(info.image_shape))
   path = config.teacher.checkpoint
   if not path:
     teacher_dir = os.path.join(workdir, "teacher")
@@ -291,10 +290,10 @@ def obtain_teacher(config, workdir: str, info, preemption) -> tuple[Any, dict]:
       tc.allow_config_change = True
       runs.prepare_workdir(tc, teacher_dir)
       logging.info("training the teacher %s first (%d epochs)", tc.model, tc.epochs)
-      train.train_teacher(tc, teacher_dir, preemption)
+      teacher_train.train_teacher(tc, teacher_dir, preemption)
     path = teacher_dir
-  _, variables, meta = checkpoint.load_model(path, expect)
-  return variables, meta
+  return loader.load(path, arch=config.teacher.arch, num_classes=info.num_classes,
+                     input_shape=info.image_shape)
 
 
 # --------------------------------------------------------------- run loop
@@ -309,10 +308,11 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                          config.dataset.cache_dir or None)
   distiller = build(config, info, teacher_meta["arch"], mesh)
   teacher_vars = parallel.put_replicated(teacher_vars, mesh)
-  eval_step = train.make_eval_step(distiller.student_model, info, mesh)
-  teacher_eval = train.make_eval_step(distiller.synth.teacher.clone(axis_name=None), info, mesh)
-  teacher_acc = train.evaluate(teacher_eval, teacher_vars, ds.test_images, ds.test_labels,
-                               config.eval_batch_size, mesh)
+  eval_step = evaluate_lib.make_eval_step(distiller.student_model, info, mesh)
+  teacher_eval = evaluate_lib.make_eval_step(distiller.synth.teacher.clone(axis_name=None),
+                                             info, mesh)
+  teacher_acc = evaluate_lib.evaluate(teacher_eval, teacher_vars, ds.test_images,
+                                      ds.test_labels, config.eval_batch_size, mesh)
   logging.info("teacher %s: test accuracy %.2f%%", teacher_meta["arch"], teacher_acc)
 
   root = jax.random.key(config.seed)
@@ -445,8 +445,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
     last = epoch + 1 == config.epochs
     evaluated = last or (epoch + 1) % config.eval_every == 0
     if evaluated:
-      student_acc = train.evaluate(eval_step, distiller_vars(state), ds.test_images,
-                                   ds.test_labels, config.eval_batch_size, mesh)
+      student_acc = evaluate_lib.evaluate(eval_step, distiller_vars(state), ds.test_images,
+                                          ds.test_labels, config.eval_batch_size, mesh)
       if student_acc > counters["best_student_acc"]:
         counters["best_student_acc"] = student_acc
         checkpoint.save(best_mngr, epoch, _meta(config, info, epoch, counters, student_acc),
@@ -493,7 +493,7 @@ def distiller_vars(state: DistillState) -> dict:
 
 def _meta(config, info, epoch, counters, student_acc) -> dict:
   slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
-  return train.model_meta(config.student.arch, info, "distill", **dict(
+  return checkpoint.model_meta(config.student.arch, info, "distill", **dict(
       counters, epoch=epoch, student_acc=student_acc, pool_slots=slots))
 
 

@@ -4,7 +4,7 @@
     variables = load_pth('wrn40_2.pth', 'wrn40_2', 10, (32, 32, 3))
 
 and, as a command line tool writing an orbax teacher checkpoint that
-`checkpoint.load_model(OUT_DIR)` and `mode=distill
+`teacher.loader.load(OUT_DIR)` and `mode=distill
 --config.teacher.checkpoint=OUT_DIR` accept:
 
     python -m fastdfkd_jax.import_torch --arch=wrn40_2 --dataset=cifar10 \
@@ -15,8 +15,8 @@ Supported: the tiny ResNets (resnet8/20/32/56), resnet18/34, the WRNs, VGG-BN
 reference doc, section 7 (each model file's docstring gives its Flax <-> PyTorch
 name mapping). The expected Flax tree is built abstractly (jax.eval_shape of
 `init_variables`) and every leaf is looked up by name, so a checkpoint of the
-wrong architecture, class count or input size fails with one ValueError that
-lists every missing, unexpected and mis-shaped key.
+wrong architecture, class count or input size fails with one
+`errors.UserError` that lists every missing, unexpected and mis-shaped key.
 
 Conversions: conv OIHW -> HWIO; Linear weight (out, in) -> Dense kernel
 (in, out); BN weight/bias/running_mean/running_var -> params scale/bias and
@@ -30,15 +30,16 @@ PyTorch is an optional dependency (`pip install -e .[torch]`), imported only by
 `.numpy()`), not torch.
 """
 
+import inspect
 import os
-import sys
+import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from fastdfkd_jax import models
+from fastdfkd_jax import checkpoint, cli, data, errors, models
 from fastdfkd_jax.models import util as model_util
 
 # Flax module name -> PyTorch key prefix of the release's generator.
@@ -68,7 +69,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, Any]:
   with or without the 'module.' prefix that (Distributed)DataParallel adds.
   """
   if not isinstance(obj, Mapping):
-    raise ValueError(
+    raise errors.UserError(
         f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}; "
         "if the file holds a whole pickled nn.Module, re-save its .state_dict()")
   for key in _WRAPPER_KEYS:
@@ -78,7 +79,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, Any]:
   sd = {}
   for k, v in obj.items():
     if not isinstance(k, str):
-      raise ValueError(f"state_dict key {k!r} is not a string")
+      raise errors.UserError(f"state_dict key {k!r} is not a string")
     name = k[len("module."):] if k.startswith("module.") else k
     sd[name] = v
   return sd
@@ -151,6 +152,27 @@ def _lenet_fc1_chw(input_shape, expected_flat) -> tuple[int, int, int]:
   return c, h, w
 
 
+def _check_fit(sd: Mapping[str, Any], plan: dict, what: str) -> None:
+  """Raises one errors.UserError listing every missing, unexpected and mis-shaped key."""
+  missing, mis_shaped = [], []
+  for key, torch_shape, _ in plan.values():
+    if key not in sd:
+      missing.append(f"{key} (expected shape {torch_shape})")
+      continue
+    got = tuple(sd[key].shape) if hasattr(sd[key], "shape") else np.shape(sd[key])
+    if got != torch_shape:
+      mis_shaped.append(f"{key}: expected {torch_shape}, got {got}")
+  used = {key for key, _, _ in plan.values()}
+  unexpected = sorted(k for k in sd if k not in used)
+  if missing or unexpected or mis_shaped:
+    parts = [f"state_dict does not fit {what}:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("mis-shaped keys", mis_shaped)):
+      if items:
+        parts.append(f"  {len(items)} {title}:\n    " + "\n    ".join(items))
+    raise errors.UserError("\n".join(parts))
+
+
 # ------------------------------------------------------------------ API
 def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: int,
                        input_shape: Sequence[int], **model_kwargs) -> dict[str, Any]:
@@ -171,20 +193,22 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: in
     (only 'params' for LeNet, which has no BN), float32 numpy leaves.
 
   Raises:
-    ValueError: unknown arch, or state_dict keys that do not fit; the message
-      lists all missing, unexpected and mis-shaped keys (expected vs got, in
-      PyTorch layout).
+    errors.UserError: unknown arch, or state_dict keys that do not fit; the
+      message lists all missing, unexpected and mis-shaped keys (expected vs
+      got, in PyTorch layout).
   """
   if arch not in models.list_models():
-    raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(models.list_models())}")
+    raise errors.UserError(
+        f"unknown arch {arch!r}; valid names: {', '.join(models.list_models())}")
   sd = unwrap_state_dict(state_dict)
   sd = {k: v for k, v in sd.items() if not k.endswith(_IGNORED_SUFFIXES)}
   module, init_shape = _build_model(arch, num_classes, input_shape, sd, model_kwargs)
   try:
     abstract = jax.eval_shape(
         lambda k: model_util.init_variables(module, k, init_shape), jax.random.key(0))
-  except Exception as e:  # e.g. LeNet on a too small input
-    raise ValueError(f"cannot build {arch} for input shape {tuple(input_shape)}: {e}") from e
+  except errors.UserError as e:  # e.g. LeNet on a too small input
+    raise errors.UserError(
+        f"cannot build {arch} for input shape {tuple(input_shape)}: {e}") from e
   expected = traverse_util.flatten_dict(abstract)
 
   bn_modules = {path[1:-1] for path in expected if path[0] == "params" and path[-1] == "scale"}
@@ -195,24 +219,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: in
                                            module_path in bn_modules)
     plan[path] = (f"{_torch_prefix(arch, module_path)}.{suffix}", torch_shape, kind)
 
-  missing, mis_shaped = [], []
-  for path, (key, torch_shape, _) in plan.items():
-    if key not in sd:
-      missing.append(f"{key} (expected shape {torch_shape})")
-      continue
-    got = tuple(sd[key].shape) if hasattr(sd[key], "shape") else np.shape(sd[key])
-    if got != torch_shape:
-      mis_shaped.append(f"{key}: expected {torch_shape}, got {got}")
-  used = {key for key, _, _ in plan.values()}
-  unexpected = sorted(k for k in sd if k not in used)
-  if missing or unexpected or mis_shaped:
-    parts = [f"state_dict does not fit {arch} (num_classes={num_classes}, "
-             f"input_shape={tuple(input_shape)}):"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("mis-shaped keys", mis_shaped)):
-      if items:
-        parts.append(f"  {len(items)} {title}:\n    " + "\n    ".join(items))
-    raise ValueError("\n".join(parts))
+  _check_fit(sd, plan, f"{arch} (num_classes={num_classes}, "
+                        f"input_shape={tuple(input_shape)})")
 
   out = {}
   for path, (key, _, kind) in plan.items():
@@ -243,19 +251,17 @@ def load_pth(path: str, arch: str, num_classes: int, input_shape: Sequence[int],
   tensors and plain containers; pass False only for a file you trust.
 
   Raises:
-    ImportError: PyTorch is not installed.
-    FileNotFoundError: no such file.
-    ValueError: the file is not a fitting state_dict.
+    errors.UserError: PyTorch is not installed, no such file, or the file is
+      not a fitting state_dict.
   """
   try:
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel  # optional dependency
   except ImportError as e:
-    raise ImportError(
+    raise errors.UserError(
         "importing a PyTorch .pth checkpoint needs PyTorch: pip install -e .[torch]") from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no PyTorch checkpoint at {path}")
+    raise errors.UserError(f"no PyTorch checkpoint at {path}")
   kwargs = dict(map_location="cpu")
-  import inspect  # pylint: disable=import-outside-toplevel
   if "weights_only" in inspect.signature(torch.load).parameters:
     kwargs["weights_only"] = weights_only
   try:
@@ -263,11 +269,11 @@ def load_pth(path: str, arch: str, num_classes: int, input_shape: Sequence[int],
   except Exception as e:  # pylint: disable=broad-except
     if weights_only and ("weights_only" in str(e).lower()
                          or "unpickl" in type(e).__name__.lower()):
-      raise ValueError(
+      raise errors.UserError(
           f"{path} holds Python objects besides tensors, refused by torch.load("
           "weights_only=True); re-save just its state_dict, or call load_pth(..., "
           f"weights_only=False) if you trust the file. torch said: {e}") from e
-    raise ValueError(f"torch.load could not read {path}: {e}") from e
+    raise errors.UserError(f"torch.load could not read {path}: {e}") from e
   if isinstance(obj, torch.nn.Module):
     obj = obj.state_dict()
   return convert_state_dict(obj, arch, num_classes, input_shape, **model_kwargs)
@@ -280,24 +286,20 @@ def import_to_checkpoint(pth: str, out_dir: str, arch: str, dataset: str = "cifa
 
   Returns the checkpoint's meta dict.
   """
-  # Imported here: these pull in the training stack, not needed for conversion.
-  from fastdfkd_jax import checkpoint, data, train  # pylint: disable=import-outside-toplevel
-
   if arch == "generator":
-    raise ValueError("the CLI imports classifiers (teachers); convert a generator with "
+    raise errors.UserError("the CLI imports classifiers (teachers); convert a generator with "
                      "convert_state_dict/load_pth instead")
   info = data.get_info(dataset)
   if num_classes is not None and num_classes != info.num_classes:
-    raise ValueError(f"--num_classes={num_classes} but dataset {dataset} has "
+    raise errors.UserError(f"--num_classes={num_classes} but dataset {dataset} has "
                      f"{info.num_classes} classes")
   variables = load_pth(pth, arch, info.num_classes, tuple(info.image_shape))
   directory = os.path.join(os.path.abspath(out_dir), "checkpoints")
   if os.path.isdir(directory) and os.listdir(directory):
     if not overwrite:
-      raise FileExistsError(f"{directory} is not empty; pass --overwrite to replace it")
-    import shutil  # pylint: disable=import-outside-toplevel
+      raise errors.UserError(f"{directory} is not empty; pass --overwrite to replace it")
     shutil.rmtree(directory)
-  meta = train.model_meta(arch, info, "import", source=os.path.abspath(pth))
+  meta = checkpoint.model_meta(arch, info, "import", source=os.path.abspath(pth))
   mngr = checkpoint.manager(directory)
   checkpoint.save(mngr, 0, meta, variables)
   mngr.close()
@@ -312,12 +314,9 @@ def main(argv: Sequence[str]) -> None:
     raise SystemExit("usage: python -m fastdfkd_jax.import_torch --arch=NAME "
                      "[--num_classes=N] [--dataset=cifar10] [--overwrite] IN.pth OUT_DIR")
   pth, out_dir = args
-  try:
+  with cli.user_errors():
     meta = import_to_checkpoint(pth, out_dir, fl.arch, fl.dataset, fl.num_classes,
                                 fl.overwrite)
-  except (ValueError, ImportError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(1) from None
   print(f"wrote {meta['arch']} ({meta['dataset']}, {meta['num_classes']} classes, "
         f"input {tuple(meta['input_shape'])}) to {os.path.join(os.path.abspath(out_dir), 'checkpoints')}")
 

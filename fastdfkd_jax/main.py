@@ -2,22 +2,20 @@
 
 Without `--config` the embedded default runs (digits teacher + FastDFKD, offline,
 a few minutes on a laptop CPU). Override any field with `--config.FIELD=VALUE`.
+A problem the user can fix (a bad flag or config value, a missing file, a
+mismatched checkpoint) ends with one `error: ...` line and exit code 2; any
+other exception is a bug and shows its traceback (exit 1).
 """
 
 import logging as py_logging
-import os
-import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
+
+from fastdfkd_jax import cli
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "default_config.py"),
-    "A configs/*.py file (optionally :ARG); default: the embedded digits run.",
-    lock_config=True)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -27,12 +25,8 @@ def main(argv):
   config = FLAGS.config
   quiet_library_logs()
   from fastdfkd_jax import runner  # heavy imports after flag parsing
-  try:
+  with cli.user_errors():
     runner.run(config, FLAGS.workdir)
-  except runner.USER_ERRORS as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 class _DropLibraryInfo(py_logging.Filter):
@@ -48,4 +42,4 @@ def quiet_library_logs() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

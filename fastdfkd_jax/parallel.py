@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fastdfkd_jax import errors
+
 AXIS = "data"
 
 
@@ -33,7 +35,7 @@ def local_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") ->
   """Per-device batch; a clear error when the global batch does not divide."""
   n = num_shards(mesh)
   if global_batch % n:
-    raise ValueError(
+    raise errors.UserError(
         f"config.{what}={global_batch} is not divisible by the {n} devices; "
         f"use a multiple of {n} (e.g. {((global_batch + n - 1) // n) * n})")
   return global_batch // n

@@ -3,11 +3,7 @@
 import ml_collections
 from absl import logging
 
-from fastdfkd_jax import checkpoint, config_lib, parallel, runs
-
-# Errors a user can act on: main prints the message, no traceback, exit 2.
-USER_ERRORS = (ValueError, FileNotFoundError, OSError, FloatingPointError,
-               checkpoint.CheckpointError, runs.ConfigMismatchError)
+from fastdfkd_jax import config_lib, parallel, runs
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -23,11 +19,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with runs.Preemption() as preemption:
     try:
       if config.mode == "train_teacher":
-        from fastdfkd_jax import train
+        from fastdfkd_jax.teacher import train
         return train.train_teacher(config, workdir, preemption)
       if config.mode == "evaluate":
-        from fastdfkd_jax import train
-        return train.run_evaluate(config, workdir)
+        from fastdfkd_jax.teacher import evaluate
+        return evaluate.run_evaluate(config, workdir)
       from fastdfkd_jax import distill
       return distill.run_distill(config, workdir, preemption)
     except runs.Preempted as e:

@@ -11,12 +11,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fastdfkd_jax import reporting
+from fastdfkd_jax import errors, reporting
 
 MIN_FREE_BYTES = 200 * 2**20
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.UserError):
   """The workdir holds a run with a different config."""
 
 
@@ -32,12 +32,12 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
       pass
   except OSError as e:
-    raise OSError(f"workdir {workdir} is not writable ({e.strerror}); "
-                  "pass a writable --workdir") from e
+    raise errors.UserError(f"workdir {workdir} is not writable ({e.strerror}); "
+                           "pass a writable --workdir") from e
   free = shutil.disk_usage(workdir).free
   if free < MIN_FREE_BYTES:
-    raise OSError(f"only {free / 2**20:.0f} MiB free under {workdir}; "
-                  f"checkpoints need at least {MIN_FREE_BYTES / 2**20:.0f} MiB")
+    raise errors.UserError(f"only {free / 2**20:.0f} MiB free under {workdir}; "
+                           f"checkpoints need at least {MIN_FREE_BYTES / 2**20:.0f} MiB")
   path = os.path.join(workdir, "config.json")
   new = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
@@ -111,7 +111,7 @@ def check_finite(metrics: dict, epoch: int) -> None:
   """Stops the run (before any checkpoint of this epoch) on a NaN/Inf metric."""
   for name, value in metrics.items():
     if not np.all(np.isfinite(np.asarray(value))):
-      raise FloatingPointError(
+      raise errors.UserError(
           f"{name} became {float(np.asarray(value))} at epoch {epoch}: the run stops "
           "here and the last good checkpoint is kept. Lower the learning rates "
           "(optim.lr, synth.lr_g, kd.lr) or the loss weights, then resume.")

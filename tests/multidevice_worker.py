@@ -1,6 +1,7 @@
 """Subprocess worker for tests/test_parallel.py (needs XLA_FLAGS set before jax).
 
   python tests/multidevice_worker.py equivalence OUT.npz
+  python tests/multidevice_worker.py teacher OUT.npz
   python tests/multidevice_worker.py run WORKDIR EPOCHS [TEACHER_DIR]
 """
 
@@ -16,8 +17,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fastdfkd_jax import config_lib, data, distill, parallel, runner  # noqa: E402
-from fastdfkd_jax import models  # noqa: E402
+from fastdfkd_jax import models, optim  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
+from fastdfkd_jax.teacher import train as teacher_train  # noqa: E402
 
 
 def tiny_config():
@@ -65,6 +67,31 @@ def equivalence(out_path):
   np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
 
 
+def teacher(out_path, steps=3, batch=32):
+  """Teacher-training steps (the CPU loop: one jitted step per call) on 1 vs 8 devices."""
+  c = config_lib.base_config()
+  c.model = "resnet8"
+  ds = data.load_dataset("digits")
+  tx = optim.teacher_optimizer(c.optim, steps, 1)
+  model = models.get_model("resnet8", 10, axis_name=parallel.AXIS)
+  state0 = jax.device_get(teacher_train.init_state(c, ds.info, tx, jax.random.key(0)))
+  idx = np.arange(steps * batch).reshape(steps, 1, batch)
+  results = {}
+  for n in (1, 8):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    step = teacher_train.make_train_chunk(model, tx, ds.info, mesh, unroll=True)
+    state, flat = parallel.put_replicated(state0, mesh), {}
+    for i in range(steps):
+      images, labels = parallel.put_batch((ds.train_images[idx[i]], ds.train_labels[idx[i]]),
+                                          mesh, axis=1)
+      state, metrics = step(state, images, labels, jax.random.key(100 + i))
+      flat.update({f"step{i}/{k}": np.asarray(v) for k, v in metrics.items()})
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.variables):
+      flat["tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+    results[n] = flat
+  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+
+
 def run(workdir, epochs, teacher_dir=""):
   c = tiny_config()
   c.epochs = int(epochs)
@@ -82,5 +109,7 @@ def run(workdir, epochs, teacher_dir=""):
 if __name__ == "__main__":
   if sys.argv[1] == "equivalence":
     equivalence(sys.argv[2])
+  elif sys.argv[1] == "teacher":
+    teacher(sys.argv[2])
   else:
     run(*sys.argv[2:])

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fastdfkd_jax import config_lib, data, default_config, models
+from fastdfkd_jax import config_lib, data, default_config, errors, models
 from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
@@ -50,7 +50,7 @@ def test_teacher_configs(dataset):
 def test_evaluate_configs(dataset):
   c = load_config_file("evaluate.py", dataset)
   assert c.mode == "evaluate" and c.dataset.name == dataset
-  with pytest.raises(ValueError, match="checkpoint"):
+  with pytest.raises(errors.UserError, match="checkpoint"):
     config_lib.validate(c)   # evaluate needs a checkpoint
   c.checkpoint = "/nonexistent/dummy_checkpoint"
   config_lib.validate(c)
@@ -149,7 +149,7 @@ def _bad(field, value):
     ("kd.source", "imagenet", config_lib.KD_SOURCES),
 ])
 def test_bad_choice_names_field_and_choices(field, value, choices):
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(errors.UserError) as e:
     config_lib.validate(_bad(field, value))
   msg = str(e.value)
   assert f"config.{field}" in msg and repr(value) in msg
@@ -157,13 +157,13 @@ def test_bad_choice_names_field_and_choices(field, value, choices):
 
 
 def test_bad_choice_suggests_close_match():
-  with pytest.raises(ValueError, match="did you mean 'train_teacher'"):
+  with pytest.raises(errors.UserError, match="did you mean 'train_teacher'"):
     config_lib.validate(_bad("mode", "trian_teacher"))
 
 
 @pytest.mark.parametrize("field", ["student.arch", "teacher.arch"])
 def test_unknown_model(field):
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(errors.UserError) as e:
     config_lib.validate(_bad(field, "resnet999"))
   msg = str(e.value)
   assert "resnet999" in msg and f"config.{field}" in msg
@@ -173,12 +173,12 @@ def test_unknown_model(field):
 def test_unknown_model_train_teacher():
   c = load_config_file("teacher.py", "digits")
   c.model = "resnet999"
-  with pytest.raises(ValueError, match=r"config\.model.*valid names: .*resnet8"):
+  with pytest.raises(errors.UserError, match=r"config\.model.*valid names: .*resnet8"):
     config_lib.validate(c)
 
 
 def test_unknown_dataset():
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(errors.UserError) as e:
     config_lib.validate(_bad("dataset.name", "imagenet7"))
   msg = str(e.value)
   assert "config.dataset.name" in msg and "imagenet7" in msg
@@ -188,12 +188,20 @@ def test_unknown_dataset():
 @pytest.mark.parametrize("field", ["batch_size", "epochs", "k", "kd.steps",
                                    "eval_batch_size", "kd.temperature"])
 def test_non_positive(field):
-  with pytest.raises(ValueError, match=rf"config\.{field}=0(\.0)? must be > 0"):
+  with pytest.raises(errors.UserError, match=rf"config\.{field}=0(\.0)? must be > 0"):
     config_lib.validate(_bad(field, 0))
 
 
 def test_warmup_must_be_below_epochs():
   c = config_lib.default_config()
   c.warmup = c.epochs
-  with pytest.raises(ValueError, match="config.warmup"):
+  with pytest.raises(errors.UserError, match="config.warmup"):
     config_lib.validate(c)
+
+
+def test_check_field_names_names_the_nearest():
+  config_lib.check_field_names(["kd", "kd.lr", "synth.betas", "mode"])
+  with pytest.raises(errors.UserError, match="did you mean synth.lr_g"):
+    config_lib.check_field_names(["synth.lrg"])
+  with pytest.raises(errors.UserError, match="top-level fields: .*batch_size.*mode"):
+    config_lib.check_field_names(["zzzzzz"])

@@ -178,13 +178,14 @@ def test_bfloat16_activations_synthesis_and_kd_run(digits_teacher):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from fastdfkd_jax import checkpoint, data, parallel
+  from fastdfkd_jax import data, parallel
+  from fastdfkd_jax.teacher import loader
   teacher_dir = digits_teacher[0] if isinstance(digits_teacher, tuple) else digits_teacher
   c = e2e_config(teacher_dir)
   c.dtype = "bfloat16"
   c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
   info = data.get_info("digits")
-  _, teacher_vars, meta = checkpoint.load_model(teacher_dir)
+  teacher_vars, meta = loader.load(teacher_dir)
   mesh = parallel.make_mesh()
   d = distill.build(c, info, meta["arch"], mesh)
   t = parallel.put_replicated(teacher_vars, mesh)
@@ -267,12 +268,13 @@ def test_kd_noise_inputs_are_uniform_uint8_and_device_invariant(tiny_nets):
 def test_kd_steps_on_a_data_pool_scan_equals_unrolled(digits_teacher):
   """kd.source='real': the data pool is an argument of the jitted KD steps (sharded like the
   synthetic pool); the scanned form (TPU/GPU) and the unrolled one (CPU) agree."""
-  from fastdfkd_jax import checkpoint, data, parallel, pool as pool_lib
+  from fastdfkd_jax import data, parallel, pool as pool_lib
+  from fastdfkd_jax.teacher import loader
   teacher_dir, _ = digits_teacher
   c = e2e_config(teacher_dir)
   c.kd.source, c.batch_size = "real", 16
   info = data.get_info("digits")
-  _, teacher_vars, meta = checkpoint.load_model(teacher_dir)
+  teacher_vars, meta = loader.load(teacher_dir)
   mesh = parallel.make_mesh()
   d = distill.build(c, info, meta["arch"], mesh)
   t = parallel.put_replicated(teacher_vars, mesh)

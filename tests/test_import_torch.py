@@ -22,8 +22,9 @@ F = torch.nn.functional
 
 import jax  # noqa: E402
 
-from fastdfkd_jax import checkpoint, import_torch  # noqa: E402
+from fastdfkd_jax import checkpoint, errors, import_torch  # noqa: E402
 from fastdfkd_jax.models import get_model  # noqa: E402
+from fastdfkd_jax.teacher import loader  # noqa: E402
 
 torch.set_num_threads(2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -345,7 +346,7 @@ def _resnet8_sd(num_classes=10, cin=3):
 def test_missing_keys_listed():
   sd = _resnet8_sd()
   del sd["fc.weight"], sd["layer2.0.downsample.1.running_var"]
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(errors.UserError) as e:
     import_torch.convert_state_dict(sd, "resnet8", 10, (32, 32, 3))
   msg = str(e.value)
   assert "2 missing keys" in msg
@@ -358,7 +359,7 @@ def test_unexpected_keys_listed():
   sd = _resnet8_sd()
   sd["layer4.0.conv1.weight"] = np.zeros((3, 3, 3, 3), np.float32)
   sd["head.bias"] = np.zeros((3,), np.float32)
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(errors.UserError) as e:
     import_torch.convert_state_dict({"state_dict": sd}, "resnet8", 10, (32, 32, 3))
   msg = str(e.value)
   assert "2 unexpected keys" in msg
@@ -368,7 +369,7 @@ def test_unexpected_keys_listed():
 
 def test_mis_shaped_keys_listed_with_shapes():
   sd = _resnet8_sd(num_classes=10, cin=3)
-  with pytest.raises(ValueError) as e:  # wrong class count and wrong input channels
+  with pytest.raises(errors.UserError) as e:  # wrong class count and wrong input channels
     import_torch.convert_state_dict(sd, "resnet8", 100, (32, 32, 1))
   msg = str(e.value)
   assert "3 mis-shaped keys" in msg
@@ -382,23 +383,23 @@ def test_all_problems_in_one_error_and_wrong_arch():
   del sd["bn1.weight"]
   sd["extra.weight"] = np.zeros(2, np.float32)
   sd["fc.bias"] = np.zeros(11, np.float32)
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(errors.UserError) as e:
     import_torch.convert_state_dict(sd, "resnet8", 10, (32, 32, 3))
   msg = str(e.value)
   assert "bn1.weight" in msg and "extra.weight" in msg and "fc.bias: expected (10,), got (11,)" in msg
-  with pytest.raises(ValueError, match="block1.layer.0.bn1.weight"):
+  with pytest.raises(errors.UserError, match="block1.layer.0.bn1.weight"):
     import_torch.convert_state_dict(sd, "wrn16_1", 10, (32, 32, 3))
-  with pytest.raises(ValueError, match="unknown arch"):
+  with pytest.raises(errors.UserError, match="unknown arch"):
     import_torch.convert_state_dict(sd, "resnet9", 10, (32, 32, 3))
 
 
-def test_missing_torch_raises_import_error(tmp_path, monkeypatch):
+def test_missing_torch_is_a_user_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
-  with pytest.raises(ImportError, match=r"pip install -e \.\[torch\]"):
+  with pytest.raises(errors.UserError, match=r"pip install -e \.\[torch\]"):
     import_torch.load_pth(str(tmp_path / "x.pth"), "resnet8", 10, (32, 32, 3))
 
 
-# ------------------------------------------------------------ CLI + checkpoint.load_model
+# ------------------------------------------------------------ CLI + teacher.loader
 def test_cli_writes_loadable_teacher_checkpoint(tmp_path):
   net = randomize(make_torch("resnet8", 10, (32, 32, 3)), seed=3)
   pth = str(tmp_path / "resnet8_cifar10.pth")
@@ -414,7 +415,8 @@ def test_cli_writes_loadable_teacher_checkpoint(tmp_path):
 
   # As mode=distill --config.teacher.checkpoint=OUT does it.
   expect = dict(arch="resnet8", num_classes=10, input_shape=[32, 32, 3])
-  model, variables, meta = checkpoint.load_model(out, expect)
+  variables, meta = loader.load(out, **expect)
+  model = get_model(meta["arch"], meta["num_classes"])
   assert meta["arch"] == "resnet8" and meta["num_classes"] == 10
   assert meta["input_shape"] == [32, 32, 3] and meta["dataset"] == "cifar10"
   assert meta["mode"] == "import" and meta["source"] == os.path.abspath(pth)
@@ -422,29 +424,31 @@ def test_cli_writes_loadable_teacher_checkpoint(tmp_path):
   got = np.asarray(model.apply(variables, x, train=False))
   assert_close(got, torch_logits(net, x))
 
-  # The .pth route of load_model gives the same variables.
-  _, direct, _ = checkpoint.load_model(pth, expect)
+  # The .pth route of the loader gives the same variables.
+  direct, _ = loader.load(pth, **expect)
   jax.tree.map(np.testing.assert_array_equal, direct, variables)
 
   # A second import into the same directory needs --overwrite.
-  with pytest.raises(FileExistsError, match="--overwrite"):
+  with pytest.raises(errors.UserError, match="--overwrite"):
     import_torch.import_to_checkpoint(pth, out, "resnet8", "cifar10")
   import_torch.import_to_checkpoint(pth, out, "resnet8", "cifar10", overwrite=True)
-  assert checkpoint.load_model(out, expect)[2]["mode"] == "import"
+  assert loader.load(out, **expect)[1]["mode"] == "import"
   with pytest.raises(checkpoint.CheckpointError, match="num_classes"):
-    checkpoint.load_model(out, dict(expect, num_classes=100))
+    loader.load(out, **dict(expect, num_classes=100))
 
 
 def test_import_to_checkpoint_errors(tmp_path):
   net = randomize(make_torch("lenet5", 10, (28, 28, 1)), seed=4)
   pth = str(tmp_path / "lenet.pth")
   torch.save(net.state_dict(), pth)
-  with pytest.raises(ValueError, match="--num_classes=100"):
+  with pytest.raises(errors.UserError, match="--num_classes=100"):
     import_torch.import_to_checkpoint(pth, str(tmp_path / "a"), "lenet5", "mnist", 100)
-  with pytest.raises(ValueError, match="conv1.weight: expected"):  # 1-channel net, 3-channel data
+  # A 1-channel net on 3-channel data.
+  with pytest.raises(errors.UserError, match="conv1.weight: expected"):
     import_torch.import_to_checkpoint(pth, str(tmp_path / "b"), "lenet5", "cifar10")
   meta = import_torch.import_to_checkpoint(pth, str(tmp_path / "c"), "lenet5", "mnist")
   assert meta["input_shape"] == [28, 28, 1]
-  model, variables, _ = checkpoint.load_model(str(tmp_path / "c"))
+  variables, meta = loader.load(str(tmp_path / "c"))
+  model = get_model(meta["arch"], meta["num_classes"])
   x = np.random.default_rng(3).normal(size=(2, 28, 28, 1)).astype(np.float32)
   assert_close(np.asarray(model.apply(variables, x)), torch_logits(net, x))

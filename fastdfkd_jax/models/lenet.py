@@ -4,7 +4,7 @@ conv 5x5 (VALID) -> relu -> maxpool 2 -> conv 5x5 (VALID) -> relu -> maxpool 2
 -> flatten -> fc -> relu -> fc -> relu -> fc. Channels/units: lenet5 6, 16, 120,
 84 (61,706 params at 32x32x1, 10 classes); lenet5_half 3, 8, 60, 42 (15,738).
 The first fc takes whatever the flattened size is, so any input of at least
-16x16 works (smaller ones raise ValueError: the second conv would be empty or its pooled map).
+16x16 works (smaller ones raise errors.UserError: the second conv would be empty or its pooled map).
 Input (N, H, W, C); logits (N, num_classes) float32.
 
 Flax name <-> PyTorch key: conv1, conv2, fc1, fc2, fc3 (same names).
@@ -18,6 +18,7 @@ from typing import Any
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fastdfkd_jax import errors
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.layers import conv_init
 
@@ -34,7 +35,7 @@ class LeNet5(nn.Module):
   def __call__(self, x, train: bool = False):
     del train  # No BN, no dropout.
     if min(x.shape[1], x.shape[2]) < 16:
-      raise ValueError(
+      raise errors.UserError(
           f"LeNet5 needs inputs of at least 16x16, got {x.shape[1:3]}")
     c1, c2, f1, f2 = (int(round(c * self.width)) for c in (6, 16, 120, 84))
     x = x.astype(self.dtype)

@@ -53,6 +53,11 @@ def init_variables(model: nn.Module, key: jax.Array,
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
+def activation_dtype(name: str):
+  """The activation dtype of `config.dtype` ('float32' or 'bfloat16')."""
+  return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
 def count_params(params: Any) -> int:
   """Total number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))

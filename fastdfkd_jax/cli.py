@@ -1,0 +1,66 @@
+"""Command-line plumbing of the entry points: the `--config` flag and user-error exits.
+
+An `errors.UserError` (or a bad flag) ends an entry point with one
+`error: ...` line on stderr and exit code 2; any other exception is a bug and
+keeps its traceback (exit 1).
+"""
+
+import contextlib
+import os
+import re
+import sys
+from typing import Iterator, Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from fastdfkd_jax import config_lib, errors
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
+CONFIG_HELP = "A configs/*.py file (optionally :ARG); default: the embedded digits run."
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+  """Turns an `errors.UserError` into one `error: ...` line on stderr and exit 2."""
+  try:
+    yield
+  except errors.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def override_names(argv: Sequence[str]) -> list[str]:
+  """The fields X of the `--config.X[=V]` (or `--noconfig.X`) overrides in argv."""
+  pattern = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
+  return [m.group(1) for m in map(pattern.match, argv) if m]
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """`app.run`'s flags parser for entry points with a `--config` flag.
+
+  Checks the `--config.X` names against the config's fields first (an unknown
+  one names the nearest valid fields), then defines `--config` (default: the
+  embedded default config) and parses argv. A bad flag, a config file that does
+  not load or an unknown field exits 2 with one line.
+  """
+  with user_errors():
+    config_lib.check_field_names(override_names(argv))
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, CONFIG_HELP, lock_config=True,
+                                    sys_argv=list(argv))
+    try:
+      rest = flags.FLAGS(argv)
+    except flags.Error as e:  # a config file's own traceback is kept to its last line
+      raise errors.UserError(_one_line(str(e))) from None
+    try:
+      flags.FLAGS.config.get("mode")  # ml_collections defers a file's load error to here
+    except OSError as e:
+      raise errors.UserError(f"--config: cannot load the config file: "
+                             f"{_one_line(str(e.__cause__ or e))}") from None
+    return rest
+
+
+def _one_line(text: str) -> str:
+  """The first and the last line of a multi-line message."""
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"

@@ -1,0 +1,1 @@
+"""The teacher: supervised training, evaluation, and the one loader of trained teachers."""

@@ -1,0 +1,56 @@
+"""Optimizers and schedules shared by teacher training and KD (fastdfkd_jax.optim)."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from fastdfkd_jax import optim
+from fastdfkd_jax.train_state import TrainState
+
+
+def test_sgd_matches_pytorch_weight_decay_order():
+  """optim.sgd: decay added to the gradient before momentum (PyTorch SGD)."""
+  tx = optim.sgd(0.1, 0.9, 0.01)
+  p = {"w": jnp.array([1.0, -2.0])}
+  g = {"w": jnp.array([0.5, 0.5])}
+  state = tx.init(p)
+  buf = np.zeros(2)
+  w = np.array([1.0, -2.0])
+  for _ in range(3):
+    upd, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, upd)
+    d = 0.5 + 0.01 * w
+    buf = 0.9 * buf + d
+    w = w - 0.1 * buf
+  np.testing.assert_allclose(p["w"], w, rtol=1e-6)
+
+
+def test_cosine_schedule_with_and_without_warmup():
+  plain = optim.cosine_schedule(0.1, 100)
+  assert float(plain(0)) == pytest.approx(0.1)
+  assert float(plain(50)) == pytest.approx(0.05)
+  assert float(plain(100)) == pytest.approx(0.0, abs=1e-9)
+  warm = optim.cosine_schedule(0.1, 100, warmup_steps=10)
+  assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.05)
+  assert float(warm(10)) == pytest.approx(0.1)
+  assert float(warm(55)) == pytest.approx(0.05)
+
+
+def test_teacher_optimizer_steps_the_schedule_inside_optax():
+  """The lr of step t is the schedule's: an SGD step without momentum or decay moves
+  a parameter by -lr(t) * grad."""
+  cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.0, weight_decay=0.0,
+                                       warmup_epochs=1))
+  tx = optim.teacher_optimizer(cfg, steps_per_epoch=4, epochs=3)
+  schedule = optim.cosine_schedule(0.1, 12, 4)
+  state = TrainState.create({"params": {"w": jnp.zeros(())}}, tx)
+  assert state.batch_stats == {} and int(state.step) == 0
+  for t in range(6):
+    before = float(state.params["w"])
+    updates, opt_state = tx.update({"w": jnp.ones(())}, state.opt_state, state.params)
+    state = state.replace(params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, step=state.step + 1)
+    assert before - float(state.params["w"]) == pytest.approx(float(schedule(t)), abs=1e-7)
+  assert set(state.variables) == {"params", "batch_stats"}
