@@ -258,7 +258,10 @@ def load_pth(path: str, arch: str, num_classes: int, input_shape: Sequence[int],
     import torch  # pylint: disable=import-outside-toplevel  # optional dependency
   except ImportError as e:
     raise errors.UserError(
-        "importing a PyTorch .pth checkpoint needs PyTorch: pip install -e .[torch]") from e
+        "importing a PyTorch .pth checkpoint needs PyTorch: pip install -e .[torch] "
+        "(installs the CPU build on Python 3.11; on Python >= 3.12 PyPI's torch is the CUDA "
+        "build with several GB of dependencies: install it yourself, e.g. PyTorch's CPU "
+        "wheel, or convert in a Python 3.11 environment)") from e
   if not os.path.isfile(path):
     raise errors.UserError(f"no PyTorch checkpoint at {path}")
   kwargs = dict(map_location="cpu")

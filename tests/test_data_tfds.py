@@ -28,7 +28,7 @@ def test_tfds_failure_is_user_error(monkeypatch):
 
 
 def test_package_import_does_not_import_tfds():
-  code = ("import sys; import fastdfkd_jax.data, fastdfkd_jax.distill, fastdfkd_jax.train; "
+  code = ("import sys; import fastdfkd_jax.data, fastdfkd_jax.distill, fastdfkd_jax.teacher.train; "
           "assert 'tensorflow_datasets' not in sys.modules; "
           "assert 'sklearn' not in sys.modules")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
