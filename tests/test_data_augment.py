@@ -192,6 +192,7 @@ def stripe_results(num_devices):
   return out
 
 
+@pytest.mark.slow  # 1, 2, 4 and 8 forced CPU devices in a subprocess
 def test_augment_stripe_is_device_count_invariant(tmp_path):
   # 1 device in this process; 1, 2, 4 and 8 forced CPU devices in a subprocess.
   x = images(b=16)
