@@ -16,6 +16,7 @@ MODES = ("train_teacher", "evaluate", "distill")
 KD_SOURCES = ("synthetic", "real", "noise")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host")
+INNER_LOOPS = ("auto", "scan", "unroll", "host")
 DTYPES = ("float32", "bfloat16")
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
 PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
@@ -26,34 +27,18 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "distill"
   c.seed = 0
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "digits"
-  c.dataset.data_dir = ""        # empty: TFDS (needs internet); else local files
-  c.dataset.cache_dir = ""       # where archives are unpacked/decoded; empty: ~/.cache
+  c.dataset = _dataset_config()
 
   # train_teacher / evaluate.
   c.model = "resnet8"            # architecture trained by mode=train_teacher
   c.checkpoint = ""              # mode=evaluate: checkpoint directory (or a .pth)
   c.epochs = 200                 # train_teacher: epochs; distill: total epochs incl. warmup
   c.batch_size = 256             # train_teacher batch; distill: synthesis and KD batch
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 0.1               # SGD, cosine decay per step to 0
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.warmup_epochs = 0
+  c.optim = _optim_config()
   c.eval_batch_size = 500
 
   # distill: teacher (loaded, or trained first when missing and allowed).
-  c.teacher = ml_collections.ConfigDict()
-  c.teacher.arch = "resnet20"
-  c.teacher.checkpoint = ""      # orbax checkpoint dir or a release .pth
-  c.teacher.train_if_missing = False
-  c.teacher.epochs = 30          # used only when the teacher is trained first
-  c.teacher.batch_size = 128
-  c.teacher.lr = 0.1
-  c.teacher.weight_decay = 5e-4
-
+  c.teacher = _teacher_config()
   c.student = ml_collections.ConfigDict()
   c.student.arch = "resnet8"
   c.student.sync_bn = True       # cross-device BN for the student's train-mode BN
@@ -62,37 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "fast_meta"         # a synthesis method: fastdfkd_jax.synthesis.available()
   c.k = 5                        # inner steps per synthesis call
   c.warmup = 20                  # synthesis-only epochs (adversarial term off)
-  c.synth = ml_collections.ConfigDict()
-  c.synth.nz = 256
-  c.synth.ngf = 64
-  c.synth.lr_g = 3e-3
-  c.synth.lr_z = 1e-2
-  c.synth.adv = 1.1
-  c.synth.bn = 10.0
-  c.synth.oh = 0.4
-  c.synth.bn_mmt = 0.9
-  c.synth.betas = (0.5, 0.999)
-  c.synth.meta_grad = "param_diff"   # the paper's Eq. 10; 'sum_inner_grads' is the release's
-  c.synth.reset_l0 = True
-  c.synth.reset_l0_epoch = 140       # 120 + warmup in the release
-  c.synth.deepinv_lr = 0.1           # method=deepinv: Adam on pixel logits
-  c.synth.deepinv_betas = (0.5, 0.99)
-
-  # KD on the synthetic pool.
-  c.kd = ml_collections.ConfigDict()
-  c.kd.steps = 400               # KD updates per epoch after warmup
-  c.kd.lr = 0.2
-  c.kd.momentum = 0.9
-  c.kd.weight_decay = 1e-4
-  c.kd.temperature = 20.0
-  c.kd.lr_min = 2e-4             # cosine eta_min
-  c.kd.cosine_epochs = 200       # cosine T_max, stepped per epoch after warmup
-  # What KD trains on: 'synthetic' (the method), or the baselines 'real' (the real
-  # training set: the upper bound) and 'noise' (fresh uniform-noise images each step:
-  # the lower bound). The baselines skip synthesis and the warmup epochs and keep the
-  # KD schedule (epochs, steps, lr) of the synthetic run.
-  c.kd.source = "synthetic"
-
+  c.synth = _synth_config()
+  c.kd = _kd_config()
   c.pool = ml_collections.ConfigDict()
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
@@ -100,7 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Loop structure, chosen in one place (fastdfkd_jax.loops): 'auto' = lax.scan on
   # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
   c.loop = "auto"
-  c.inner_unroll = "auto"        # 'auto' | 'true' | 'false' | 'host' (see loops.inner_structure)
+  # The k inner synthesis steps: 'scan' (one call holding a lax.scan), 'unroll' (one
+  # call, the k steps traced straight-line), 'host' (k dispatches of one compiled
+  # step); 'auto' = 'host' on CPU, 'scan' on TPU/GPU (see loops.inner_structure).
+  c.inner_unroll = "auto"
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32
 
   c.eval_every = 1
@@ -110,6 +69,74 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every = 10            # epochs between samples/epoch_NNNN.png grids
   c.allow_config_change = False
   return c
+
+
+def _dataset_config() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.name = "digits"
+  d.data_dir = ""                # empty: TFDS (needs internet); else local files
+  d.cache_dir = ""               # where archives are unpacked/decoded; empty: ~/.cache
+  return d
+
+
+def _optim_config() -> ml_collections.ConfigDict:
+  """mode=train_teacher's optimizer."""
+  o = ml_collections.ConfigDict()
+  o.lr = 0.1                     # SGD, cosine decay per step to 0
+  o.momentum = 0.9
+  o.weight_decay = 5e-4
+  o.warmup_epochs = 0
+  return o
+
+
+def _teacher_config() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.arch = "resnet20"
+  t.checkpoint = ""              # orbax checkpoint dir or a release .pth
+  t.train_if_missing = False
+  t.epochs = 30                  # used only when the teacher is trained first
+  t.batch_size = 128
+  t.lr = 0.1
+  t.weight_decay = 5e-4
+  return t
+
+
+def _synth_config() -> ml_collections.ConfigDict:
+  """The synthesis method's generator, step sizes and loss weights."""
+  s = ml_collections.ConfigDict()
+  s.nz = 256
+  s.ngf = 64
+  s.lr_g = 3e-3
+  s.lr_z = 1e-2
+  s.adv = 1.1
+  s.bn = 10.0
+  s.oh = 0.4
+  s.bn_mmt = 0.9
+  s.betas = (0.5, 0.999)
+  s.meta_grad = "param_diff"     # the paper's Eq. 10; 'sum_inner_grads' is the release's
+  s.reset_l0 = True
+  s.reset_l0_epoch = 140         # 120 + warmup in the release
+  s.deepinv_lr = 0.1             # method=deepinv: Adam on pixel logits
+  s.deepinv_betas = (0.5, 0.99)
+  return s
+
+
+def _kd_config() -> ml_collections.ConfigDict:
+  """KD on the synthetic pool (or on a baseline source)."""
+  k = ml_collections.ConfigDict()
+  k.steps = 400                  # KD updates per epoch after warmup
+  k.lr = 0.2
+  k.momentum = 0.9
+  k.weight_decay = 1e-4
+  k.temperature = 20.0
+  k.lr_min = 2e-4                # cosine eta_min
+  k.cosine_epochs = 200          # cosine T_max, stepped per epoch after warmup
+  # What KD trains on: 'synthetic' (the method), or the baselines 'real' (the real
+  # training set: the upper bound) and 'noise' (fresh uniform-noise images each step:
+  # the lower bound). The baselines skip synthesis and the warmup epochs and keep the
+  # KD schedule (epochs, steps, lr) of the synthetic run.
+  k.source = "synthetic"
+  return k
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -154,7 +181,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
   choice("loop", c.loop, LOOPS)
   choice("dtype", c.dtype, DTYPES)
-  choice("inner_unroll", str(c.inner_unroll).lower(), ("auto", "true", "false", "host"))
+  choice("inner_unroll", c.inner_unroll, INNER_LOOPS)
   positive = {"batch_size": c.batch_size, "epochs": c.epochs, "k": c.k,
               "kd.steps": c.kd.steps, "eval_batch_size": c.eval_batch_size,
               "kd.temperature": c.kd.temperature}

@@ -90,10 +90,6 @@ def pmean(x, axis_name: str | None = AXIS):
   return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
 
-def psum(x, axis_name: str | None = AXIS):
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
 def maybe_initialize_distributed() -> None:
   """`jax.distributed.initialize` when launched as several processes.
 

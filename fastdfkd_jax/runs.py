@@ -99,9 +99,6 @@ class Preemption:
   def requested(self) -> bool:
     return self._event.is_set()
 
-  def request(self) -> None:
-    self._event.set()
-
 
 class Preempted(Exception):
   """Raised after the preemption checkpoint is written; main exits 0."""

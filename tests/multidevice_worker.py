@@ -56,7 +56,7 @@ def equivalence(out_path):
       flat["tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
     results[n] = flat
   # The scanned (TPU/GPU) inner loop under shard_map on 8 devices gives the same call.
-  c.inner_unroll = "false"
+  c.inner_unroll = "scan"
   mesh = parallel.make_mesh()
   d = distill.build(c, info, "resnet8", mesh)
   t = parallel.put_replicated(teacher_vars, mesh)

@@ -65,7 +65,7 @@ def test_cpu_smoke_run_of_the_script(tmp_path):
   env = dict(os.environ, ACCEL_BENCH_SMOKE="1", PYTHON=sys.executable)
   proc = subprocess.run(
       ["bash", os.path.join(REPO, "tools", "accelerator_bench.sh"), "run", str(out),
-       "--jax_flag=--config.loop=scan", "--jax_flag=--config.inner_unroll=false"],
+       "--jax_flag=--config.loop=scan", "--jax_flag=--config.inner_unroll=scan"],
       capture_output=True, text=True, env=env, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in (out / "accel_bench.jsonl").read_text().splitlines()]

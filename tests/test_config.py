@@ -1,11 +1,12 @@
 """Every config file loads and validates; the CIFAR settings match the paper table."""
 
+import ast
 import importlib.util
 import os
 
 import pytest
 
-from fastdfkd_jax import config_lib, data, default_config, errors, models
+from fastdfkd_jax import cli, config_lib, data, errors, models
 from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
@@ -56,11 +57,27 @@ def test_evaluate_configs(dataset):
   config_lib.validate(c)
 
 
-def test_default_configs():
-  c = load_config_file("default.py")
-  config_lib.validate(c)
-  assert c == config_lib.default_config()
-  assert default_config.get_config() == c
+THIN_DEFAULT_FILES = [os.path.join(CONFIGS, "default.py"), cli.DEFAULT_CONFIG]
+
+
+@pytest.mark.parametrize("path", THIN_DEFAULT_FILES, ids=os.path.basename)
+def test_default_config_files_return_config_libs(path):
+  """configs/default.py and the embedded default (`main` without --config) are thin:
+  their get_config() only returns config_lib.default_config(), the one source."""
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+  assert [f.name for f in functions] == ["get_config"]
+  assert ast.unparse(functions[0].body[-1]) == "return config_lib.default_config()"
+  assert len(functions[0].body) == 1 + isinstance(functions[0].body[0], ast.Expr)
+  spec = importlib.util.spec_from_file_location("_thin_default", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.get_config() == config_lib.default_config()
+
+
+def test_base_and_default_configs_validate():
+  config_lib.validate(config_lib.default_config())
   config_lib.validate(config_lib.base_config())
 
 
@@ -147,6 +164,7 @@ def _bad(field, value):
     ("loop", "forever", config_lib.LOOPS),
     ("dtype", "float16", config_lib.DTYPES),
     ("kd.source", "imagenet", config_lib.KD_SOURCES),
+    ("inner_unroll", "true", config_lib.INNER_LOOPS),
 ])
 def test_bad_choice_names_field_and_choices(field, value, choices):
   with pytest.raises(errors.UserError) as e:

@@ -136,7 +136,7 @@ def test_normalize_matches_numpy():
   np.testing.assert_allclose(aug.normalize(x, MEAN, STD), expected, rtol=1e-6,
                              atol=1e-6)
   u = (np.asarray(x) * 255).astype(np.uint8)
-  np.testing.assert_allclose(aug.preprocess_eval(u, MEAN, STD),
+  np.testing.assert_allclose(aug.normalize(aug.to_float(u), MEAN, STD),
                              (u / 255.0 - np.array(MEAN)) / np.array(STD),
                              rtol=1e-5, atol=1e-5)
   grey = images(c=1)
@@ -192,6 +192,7 @@ def stripe_results(num_devices):
   return out
 
 
+@pytest.mark.slow  # 1, 2, 4 and 8 forced CPU devices in a subprocess
 def test_augment_stripe_is_device_count_invariant(tmp_path):
   # 1 device in this process; 1, 2, 4 and 8 forced CPU devices in a subprocess.
   x = images(b=16)

@@ -17,11 +17,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import flax.linen as nn  # noqa: E402
+from flax import traverse_util  # noqa: E402
 
 from fastdfkd_jax.models import get_model, list_models  # noqa: E402
 from fastdfkd_jax.models.generator import Generator, reset_first_layer  # noqa: E402
 from fastdfkd_jax.models.layers import BN_STATS, BatchNorm  # noqa: E402
-from fastdfkd_jax.models.util import bn_layer_count, count_params, init_variables  # noqa: E402
+from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
 
@@ -46,6 +47,24 @@ ALL_NAMES = set(TABLE) | {"resnet32", "generator"}
 
 def _input_shape(name):
   return (32, 32, 1) if name.startswith("lenet") else (32, 32, 3)
+
+
+def bn_layer_count(model, variables, input_shape):
+  """Number of BN layers, counted as the entries sown into 'bn_stats'.
+
+  Runs `model` abstractly (jax.eval_shape, no real compute) on a batch of 2 of
+  shape (2,) + input_shape; train=False for classifiers, True for the generator.
+  """
+  gen = isinstance(model, Generator)
+  mutable = [BN_STATS, "batch_stats"] if gen else [BN_STATS]
+  x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), jnp.float32)
+
+  def run(v, x):
+    return model.apply(v, x, train=gen, mutable=mutable)[1]
+
+  aux = jax.eval_shape(run, variables, x)
+  flat = traverse_util.flatten_dict(dict(aux.get(BN_STATS, {})))
+  return sum(1 for path in flat if path[-2:] == ("input", "mean"))
 
 
 def _abstract_init(model, shape):

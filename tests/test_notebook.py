@@ -54,6 +54,7 @@ def _kernelspec_for_this_interpreter(root) -> None:
       display_name="Python 3 (test)", language="python")))
 
 
+@pytest.mark.slow  # the whole notebook in a kernel
 def test_notebook_runs_small_on_cpu(tmp_path, monkeypatch):
   nb = read_notebook()
   workdir = tmp_path / "work"

@@ -13,6 +13,9 @@ import sys
 import numpy as np
 import pytest
 
+# Multi-device and multi-process runs in subprocesses, end to end.
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

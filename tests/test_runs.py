@@ -71,6 +71,7 @@ def _interrupt(teacher, work, sig, after_rows):
   return proc.returncode, out, err
 
 
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
 def test_sigkill_then_resume_gives_identical_metrics(teacher, uninterrupted, tmp_path):
   code, _, _ = _interrupt(teacher, tmp_path, signal.SIGKILL, after_rows=3)
   assert code == -signal.SIGKILL
@@ -84,6 +85,7 @@ def test_sigkill_then_resume_gives_identical_metrics(teacher, uninterrupted, tmp
     assert resumed[key] == full[key], key
 
 
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
 def test_sigterm_checkpoints_exits_zero_and_resumes(teacher, uninterrupted, tmp_path):
   code, out, err = _interrupt(teacher, tmp_path, signal.SIGTERM, after_rows=2)
   assert code == 0, err[-3000:]
@@ -96,6 +98,7 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(teacher, uninterrupted, tmp_
   assert _accuracies(tmp_path) == _accuracies(uninterrupted)
 
 
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
 def test_changed_config_is_refused_unless_allowed(teacher, uninterrupted, tmp_path):
   import shutil
   work = tmp_path / "w"
@@ -121,6 +124,7 @@ def test_unknown_names_list_valid_ones(tmp_path, flag, message):
   assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
 def test_teacher_architecture_mismatch_names_field(teacher, tmp_path):
   proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY,
                "--config.teacher.arch=resnet20")
@@ -147,6 +151,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
   assert "not writable" in proc.stderr
 
 
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
 def test_nan_loss_stops_with_epoch_and_term(teacher, tmp_path):
   proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY,
                "--config.synth.lr_g=1e30", "--config.synth.lr_z=1e30",

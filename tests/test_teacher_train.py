@@ -60,6 +60,7 @@ def test_teacher_summary_and_metrics_files(digits_teacher):
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
+@pytest.mark.slow  # 8 forced CPU devices in a subprocess
 def test_training_steps_on_8_devices_equal_1_device(tmp_path):
   """Augmentation drawn for the global batch, BN statistics over the global batch:
   3 steps on 8 (forced CPU) devices give the params, BN statistics and metrics of 1."""

@@ -51,12 +51,6 @@ def normalize(images: ArrayLike, mean: Sequence[float] | ArrayLike,
   return (x - mean) / std
 
 
-def preprocess_eval(images_uint8: ArrayLike, mean: Sequence[float] | ArrayLike,
-                    std: Sequence[float] | ArrayLike) -> jax.Array:
-  """Evaluation input: uint8 (B, H, W, C) -> normalised float32 (B, H, W, C)."""
-  return normalize(to_float(images_uint8), mean, std)
-
-
 def crop_offsets(key: jax.Array, batch: int, padding: int) -> jax.Array:
   """Per-image crop offsets: int32 (batch, 2) = (dy, dx), each in [0, 2*padding].
 

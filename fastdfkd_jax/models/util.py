@@ -1,4 +1,4 @@
-"""Helpers for the model zoo: initialisation, parameter and BN-layer counts.
+"""Helpers for the model zoo: initialisation and parameter counts.
 
 All helpers work with concrete arrays and under `jax.eval_shape` (abstract
 `ShapeDtypeStruct` leaves), e.g.
@@ -14,10 +14,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
-from flax import traverse_util
 
 from fastdfkd_jax.models.generator import Generator
-from fastdfkd_jax.models.layers import BN_STATS
 
 
 def _is_generator(model: nn.Module) -> bool:
@@ -61,22 +59,3 @@ def activation_dtype(name: str):
 def count_params(params: Any) -> int:
   """Total number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
-
-
-def bn_layer_count(model: nn.Module, variables: dict[str, Any],
-                   input_shape: Sequence[int]) -> int:
-  """Number of BN layers, counted as the entries sown into 'bn_stats'.
-
-  Runs `model` abstractly (jax.eval_shape, no real compute) on a batch of 2 of
-  shape (2,) + input_shape; train=False for classifiers, True for the generator.
-  """
-  gen = _is_generator(model)
-  mutable = [BN_STATS, "batch_stats"] if gen else [BN_STATS]
-  x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), jnp.float32)
-
-  def run(v, x):
-    return model.apply(v, x, train=gen, mutable=mutable)[1]
-
-  aux = jax.eval_shape(run, variables, x)
-  flat = traverse_util.flatten_dict(dict(aux.get(BN_STATS, {})))
-  return sum(1 for path in flat if path[-2:] == ("input", "mean"))
