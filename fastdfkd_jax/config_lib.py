@@ -15,7 +15,7 @@ from fastdfkd_jax import errors
 MODES = ("train_teacher", "evaluate", "distill")
 KD_SOURCES = ("synthetic", "real", "noise")
 META_GRADS = ("param_diff", "sum_inner_grads")
-LOOPS = ("auto", "scan", "host")
+LOOPS = ("auto", "scan", "host", "fused")
 DTYPES = ("float32", "bfloat16")
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
 PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
@@ -97,8 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
 
-  # Loop structure, chosen in one place (fastdfkd_jax.loops): 'auto' = lax.scan on
-  # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
+  # Loop structure, chosen in one place (fastdfkd_jax.loops, distill.builder): 'auto' =
+  # lax.scan on TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are
+  # ~50x slower); 'scan' | 'host' force one. Synthesis is its own (timed) dispatch;
+  # 'fused' (throughput work) scans and runs synthesis + all KD steps of an epoch as
+  # one dispatch, so synth_seconds is estimated from the warmup epochs' timed calls.
   c.loop = "auto"
   c.inner_unroll = "auto"        # 'auto' | 'true' | 'false' | 'host' (see loops.inner_structure)
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32

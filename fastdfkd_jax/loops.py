@@ -16,10 +16,14 @@ def backend() -> str:
 
 
 def use_scan(config: ml_collections.ConfigDict) -> bool:
-  """True: whole epochs/step chains as one jitted `lax.scan`; False: host loop."""
+  """True: whole epochs/step chains as one jitted `lax.scan`; False: host loop.
+
+  'fused' scans too, and a distillation run fuses synthesis into the KD program
+  (see `distill.builder`).
+  """
   if config.loop == "auto":
     return backend() != "cpu"
-  return config.loop == "scan"
+  return config.loop in ("scan", "fused")
 
 
 def inner_structure(config: ml_collections.ConfigDict) -> str:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic pool (fastdfkd_jax.pool): ring buffer and sampling."""
+"""Tests of the synthetic pool (fastdfkd_jax.distill.pool): ring buffer and sampling."""
 
 import chex
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import pool as pool_lib
+from fastdfkd_jax.distill import pool as pool_lib
 
 SHAPE = (2, 2, 1)
 

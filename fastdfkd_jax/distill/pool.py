@@ -54,7 +54,7 @@ def add(pool: Pool, batch_uint8: jax.Array) -> Pool:
 def fixed_set(images: np.ndarray, batch: int, seed: int) -> np.ndarray:
   """A full pool (slots, batch, H, W, C) uint8 of a fixed image set, e.g. the real
   training set for the KD-on-real-data upper bound: shuffled with `seed`, the last
-  N mod batch images dropped. Wrap it with `distill.put_pool` (device) or `HostPool.of`."""
+  N mod batch images dropped. Wrap it with `state.put_pool` (device) or `HostPool.of`."""
   slots = len(images) // batch
   if slots == 0:
     raise ValueError(f"{len(images)} images cannot fill one pool slot of {batch}")
