@@ -97,12 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
 
-  # Loop structure, chosen in one place (fastdfkd_jax.loops, distill.builder): 'auto' =
-  # lax.scan on TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are
-  # ~50x slower); 'scan' | 'host' force one. Synthesis is its own (timed) dispatch;
-  # 'fused' (throughput work) scans and runs synthesis + all KD steps of an epoch as
-  # one dispatch, so synth_seconds is estimated from the warmup epochs' timed calls.
-  c.loop = "auto"
+  # Loop structure, chosen in one place (loops, distill.builder): 'auto' = lax.scan on
+  # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
+  c.loop = "auto"                # | 'scan' | 'host' | 'fused': synthesis + KD in one dispatch
   c.inner_unroll = "auto"        # 'auto' | 'true' | 'false' | 'host' (see loops.inner_structure)
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32
 
