@@ -187,3 +187,22 @@ def test_kd_baselines_skip_warmup_and_synthesis_outputs(baseline_runs):
     assert not os.path.exists(os.path.join(workdir, "samples")), source
 
 
+
+
+def test_loop_fused_runs_and_estimates_synthesis_time(digits_teacher, tmp_path):
+  """loop=fused: warmup synthesis calls are timed, KD epochs are one dispatch each and
+  their synthesis share is the mean timed call."""
+  from fastdfkd_jax import runner
+  c = e2e_config(digits_teacher[0])
+  c.loop = "fused"
+  c.epochs, c.warmup, c.kd.steps, c.batch_size, c.k = 3, 1, 2, 16, 2
+  c.kd.cosine_epochs, c.eval_every, c.sample_every = 2, 1, 0
+  summary = runner.run(c, str(tmp_path))
+  assert "fused_epoch=True" in summary["loop"]
+  with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  first = rows[0]["synth_seconds"]
+  assert first > 0 and rows[0]["kd_seconds"] == 0.0
+  assert [r["synth_seconds"] for r in rows] == pytest.approx([first, 2 * first, 3 * first])
+  assert rows[-1]["kd_seconds"] > 0 and rows[-1]["step"] == 2 * c.kd.steps
+  assert rows[-1]["kd_lr"] == pytest.approx(loop.kd_learning_rate(c, 2))

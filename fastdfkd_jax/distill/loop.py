@@ -151,10 +151,49 @@ def kd_learning_rate(config, epoch: int) -> float:
   return float(values[min(max(epoch - config.warmup, 0), len(values) - 1)])
 
 
+def synthesize(run: Run, state, key, adv, counters: dict):
+  """One synthesis call, its own dispatch timed blocked on its outputs -> (state, metrics)."""
+  t0 = time.time()
+  state, images, metrics = run.programs.synth(state, run.teacher_vars, key, adv)
+  jax.block_until_ready((state, images, metrics))
+  dt = time.time() - t0
+  counters["synth_seconds"] += dt
+  counters["synth_seconds_timed"] += dt
+  counters["synth_calls_timed"] += 1
+  if run.source.host_pool is not None:
+    run.source.host_pool.add(jax.device_get(images))
+  return state, metrics
+
+
+def distill_steps(run: Run, state, key, epoch: int, counters: dict):
+  """The epoch's kd.steps KD updates, timed -> (state, metrics)."""
+  config = run.config
+  t0 = time.time()
+  rate = reporting.RateLogger(config.kd.steps, config.log_every, config.batch_size, "kd")
+  state, metrics = run.programs.kd(state, run.teacher_vars, key, config.kd.steps,
+                                   on_step=lambda done: rate.maybe_log(done, epoch))
+  metrics = jax.device_get(metrics)
+  counters["kd_seconds"] += time.time() - t0
+  return state, metrics
+
+
+def fused_epoch(run: Run, state, key, adv, counters: dict):
+  """loop=fused: synthesis + KD in one dispatch; the synthesis share of its time is the
+  mean of the timed synthesis-only (warmup) calls."""
+  t0 = time.time()
+  state, metrics = run.programs.epoch(state, run.teacher_vars, key, adv, run.config.kd.steps)
+  metrics = jax.device_get(metrics)
+  elapsed = time.time() - t0
+  per_call = counters["synth_seconds_timed"] / max(counters["synth_calls_timed"], 1)
+  counters["synth_seconds"] += per_call
+  counters["kd_seconds"] += max(elapsed - per_call, 0.0)
+  return state, metrics
+
+
 def run_epoch(run: Run, state, epoch: int, counters: dict):
-  """One epoch: (reset,) synthesis (timed, blocked) and KD (timed), or the fused
-  program -> (state, metrics on the host)."""
-  config, programs, t = run.config, run.programs, run.teacher_vars
+  """One epoch: (first-layer reset,) synthesis and KD, or the fused program ->
+  (state, metrics on the host)."""
+  config = run.config
   key = jax.random.fold_in(jax.random.key(config.seed), epoch + 1)
   k_synth, k_kd, k_reset = jax.random.split(key, 3)
   if (run.synthetic and config.synth.reset_l0 and epoch == config.synth.reset_l0_epoch
@@ -162,34 +201,14 @@ def run_epoch(run: Run, state, epoch: int, counters: dict):
     state = state.replace(synth=run.reset_fn(state.synth, k_reset))
   adv = jnp.float32(config.synth.adv if epoch >= config.warmup else 0.0)
   kd_phase = epoch >= config.warmup
-  if programs.structure.fused and kd_phase:
-    t0 = time.time()
-    state, metrics = programs.epoch(state, t, key, adv, config.kd.steps)
-    metrics = jax.device_get(metrics)
-    elapsed = time.time() - t0
-    per_call = counters["synth_seconds_timed"] / max(counters["synth_calls_timed"], 1)
-    counters["synth_seconds"] += per_call  # fused epoch: synthesis share from warmup timing
-    counters["kd_seconds"] += max(elapsed - per_call, 0.0)
-    return state, metrics
+  if run.programs.structure.fused and kd_phase:
+    return fused_epoch(run, state, key, adv, counters)
   metrics = {}
   if run.synthetic:
-    t0 = time.time()
-    state, images, metrics = programs.synth(state, t, k_synth, adv)
-    jax.block_until_ready((state, images, metrics))
-    dt = time.time() - t0
-    counters["synth_seconds"] += dt
-    counters["synth_seconds_timed"] += dt
-    counters["synth_calls_timed"] += 1
-    if run.source.host_pool is not None:
-      run.source.host_pool.add(jax.device_get(images))
-    del images
+    state, metrics = synthesize(run, state, k_synth, adv, counters)
   if kd_phase:
-    t0 = time.time()
-    rate = reporting.RateLogger(config.kd.steps, config.log_every, config.batch_size, "kd")
-    state, kd_metrics = programs.kd(state, t, k_kd, config.kd.steps,
-                                    on_step=lambda done: rate.maybe_log(done, epoch))
-    metrics = dict(metrics, **jax.device_get(kd_metrics))
-    counters["kd_seconds"] += time.time() - t0
+    state, kd_metrics = distill_steps(run, state, k_kd, epoch, counters)
+    metrics = dict(metrics, **kd_metrics)
   return state, jax.device_get(metrics)
 
 
