@@ -5,6 +5,7 @@
       [--config.FIELD=VALUE ...] [--what=synth,kd,epoch] [--repeats=5] \
       [--kd_steps=20] [--epoch_kd_steps=400] [--profile_dir=DIR] \
       [--torch_reference=../shared/bench/torch_reference.py]
+      (the PyTorch comparison lives in `bench_torch`)
 
 Random-weight teacher and student (no checkpoint, no data files: only
 `data.get_info` for shapes), the Distiller built on the full mesh,
@@ -13,13 +14,15 @@ compile_s), one warm-up call, then `--repeats` timed calls each ended by
 `jax.block_until_ready` on all outputs; medians are reported. The state is
 donated by every call, so the returned state feeds the next call.
 
-What runs follows `loops.use_scan(config)` exactly like `distill.run_distill`:
-  - synth: `Distiller.compile_synth` (k inner steps: lax.scan in one call on
-    TPU/GPU; on CPU k host dispatches of one compiled inner step);
-  - kd:    `kd_steps` KD updates: one `jit_kd_steps(kd_steps)` scan dispatch
-           (scan backends) or a host loop of the 1-step compiled function (CPU);
-  - epoch: `jit_epoch` = synthesis + `epoch_kd_steps` KD updates fused in one
-           call (scan backends), or one synth call + the host KD loop (CPU).
+What runs is what `distill.builder.build_programs` picks for the config, exactly
+as in `distill.loop.run_distill`:
+  - synth: one synthesis call (k inner steps: lax.scan in one call on TPU/GPU;
+    on CPU k host dispatches of one compiled inner step);
+  - kd:    `kd_steps` KD updates: one scanned dispatch (scan backends) or a host
+           loop of the 1-step compiled function (CPU);
+  - epoch: one synth call + `epoch_kd_steps` KD updates as above, or with
+           `--config.loop=fused` the fused program (synthesis + KD scan in one
+           dispatch).
 `epoch` also measures synth and kd (if not requested) to report the predicted
 synth + n * kd-step time and the fusion overhead.
 
@@ -33,16 +36,13 @@ loops the straight-line (unrolled) equivalent is lowered and analysed instead
 import dataclasses
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any, Callable
 
 from absl import app, flags, logging
 
-from fastdfkd_jax import cli, errors
+from fastdfkd_jax import bench_torch, cli, errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("what", ["synth", "kd", "epoch"], "Measurements: synth, kd, epoch.")
@@ -59,7 +59,6 @@ flags.DEFINE_integer("peak_matmul_size", 0, "Square matmul size for the peak FLO
 flags.DEFINE_string("json_out", "", "If set, JSON lines are also appended to this file.")
 
 WHATS = ("synth", "kd", "epoch")
-TORCH_ARCHS = ("resnet18", "resnet34")  # plus every wrn<depth>_<width>
 
 
 # ------------------------------------------------------------------ helpers
@@ -122,21 +121,15 @@ def peak_matmul_flops_per_s(dtype, size: int, repeats: int = 5) -> dict:
 
 
 # ------------------------------------------------------------------ the bench
-@dataclasses.dataclass
-class _Compiled:
-  fn: Any
-  compile_s: float
-  flops: float | None       # cost analysis of the executable, per call
-  scanned: bool             # holds a lax.scan (XLA counts a while body once)
-
-
 class Bench:
-  """Distiller, random teacher and the (donated, threaded) state for one config."""
+  """Distiller, random teacher, the (donated, threaded) state and the programs that
+  `distill.builder` picks for one config."""
 
   def __init__(self, config, profile_dir: str = "", warmup: int = 1):
     import jax
     import jax.numpy as jnp
-    from fastdfkd_jax import data, distill, loops, models, parallel
+    from fastdfkd_jax import data, models, parallel
+    from fastdfkd_jax.distill import builder, state as state_lib, steps
     from fastdfkd_jax.models import util as model_util
     self.config = config
     if not config.pool.on_device:
@@ -144,22 +137,21 @@ class Bench:
                              "--config.pool.on_device=False")
     self.info = data.get_info(config.dataset.name)
     self.mesh = parallel.make_mesh()
-    self.distiller = distill.build(config, self.info, config.teacher.arch, self.mesh)
+    self.distiller = steps.build(config, self.info, config.teacher.arch, self.mesh)
     root = jax.random.key(config.seed)
     teacher_vars = model_util.init_variables(
         models.get_model(config.teacher.arch, self.info.num_classes),
         jax.random.fold_in(root, 1), self.info.image_shape)
     self.teacher_vars = parallel.put_replicated(teacher_vars, self.mesh)
-    self.state = distill.init_state(self.distiller, config, self.info, self.teacher_vars,
-                                    jax.random.fold_in(root, 0))
-    self.scan = loops.use_scan(config)
-    self.loop = loops.describe(config)
+    self.state = state_lib.init_state(self.distiller, config, self.info, self.teacher_vars,
+                                      jax.random.fold_in(root, 0))
+    self.programs = builder.build_programs(config, self.distiller, self.state,
+                                           self.teacher_vars)
+    self.structure = self.programs.structure
     self.adv = jnp.float32(config.synth.adv)
-    self.lr = jnp.float32(distill.kd_lr(config, config.warmup))
     self.dtype = model_util.activation_dtype(config.dtype)
     self.profile_dir = profile_dir
     self.warmup = warmup
-    self._compiled: dict[str, _Compiled] = {}
     self._flops_unrolled: dict[str, float | None] = {}
     self._calls = 0
     self.results: dict[str, dict] = {}
@@ -168,57 +160,13 @@ class Bench:
         method=config.method, k=config.k, batch=config.batch_size,
         num_devices=parallel.num_shards(self.mesh),
         device_kind=jax.devices()[0].device_kind, backend=jax.default_backend(),
-        dtype=config.dtype, loop=self.loop, jax=jax.__version__)
+        dtype=config.dtype, loop=self.structure.description, jax=jax.__version__)
 
   # ------------------------------------------------------------ plumbing
   def _key(self):
     import jax
     self._calls += 1
     return jax.random.fold_in(jax.random.key(1234), self._calls)
-
-  def _args(self, name):
-    """Example arguments of a jitted step (lowering only reads shapes/shardings)."""
-    import jax
-    key = jax.random.key(0)
-    if name == "synth":
-      return (self.state, self.teacher_vars, key, self.adv)
-    if name.startswith("epoch"):
-      return (self.state, self.teacher_vars, key, self.adv, self.lr)
-    return (self.state, self.teacher_vars, key, self.lr)
-
-  def _jitted(self, name, distiller=None):
-    d = distiller or self.distiller
-    if name == "synth":
-      return d.jit_synth(self.state)
-    if name == "kd1":            # the CPU run loop's 1-step straight-line KD function
-      return d.jit_kd_steps(self.state, 1, unroll=True)
-    if name.startswith("kdscan"):
-      return d.jit_kd_steps(self.state, int(name[6:]), unroll=False)
-    if name.startswith("epoch"):
-      return d.jit_epoch(self.state, int(name[5:]))
-    raise KeyError(name)
-
-  def compiled(self, name) -> _Compiled:
-    """AOT-compiled step `name` (cached), with its compile time and cost analysis."""
-    if name not in self._compiled:
-      t0 = time.perf_counter()
-      if name == "synth" and self.distiller.host_inner:
-        # CPU: begin + k host dispatches of one compiled inner step + end, as in
-        # run_distill. No single executable: FLOPs come from the lowered
-        # straight-line program.
-        fn = self.distiller.compile_synth(*self._args(name))
-        compile_s = time.perf_counter() - t0
-        self._compiled[name] = _Compiled(fn, compile_s, None, False)
-        logging.info("compiled %s (host-driven inner steps) in %.2f s", name, compile_s)
-        return self._compiled[name]
-      fn = self._jitted(name).lower(*self._args(name)).compile()
-      compile_s = time.perf_counter() - t0
-      # Only the scans matter: the tiny threefry while loops of jax.random on CPU
-      # carry no convolution FLOPs.
-      scanned = (not self.distiller.synth.hp.unroll) if name == "synth" else name != "kd1"
-      self._compiled[name] = _Compiled(fn, compile_s, cost_flops(_safe_cost(fn)), scanned)
-      logging.info("compiled %s in %.2f s", name, compile_s)
-    return self._compiled[name]
 
   def flops_unrolled(self, name) -> float | None:
     """Cost analysis of the straight-line equivalent of `name` (lowered, not compiled).
@@ -228,27 +176,32 @@ class Bench:
     scanned programs are scaled from.
     """
     if name not in self._flops_unrolled:
-      d = self.distiller
+      import jax
+      d, key = self.distiller, jax.random.key(0)
       if name == "synth":
         synth = dataclasses.replace(d.synth, hp=dataclasses.replace(d.synth.hp, unroll=True))
-        d, jit_name = dataclasses.replace(d, synth=synth), "synth"
+        lowered = dataclasses.replace(d, synth=synth).jit_synth(self.state).lower(
+            self.state, self.teacher_vars, key, self.adv)
       else:
-        jit_name = "kd1"
-      lowered = self._jitted(jit_name, d).lower(*self._args(jit_name))
+        lowered = d.jit_kd_steps(self.state, 1, unroll=True).lower(
+            self.state, self.teacher_vars, key)
       self._flops_unrolled[name] = cost_flops(_safe_cost(lowered))
     return self._flops_unrolled[name]
 
-  def _flops(self, parts: list[tuple[str, int]], straight: list[tuple[str, int]]):
+  def _flops(self, parts: list, straight: list[tuple[str, int]]):
     """(flops, raw, source): executables' flops x calls, or the straight-line estimate.
 
-    parts: (executable, calls) that one timed call runs; straight: the same work
-    as (straight-line program, count), used when an executable holds a scan.
+    parts: (builder.Executable, calls) that one timed call runs; straight: the same
+    work as (straight-line program, count), used when an executable holds a scan
+    (only the scans matter: the tiny threefry while loops of jax.random on CPU carry
+    no convolution FLOPs).
     """
-    execs = [(self.compiled(n), c) for n, c in parts]
+    flops = [(None if e.compiled is None else cost_flops(_safe_cost(e.compiled)), c)
+             for e, c in parts]
     raw = None
-    if all(e.flops is not None for e, _ in execs):
-      raw = sum(e.flops * c for e, c in execs)
-    if raw is not None and not any(e.scanned for e, _ in execs):
+    if all(f is not None for f, _ in flops):
+      raw = sum(f * c for f, c in flops)
+    if raw is not None and not any(e.scanned for e, _ in parts):
       return raw, raw, "compiled"
     est = [(self.flops_unrolled(n), c) for n, c in straight]
     if all(f is not None for f, _ in est):
@@ -266,41 +219,26 @@ class Bench:
 
   def _ensure_pool(self):
     if int(self.state.pool.filled) == 0:
-      synth = self.compiled("synth").fn
-      self.state, _, _ = synth(self.state, self.teacher_vars, self._key(), self.adv)
+      self._synth_call()
 
   # ------------------------------------------------------------ steps
   def _synth_call(self):
-    fn = self.compiled("synth").fn
-    self.state, images, metrics = fn(self.state, self.teacher_vars, self._key(), self.adv)
+    self.state, images, metrics = self.programs.synth(self.state, self.teacher_vars,
+                                                      self._key(), self.adv)
     return self.state, images, metrics
 
-  def _kd_host(self, n):
-    """n host-driven 1-step KD calls (the CPU run loop); blocks only at the end."""
-    import jax
-    fn = self.compiled("kd1").fn
-    base = self._key()
-    keys = [jax.random.fold_in(base, i) for i in range(n)]
-    metrics = None
-    for key in keys:
-      self.state, metrics = fn(self.state, self.teacher_vars, key, self.lr)
-    return self.state, metrics
-
   def _kd_call(self, n):
-    if not self.scan:
-      return self._kd_host(n)
-    fn = self.compiled(f"kdscan{n}").fn
-    self.state, metrics = fn(self.state, self.teacher_vars, self._key(), self.lr)
+    self.state, metrics = self.programs.kd(self.state, self.teacher_vars, self._key(), n)
     return self.state, metrics
 
   def _epoch_call(self, n):
-    if not self.scan:
+    if not self.structure.fused:
       state, images, m_synth = self._synth_call()
       del images
-      state, m_kd = self._kd_host(n)
+      state, m_kd = self._kd_call(n)
       return state, dict(m_synth, **m_kd)
-    fn = self.compiled(f"epoch{n}").fn
-    self.state, metrics = fn(self.state, self.teacher_vars, self._key(), self.adv, self.lr)
+    self.state, metrics = self.programs.epoch(self.state, self.teacher_vars, self._key(),
+                                              self.adv, n)
     return self.state, metrics
 
   # ------------------------------------------------------------ measurements
@@ -318,36 +256,41 @@ class Bench:
     return row
 
   def measure_synth(self, repeats: int) -> dict:
-    c = self.compiled("synth")
+    ex = self.programs.synth_executable()
     times = time_calls(self._synth_call, repeats, self.warmup)
     self._profile("synth", self._synth_call)
-    flops, raw, src = self._flops([("synth", 1)], [("synth", 1)])
-    return self._record("synth", times, c.compile_s, flops, raw, src,
+    flops, raw, src = self._flops([(ex, 1)], [("synth", 1)])
+    return self._record("synth", times, ex.compile_seconds, flops, raw, src,
                         self.config.batch_size)
+
+  def _kd_parts(self, kd_steps: int) -> list:
+    _, calls = self.programs.kd_dispatch(kd_steps)
+    return [(self.programs.kd_executable(kd_steps), calls)]
 
   def measure_kd(self, repeats: int, kd_steps: int) -> dict:
     self._ensure_pool()
-    name = f"kdscan{kd_steps}" if self.scan else "kd1"
-    c = self.compiled(name)
+    parts = self._kd_parts(kd_steps)
     call = lambda: self._kd_call(kd_steps)
     times = time_calls(call, repeats, self.warmup)
     self._profile("kd", call)
-    parts = [(name, 1)] if self.scan else [("kd1", kd_steps)]
     flops, raw, src = self._flops(parts, [("kdstep", kd_steps)])
-    row = self._record("kd", times, c.compile_s, flops, raw, src,
+    scan = self.structure.kd == "scan"
+    row = self._record("kd", times, parts[0][0].compile_seconds, flops, raw, src,
                        self.config.batch_size * kd_steps, kd_steps=kd_steps,
-                       kd_structure=("scan: one jit_kd_steps dispatch" if self.scan
+                       kd_structure=("scan: one jit_kd_steps dispatch" if scan
                                      else "host loop of the 1-step compiled function"))
     row["kd_step_s"] = row["median_s"] / kd_steps
     return row
 
   def measure_epoch(self, repeats: int, n: int) -> dict:
     self._ensure_pool()
-    if self.scan:
-      names, parts = [f"epoch{n}"], [(f"epoch{n}", 1)]
+    if self.structure.fused:
+      parts = [(self.programs.epoch_executable(n), 1)]
+      structure = "fused: jit_epoch (synth + KD scan) in one dispatch"
     else:
-      names, parts = ["synth", "kd1"], [("synth", 1), ("kd1", n)]
-    compile_s = sum(self.compiled(m).compile_s for m in names)
+      parts = [(self.programs.synth_executable(), 1)] + self._kd_parts(n)
+      structure = f"one synth call + {self.structure.kd} KD"
+    compile_s = sum(e.compile_seconds for e, _ in parts)
     call = lambda: self._epoch_call(n)
     times = time_calls(call, repeats, self.warmup)
     self._profile("epoch", call)
@@ -360,62 +303,7 @@ class Bench:
     b = self.config.batch_size
     return self._record(
         "epoch", times, compile_s, flops, raw, src, b + b * n, epoch_kd_steps=n,
-        epoch_structure=("scan: fused jit_epoch (synth + KD scan) in one dispatch"
-                         if self.scan else "host: one synth call + host loop of 1-step KD"),
-        synth_plus_kd_s=predicted, overhead_frac=overhead)
-
-
-# ------------------------------------------------------------------ torch
-def torch_archs_ok(name: str) -> bool:
-  return name in TORCH_ARCHS or re.fullmatch(r"wrn\d+_\d+", name) is not None
-
-
-def torch_compare(row: dict, path: str, config, kd_steps: int, repeats: int,
-                  runner: Callable = subprocess.run) -> dict | None:
-  """Runs torch_reference.py for the same measurement; the comparison line (or None)."""
-  what = row["what"]
-  if what not in ("synth", "kd"):
-    return None
-  notes = []
-  for arch in (row["teacher"], row["student"]):
-    if not torch_archs_ok(arch):
-      logging.warning("torch reference does not know %s; no comparison for %s", arch, what)
-      return dict(what=what, skipped=f"torch reference does not know {arch}")
-  from fastdfkd_jax import data
-  info = data.get_info(config.dataset.name)
-  if info.num_classes != 10:
-    notes.append(f"torch reference uses 10 classes, jax {info.num_classes}")
-  if tuple(info.image_shape) != (32, 32, 3):
-    notes.append(f"torch reference uses 32x32x3 images, jax {tuple(info.image_shape)}")
-  if what == "synth" and (config.synth.nz, config.synth.ngf) != (256, 64):
-    notes.append(f"torch generator nz=256 ngf=64, jax nz={config.synth.nz} "
-                 f"ngf={config.synth.ngf}")
-  if what == "synth" and config.method != "fast_meta":
-    notes.append(f"torch reference runs fast_meta, jax {config.method}")
-  cmd = [sys.executable, path, what, "--teacher", row["teacher"], "--student", row["student"],
-         "--k", str(row["k"]), "--batch", str(row["batch"]), "--steps", str(kd_steps),
-         "--repeats", str(repeats)]
-  logging.info("torch reference: %s", " ".join(cmd))
-  proc = runner(cmd, capture_output=True, text=True)
-  if proc.returncode != 0:
-    return dict(what=what, skipped=f"torch reference failed (rc {proc.returncode}): "
-                f"{proc.stderr[-2000:]}")
-  lines = [l for l in proc.stdout.splitlines() if l.strip().startswith("{")]
-  if not lines:
-    return dict(what=what, skipped="torch reference printed no JSON line")
-  ref = json.loads(lines[-1])
-  torch_med = float(ref["median_s"])
-  out = dict(what=what, teacher=row["teacher"], student=row["student"], k=row["k"],
-             batch=row["batch"], kd_steps=kd_steps if what == "kd" else None,
-             jax_median_s=row["median_s"], torch_median_s=torch_med,
-             speedup=torch_med / row["median_s"],
-             jax_images_per_s=row["images_per_s"],
-             torch_images_per_s=float(ref["images_per_s"]),
-             jax_device_kind=row["device_kind"], jax_loop=row["loop"],
-             torch_version=ref.get("torch"), torch_threads=ref.get("threads"))
-  if notes:
-    out["notes"] = notes
-  return out
+        epoch_structure=structure, synth_plus_kd_s=predicted, overhead_frac=overhead)
 
 
 # ------------------------------------------------------------------ driver
@@ -464,7 +352,7 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
     emit(row)
     rows.append(row)
     if torch_reference and w in what:
-      cmp_row = torch_compare(row, torch_reference, config, kd_steps, repeats)
+      cmp_row = bench_torch.torch_compare(row, torch_reference, config, kd_steps, repeats)
       if cmp_row is not None:
         emit(cmp_row)
         rows.append(cmp_row)

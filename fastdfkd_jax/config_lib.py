@@ -15,7 +15,7 @@ from fastdfkd_jax import errors
 MODES = ("train_teacher", "evaluate", "distill")
 KD_SOURCES = ("synthetic", "real", "noise")
 META_GRADS = ("param_diff", "sum_inner_grads")
-LOOPS = ("auto", "scan", "host")
+LOOPS = ("auto", "scan", "host", "fused")
 INNER_LOOPS = ("auto", "scan", "unroll", "host")
 DTYPES = ("float32", "bfloat16")
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
@@ -53,9 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
 
-  # Loop structure, chosen in one place (fastdfkd_jax.loops): 'auto' = lax.scan on
+  # Loop structure, chosen in one place (loops, distill.builder): 'auto' = lax.scan on
   # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
-  c.loop = "auto"
+  c.loop = "auto"                # | 'scan' | 'host' | 'fused': synthesis + KD in one dispatch
   # The k inner synthesis steps: 'scan' (one call holding a lax.scan), 'unroll' (one
   # call, the k steps traced straight-line), 'host' (k dispatches of one compiled
   # step); 'auto' = 'host' on CPU, 'scan' on TPU/GPU (see loops.inner_structure).

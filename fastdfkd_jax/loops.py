@@ -16,10 +16,14 @@ def backend() -> str:
 
 
 def use_scan(config: ml_collections.ConfigDict) -> bool:
-  """True: whole epochs/step chains as one jitted `lax.scan`; False: host loop."""
+  """True: whole epochs/step chains as one jitted `lax.scan`; False: host loop.
+
+  'fused' scans too, and a distillation run fuses synthesis into the KD program
+  (see `distill.builder`).
+  """
   if config.loop == "auto":
     return backend() != "cpu"
-  return config.loop == "scan"
+  return config.loop in ("scan", "fused")
 
 
 def inner_structure(config: ml_collections.ConfigDict) -> str:
@@ -30,10 +34,9 @@ def inner_structure(config: ml_collections.ConfigDict) -> str:
   'host': k dispatches of one compiled inner step from the host (CPU default):
     no XLA while loop, and one step to compile instead of k copies.
   """
-  value = str(config.inner_unroll).lower()
-  if value == "auto":
+  if config.inner_unroll == "auto":
     return "host" if backend() == "cpu" else "scan"
-  return {"true": "unroll", "false": "scan", "host": "host"}[value]
+  return config.inner_unroll
 
 
 def inner_unroll(config: ml_collections.ConfigDict) -> bool:

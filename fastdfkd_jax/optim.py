@@ -4,7 +4,11 @@ The schedule lives inside the optax optimizer (optax counts the steps), so a
 jitted step only calls `tx.update`; no learning rate is passed around.
 """
 
+import math
+
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 
@@ -29,3 +33,31 @@ def teacher_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
   schedule = cosine_schedule(optim.lr, steps_per_epoch * epochs,
                              optim.warmup_epochs * steps_per_epoch)
   return sgd(schedule, optim.momentum, optim.weight_decay)
+
+
+def epoch_cosine_schedule(kd: ml_collections.ConfigDict) -> optax.Schedule:
+  """The KD learning rate as a function of the optimizer's update count.
+
+  Update n belongs to KD epoch e = n // kd.steps (counted from the first KD
+  epoch); its rate is lr_min + (lr - lr_min) (1 + cos(pi e / kd.cosine_epochs)) / 2,
+  constant at lr_min after cosine_epochs. The per-epoch values are computed in
+  float64 on the host and stored as a float32 table, so they are exactly what
+  the host logs.
+  """
+  table, steps = epoch_cosine_values(kd), kd.steps
+
+  def schedule(count):
+    return jnp.asarray(table)[jnp.minimum(count // steps, len(table) - 1)]
+  return schedule
+
+
+def epoch_cosine_values(kd: ml_collections.ConfigDict) -> np.ndarray:
+  """The float32 rate of KD epochs 0..kd.cosine_epochs (the last one holds after)."""
+  lr, lr_min, t_max = kd.lr, kd.lr_min, kd.cosine_epochs
+  return np.asarray([lr_min + (lr - lr_min) * (1 + math.cos(math.pi * e / t_max)) / 2
+                     for e in range(t_max + 1)], np.float32)
+
+
+def kd_optimizer(kd: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD of `config.kd` with the per-epoch cosine of `epoch_cosine_schedule`."""
+  return sgd(epoch_cosine_schedule(kd), kd.momentum, kd.weight_decay)

@@ -24,8 +24,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if config.mode == "evaluate":
         from fastdfkd_jax.teacher import evaluate
         return evaluate.run_evaluate(config, workdir)
-      from fastdfkd_jax import distill
-      return distill.run_distill(config, workdir, preemption)
+      from fastdfkd_jax.distill import loop
+      return loop.run_distill(config, workdir, preemption)
     except runs.Preempted as e:
       logging.warning("%s; re-run the same command to resume", e)
       print(f"{e}; re-run the same command to resume")

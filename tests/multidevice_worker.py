@@ -16,8 +16,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fastdfkd_jax import config_lib, data, distill, parallel, runner  # noqa: E402
+from fastdfkd_jax import config_lib, data, parallel, runner  # noqa: E402
 from fastdfkd_jax import models, optim  # noqa: E402
+from fastdfkd_jax.distill import state as state_lib, steps  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
 from fastdfkd_jax.teacher import train as teacher_train  # noqa: E402
 
@@ -33,22 +34,23 @@ def tiny_config():
 def equivalence(out_path):
   """Synthesis, KD and a fused epoch on 1 vs 8 devices from the same keys."""
   c = tiny_config()
+  c.kd.lr = 0.1
   info = data.get_info("digits")
   teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
                                      info.image_shape)
   results = {}
   for n in (1, 8):
     mesh = parallel.make_mesh(jax.devices()[:n])
-    d = distill.build(c, info, "resnet8", mesh)
+    d = steps.build(c, info, "resnet8", mesh)
     t = parallel.put_replicated(teacher_vars, mesh)
-    st = distill.init_state(d, c, info, t, jax.random.key(0))
+    st = state_lib.init_state(d, c, info, t, jax.random.key(0))
     # CPU default: host-dispatched inner steps (begin / k x inner / end).
-    synth = d.compile_synth(st, t, jax.random.key(10), jnp.float32(1.1))
+    synth = d.compile_synth(st, t, jax.random.key(10), jnp.float32(1.1), host_inner=True)
     kd = d.jit_kd_steps(st, 1, unroll=True)
     epoch = d.jit_epoch(st, 2)
     st, images, m_synth = synth(st, t, jax.random.key(10), jnp.float32(1.1))
-    st, m_kd = kd(st, t, jax.random.key(11), jnp.float32(0.1))
-    st, m_epoch = epoch(st, t, jax.random.key(12), jnp.float32(1.1), jnp.float32(0.1))
+    st, m_kd = kd(st, t, jax.random.key(11))
+    st, m_epoch = epoch(st, t, jax.random.key(12), jnp.float32(1.1))
     flat = {"images": np.asarray(images), "pool": np.asarray(st.pool.images)}
     leaves = jax.tree_util.tree_leaves_with_path((st.synth, st.student,
                                                   m_synth, m_kd, m_epoch))
@@ -58,9 +60,9 @@ def equivalence(out_path):
   # The scanned (TPU/GPU) inner loop under shard_map on 8 devices gives the same call.
   c.inner_unroll = "scan"
   mesh = parallel.make_mesh()
-  d = distill.build(c, info, "resnet8", mesh)
+  d = steps.build(c, info, "resnet8", mesh)
   t = parallel.put_replicated(teacher_vars, mesh)
-  st = distill.init_state(d, c, info, t, jax.random.key(0))
+  st = state_lib.init_state(d, c, info, t, jax.random.key(0))
   st, images, _ = d.jit_synth(st)(st, t, jax.random.key(10), jnp.float32(1.1))
   results[8]["scanned_images"] = np.asarray(images)
   results[1]["scanned_images"] = results[1]["images"]

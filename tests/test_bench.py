@@ -2,13 +2,12 @@
 
 configs/bench_smoke.py: digits 8x8x1, random resnet8 -> resnet8, batch 16, k 2,
 nz 16, ngf 8. Only checks that every measurement runs and reports sane fields;
-the PyTorch comparison is tested with a mocked subprocess.
+the PyTorch comparison (fastdfkd_jax.bench_torch) is tested in test_bench_torch.py.
 """
 
 import importlib.util
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -39,6 +38,7 @@ def rows():
   return [json.loads(line) for line in lines]  # every line is valid JSON
 
 
+@pytest.mark.slow
 def test_every_line_has_all_keys_and_sane_values(rows):
   assert [r["what"] for r in rows] == ["synth", "kd", "epoch"]
   for r in rows:
@@ -74,32 +74,3 @@ def test_cost_flops_handles_dict_list_and_missing():
 def test_unknown_what_is_a_value_error():
   with pytest.raises(ValueError, match="--what"):
     bench.run(smoke_config(), what=["synth", "train"])
-
-
-def test_torch_compare_parses_the_reference_line():
-  config = smoke_config()
-  config.dataset.name = "cifar10"
-  row = dict(what="kd", teacher="wrn40_2", student="wrn16_1", k=5, batch=256,
-             median_s=2.0, images_per_s=256 * 20 / 2.0, device_kind="cpu", loop="x")
-  seen = {}
-
-  def runner(cmd, **kw):
-    seen["cmd"] = cmd
-    line = json.dumps(dict(impl="torch-eager", torch="2", threads=2, what="kd",
-                           median_s=5.0, images_per_s=256 * 20 / 5.0))
-    return subprocess.CompletedProcess(cmd, 0, stdout="noise\n" + line + "\n", stderr="")
-
-  out = bench.torch_compare(row, "torch_reference.py", config, kd_steps=20, repeats=3,
-                            runner=runner)
-  cmd = seen["cmd"]
-  assert cmd[1:3] == ["torch_reference.py", "kd"]
-  assert cmd[cmd.index("--steps") + 1] == "20" and cmd[cmd.index("--batch") + 1] == "256"
-  assert out["speedup"] == pytest.approx(2.5)
-  assert out["jax_median_s"] == 2.0 and out["torch_median_s"] == 5.0
-  assert out["torch_images_per_s"] == pytest.approx(1024.0)
-  assert "notes" not in out
-  # Architectures the reference does not know are skipped, epoch is never compared.
-  assert "skipped" in bench.torch_compare(dict(row, teacher="resnet8"), "t.py", config, 20, 3,
-                                          runner=runner)
-  assert bench.torch_compare(dict(row, what="epoch"), "t.py", config, 20, 3,
-                             runner=runner) is None

@@ -1,5 +1,7 @@
 """Optimizers and schedules shared by teacher training and KD (fastdfkd_jax.optim)."""
 
+import math
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -54,3 +56,38 @@ def test_teacher_optimizer_steps_the_schedule_inside_optax():
                           opt_state=opt_state, step=state.step + 1)
     assert before - float(state.params["w"]) == pytest.approx(float(schedule(t)), abs=1e-7)
   assert set(state.variables) == {"params", "batch_stats"}
+
+
+def _kd_config(**kw):
+  return ml_collections.ConfigDict(dict(dict(lr=0.2, lr_min=2e-4, cosine_epochs=200, steps=3,
+                                             momentum=0.0, weight_decay=0.0), **kw))
+
+
+def test_epoch_cosine_schedule_golden_values():
+  """The KD rate of update n is the per-epoch cosine of epoch n // kd.steps, float32 of
+  the float64 formula (what `distill.kd_lr` computed per epoch before the schedule moved
+  into optax), constant at lr_min after cosine_epochs."""
+  kd = _kd_config()
+  schedule = optim.epoch_cosine_schedule(kd)
+  golden = {0: 0.2, 1: 0.2, 2: 0.2, 3: 0.19998768, 111: 0.18359716, 300: 0.1001,
+            598: 2.1232442e-4, 600: 2e-4, 601: 2e-4, 10_000: 2e-4}
+  for count, value in golden.items():
+    assert float(schedule(jnp.int32(count))) == pytest.approx(value, rel=1e-6), count
+  for e in (0, 1, 37, 100, 199, 200):
+    want = np.float32(2e-4 + (0.2 - 2e-4) * (1 + math.cos(math.pi * e / 200)) / 2)
+    for j in range(kd.steps):   # bit-identical to the old per-epoch kd_lr, every step
+      assert schedule(jnp.int32(e * kd.steps + j)) == want, (e, j)
+
+
+def test_kd_optimizer_steps_the_epoch_cosine_inside_optax():
+  """kd_optimizer: no learning rate passed in; each update moves by -lr(count) * grad."""
+  kd = _kd_config(cosine_epochs=4, steps=2)
+  tx = optim.kd_optimizer(kd)
+  values = optim.epoch_cosine_values(kd)
+  state = TrainState.create({"params": {"w": jnp.zeros(())}}, tx)
+  for t in range(12):
+    before = state.params["w"]
+    updates, opt_state = tx.update({"w": jnp.ones(())}, state.opt_state, state.params)
+    state = state.replace(params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+    assert before - state.params["w"] == pytest.approx(values[min(t // 2, 4)], abs=2e-7)

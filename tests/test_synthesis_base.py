@@ -21,8 +21,9 @@ import pytest
 from flax import struct
 
 from fastdfkd_jax.data import augment
-from fastdfkd_jax import config_lib, distill, loops, models, parallel
+from fastdfkd_jax import config_lib, loops, models, optim, parallel, train_state
 from fastdfkd_jax import losses as kd_losses
+from fastdfkd_jax.distill import steps
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import base
 
@@ -198,7 +199,7 @@ def test_generator_vs_student_method_fits_the_protocol(dummy):
 
 def test_generator_vs_student_round_then_kd_on_fresh_samples(tiny_nets, dummy):
   """One round as the run loop drives it: g_steps generator updates, then kd_steps
-  student updates on `sample` batches, with the KD step of `distill`."""
+  student updates on `sample` batches, with the KD step of `distill.steps`."""
   teacher, student, _, tv, sv = tiny_nets
   s0 = dummy.init(jax.random.key(0), tv)
   adv = jnp.float32(0.0)
@@ -213,18 +214,17 @@ def test_generator_vs_student_round_then_kd_on_fresh_samples(tiny_nets, dummy):
   # The state is a pytree of arrays: it checkpoints with the run.
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(s1))
 
-  d = distill.Distiller(synth=dummy, student_model=student,
-                        tx=distill.kd_tx(config_lib.base_config()), kd_batch=8,
-                        temperature=20.0, mesh=None)
-  st = distill.StudentState(params=sv["params"], batch_stats=sv["batch_stats"],
-                            opt_state=d.tx.init(sv["params"]), step=jnp.int32(0))
+  d = steps.Distiller(synth=dummy, student_model=student,
+                      tx=optim.kd_optimizer(config_lib.base_config().kd), kd_batch=8,
+                      temperature=20.0, mesh=None)
+  st = train_state.TrainState.create(sv, d.tx)
   sample = compiled(lambda s, k: dummy.sample(s, k, 8), s1, jax.random.key(2))  # n static
-  kd = compiled(d._kd_update, st, tv, images, jax.random.key(3), jnp.float32(0.1))
+  kd = compiled(d._kd_update, st, tv, images, jax.random.key(3))
   batches = []
   for i in range(dummy.kd_steps):
     batch = sample(s1, jax.random.key(10 + i))
     batches.append(np.asarray(batch))
-    st, loss = kd(st, tv, batch, jax.random.key(20 + i), jnp.float32(0.1))
+    st, loss = kd(st, tv, batch, jax.random.key(20 + i))
     assert np.isfinite(float(loss))
   assert int(st.step) == dummy.kd_steps
   assert not np.array_equal(batches[0], batches[1])   # fresh generator batches

@@ -37,12 +37,6 @@ def num_slots(capacity_images: int, synth_batch: int, epochs: int) -> int:
   return max(1, -(-capacity_images // synth_batch))
 
 
-def init(slots: int, batch: int, image_shape: tuple[int, ...]) -> Pool:
-  """An empty pool of `slots` x `batch` images (batch: per-device when sharded)."""
-  return Pool(images=jnp.zeros((slots, batch) + tuple(image_shape), jnp.uint8),
-              filled=jnp.int32(0), cursor=jnp.int32(0))
-
-
 def add(pool: Pool, batch_uint8: jax.Array) -> Pool:
   """Writes one synthesis batch (B_local, H, W, C) into the next slot (ring)."""
   slots = pool.images.shape[0]
@@ -54,7 +48,7 @@ def add(pool: Pool, batch_uint8: jax.Array) -> Pool:
 def fixed_set(images: np.ndarray, batch: int, seed: int) -> np.ndarray:
   """A full pool (slots, batch, H, W, C) uint8 of a fixed image set, e.g. the real
   training set for the KD-on-real-data upper bound: shuffled with `seed`, the last
-  N mod batch images dropped. Wrap it with `distill.put_pool` (device) or `HostPool.of`."""
+  N mod batch images dropped. Wrap it with `state.put_pool` (device) or `HostPool.of`."""
   slots = len(images) // batch
   if slots == 0:
     raise ValueError(f"{len(images)} images cannot fill one pool slot of {batch}")

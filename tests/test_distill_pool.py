@@ -1,4 +1,4 @@
-"""Tests of the synthetic pool (fastdfkd_jax.pool): ring buffer and sampling."""
+"""Tests of the synthetic pool (fastdfkd_jax.distill.pool): ring buffer and sampling."""
 
 import chex
 import jax
@@ -6,9 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import pool as pool_lib
+from fastdfkd_jax.distill import pool as pool_lib
 
 SHAPE = (2, 2, 1)
+
+
+def empty_pool(slots, batch, image_shape):
+  """An empty unsharded pool of `slots` x `batch` images."""
+  return pool_lib.Pool(images=jnp.zeros((slots, batch) + tuple(image_shape), jnp.uint8),
+                       filled=jnp.int32(0), cursor=jnp.int32(0))
 
 
 def const_batch(value, b=8):
@@ -16,14 +22,14 @@ def const_batch(value, b=8):
 
 
 def test_init_empty():
-  p = pool_lib.init(3, 8, SHAPE)
+  p = empty_pool(3, 8, SHAPE)
   chex.assert_shape(p.images, (3, 8) + SHAPE)
   assert p.images.dtype == jnp.uint8
   assert int(p.filled) == 0 and int(p.cursor) == 0
 
 
 def test_add_wraps_around_the_ring():
-  p = pool_lib.init(3, 8, SHAPE)
+  p = empty_pool(3, 8, SHAPE)
   expected_filled = [1, 2, 3, 3, 3]
   expected_cursor = [1, 2, 0, 1, 2]
   for i in range(5):
@@ -36,7 +42,7 @@ def test_add_wraps_around_the_ring():
 
 def test_add_jits():
   add = jax.jit(pool_lib.add)
-  p = pool_lib.init(2, 8, SHAPE)
+  p = empty_pool(2, 8, SHAPE)
   for i in range(3):
     p = add(p, const_batch(i + 1))
   assert int(p.filled) == 2 and int(p.cursor) == 1
@@ -45,7 +51,7 @@ def test_add_jits():
 
 def test_sample_only_returns_filled_slots():
   slots, b = 5, 8
-  p = pool_lib.init(slots, b, SHAPE)
+  p = empty_pool(slots, b, SHAPE)
   p = pool_lib.add(p, const_batch(7, b))
   p = pool_lib.add(p, const_batch(9, b))   # slots 2..4 stay zero (unfilled)
   sample = jax.jit(pool_lib.sample, static_argnums=(2,))
@@ -63,7 +69,7 @@ def test_sample_only_returns_filled_slots():
 def test_sample_rows_come_from_their_images():
   """Each row value identifies (slot, row); sampled images are whole pool images."""
   slots, b = 3, 8
-  p = pool_lib.init(slots, b, SHAPE)
+  p = empty_pool(slots, b, SHAPE)
   for s in range(slots):
     rows = jnp.arange(b, dtype=jnp.uint8) + 10 * (s + 1)
     p = pool_lib.add(p, jnp.broadcast_to(rows[:, None, None, None], (b,) + SHAPE))
@@ -108,7 +114,7 @@ def test_sample_indices_bad_sizes():
 
 
 def test_sample_deterministic_per_key():
-  p = pool_lib.init(4, 8, SHAPE)
+  p = empty_pool(4, 8, SHAPE)
   rng = np.random.default_rng(0)
   for _ in range(4):
     p = pool_lib.add(p, jnp.asarray(rng.integers(0, 256, (8,) + SHAPE), jnp.uint8))
@@ -129,7 +135,7 @@ def test_num_slots():
 def test_host_pool_equals_device_pool():
   slots, b = 3, 8
   rng = np.random.default_rng(0)
-  dev = pool_lib.init(slots, b, SHAPE)
+  dev = empty_pool(slots, b, SHAPE)
   host = pool_lib.HostPool(slots, b, SHAPE)
   for _ in range(4):  # wraps once
     batch = rng.integers(0, 256, (b,) + SHAPE).astype(np.uint8)

@@ -1,0 +1,98 @@
+"""The step builder (fastdfkd_jax.distill.builder): which programs a config gets on
+CPU and on scan backends, and that every program traces once across epochs."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fastdfkd_jax import config_lib, data, loops, models, parallel
+from fastdfkd_jax.distill import builder, state as state_lib, steps
+from fastdfkd_jax.models import util as model_util
+
+
+def tiny_config(**fields):
+  c = config_lib.default_config()
+  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
+  c.kd.steps, c.epochs, c.warmup = 2, 3, 1
+  c.teacher.arch, c.student.arch = "resnet8", "resnet8"
+  c.update(fields)
+  return c
+
+
+def structure(monkeypatch, backend, **fields):
+  monkeypatch.setattr(loops, "backend", lambda: backend)
+  c = tiny_config(**fields)
+  d = steps.build(c, data.get_info("digits"), "resnet8", parallel.make_mesh())
+  return builder.choose(c, d)
+
+
+def test_cpu_drives_kd_and_inner_steps_from_the_host(monkeypatch):
+  s = structure(monkeypatch, "cpu")
+  assert (s.kd, s.synth_inner, s.fused) == ("host", "host", False)
+  assert "backend=cpu" in s.description and "fused_epoch=False" in s.description
+
+
+def test_scan_backends_scan_kd_and_time_synthesis_separately(monkeypatch):
+  for backend in ("gpu", "tpu"):
+    s = structure(monkeypatch, backend)
+    assert (s.kd, s.synth_inner, s.fused) == ("scan", "scan", False), backend
+
+
+def test_loop_fused_fuses_the_epoch_on_any_backend(monkeypatch):
+  for backend in ("cpu", "gpu"):
+    s = structure(monkeypatch, backend, loop="fused")
+    assert (s.kd, s.fused) == ("scan", True), backend
+  # Forced structures and what cannot fuse.
+  assert structure(monkeypatch, "gpu", loop="host").kd == "host"
+  assert structure(monkeypatch, "cpu", loop="scan").kd == "scan"
+  assert not structure(monkeypatch, "gpu", loop="fused", kd=dict(source="real")).fused
+  host_pool = structure(monkeypatch, "gpu", loop="fused", pool=dict(on_device=False))
+  assert (host_pool.kd, host_pool.fused) == ("host_pool", False)
+  assert structure(monkeypatch, "cpu", inner_unroll="scan").synth_inner == "scan"
+  assert structure(monkeypatch, "gpu", inner_unroll="unroll").synth_inner == "unroll"
+
+
+def test_kd_dispatches_follow_the_structure(monkeypatch):
+  monkeypatch.setattr(loops, "backend", lambda: "gpu")
+  c = tiny_config()
+  d = steps.build(c, data.get_info("digits"), "resnet8", parallel.make_mesh())
+  programs = builder.Programs(builder.choose(c, d), d, None, None)
+  assert programs.kd_dispatch(7) == ("kd7", 1)
+  programs.structure = builder.choose(tiny_config(loop="host"), d)
+  assert programs.kd_dispatch(7) == ("kd1", 7)
+  with pytest.raises(ValueError, match="loop=fused"):
+    programs.epoch_executable(7)
+
+
+def programs_for(c):
+  info = data.get_info("digits")
+  mesh = parallel.make_mesh()
+  d = steps.build(c, info, "resnet8", mesh)
+  t = parallel.put_replicated(model_util.init_variables(
+      models.get_model("resnet8", 10), jax.random.key(1), info.image_shape), mesh)
+  state = state_lib.init_state(d, c, info, t, jax.random.key(0))
+  return builder.build_programs(c, d, state, t), state, t
+
+
+@pytest.mark.parametrize("loop", ["auto", "fused"])
+def test_every_program_traces_once_across_epochs(loop):
+  c = tiny_config(loop=loop)
+  names = ("_synth", "_kd_steps", "_kd_update", "_epoch")
+  with pytest.MonkeyPatch.context() as mp:
+    for name in names:
+      mp.setattr(steps.Distiller, name, chex.assert_max_traces(getattr(steps.Distiller, name),
+                                                              n=1))
+    programs, state, t = programs_for(c)
+    adv = jnp.float32(1.0)
+    for epoch in range(3):
+      key = jax.random.key(epoch)
+      if programs.structure.fused:
+        state, metrics = programs.epoch(state, t, key, adv, c.kd.steps)
+      else:
+        state, _, metrics = programs.synth(state, t, key, adv)
+        state, metrics = programs.kd(state, t, key, c.kd.steps)
+      assert jnp.isfinite(metrics["kd_loss"])
+  chex.clear_trace_counter()
+  assert int(state.student.step) == 3 * c.kd.steps
+  assert int(state.pool.filled) == 3
