@@ -47,7 +47,7 @@ from fastdfkd_jax import bench_torch, cli, errors
 FLAGS = flags.FLAGS
 flags.DEFINE_list("what", ["synth", "kd", "epoch"], "Measurements: synth, kd, epoch.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (after the warm-up calls).")
-flags.DEFINE_integer("warmup", 1, "Untimed warm-up calls per measurement (after compiling).")
+flags.DEFINE_integer("warmup_calls", 1, "Untimed warm-up calls per measurement (after compiling).")
 flags.DEFINE_integer("kd_steps", 20, "KD updates per timed kd call.")
 flags.DEFINE_integer("epoch_kd_steps", 400, "KD updates in one timed epoch call.")
 flags.DEFINE_string("profile_dir", "", "If set, one extra call per measurement is traced "
@@ -84,10 +84,10 @@ def _safe_cost(obj) -> Any:
     return None
 
 
-def time_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-  """Seconds of `repeats` calls after `warmup` untimed ones; each ends blocked on its outputs."""
+def time_calls(call: Callable[[], Any], repeats: int, warmup_calls: int = 1) -> list[float]:
+  """Seconds of `repeats` calls after `warmup_calls` untimed ones; each ends blocked on its outputs."""
   import jax
-  for _ in range(warmup):
+  for _ in range(warmup_calls):
     jax.block_until_ready(call())
   times = []
   for _ in range(repeats):
@@ -125,7 +125,7 @@ class Bench:
   """Distiller, random teacher, the (donated, threaded) state and the programs that
   `distill.builder` picks for one config."""
 
-  def __init__(self, config, profile_dir: str = "", warmup: int = 1):
+  def __init__(self, config, profile_dir: str = "", warmup_calls: int = 1):
     import jax
     import jax.numpy as jnp
     from fastdfkd_jax import data, models, parallel
@@ -151,7 +151,7 @@ class Bench:
     self.adv = jnp.float32(config.synth.adv)
     self.dtype = model_util.activation_dtype(config.dtype)
     self.profile_dir = profile_dir
-    self.warmup = warmup
+    self.warmup_calls = warmup_calls
     self._flops_unrolled: dict[str, float | None] = {}
     self._calls = 0
     self.results: dict[str, dict] = {}
@@ -247,7 +247,7 @@ class Bench:
     med = statistics.median(times)
     row = dict(what=what, **self.base, compile_s=round(compile_s, 4),
                median_s=med, min_s=min(times), max_s=max(times), repeats=len(times),
-               warmup=self.warmup,
+               warmup_calls=self.warmup_calls,
                images_per_s=images / med, **extra,
                flops=flops, flops_source=flops_source, flops_compiled_raw=flops_raw,
                flops_scope="per_device",
@@ -257,7 +257,7 @@ class Bench:
 
   def measure_synth(self, repeats: int) -> dict:
     ex = self.programs.synth_executable()
-    times = time_calls(self._synth_call, repeats, self.warmup)
+    times = time_calls(self._synth_call, repeats, self.warmup_calls)
     self._profile("synth", self._synth_call)
     flops, raw, src = self._flops([(ex, 1)], [("synth", 1)])
     return self._record("synth", times, ex.compile_seconds, flops, raw, src,
@@ -271,7 +271,7 @@ class Bench:
     self._ensure_pool()
     parts = self._kd_parts(kd_steps)
     call = lambda: self._kd_call(kd_steps)
-    times = time_calls(call, repeats, self.warmup)
+    times = time_calls(call, repeats, self.warmup_calls)
     self._profile("kd", call)
     flops, raw, src = self._flops(parts, [("kdstep", kd_steps)])
     scan = self.structure.kd == "scan"
@@ -292,7 +292,7 @@ class Bench:
       structure = f"one synth call + {self.structure.kd} KD"
     compile_s = sum(e.compile_seconds for e, _ in parts)
     call = lambda: self._epoch_call(n)
-    times = time_calls(call, repeats, self.warmup)
+    times = time_calls(call, repeats, self.warmup_calls)
     self._profile("epoch", call)
     flops, raw, src = self._flops(parts, [("synth", 1), ("kdstep", n)])
     med = statistics.median(times)
@@ -309,7 +309,7 @@ class Bench:
 # ------------------------------------------------------------------ driver
 def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps: int = 400,
         profile_dir: str = "", torch_reference: str = "", peak_matmul_size: int = 0,
-        emit: Callable[[dict], None] | None = None, warmup: int = 1) -> list[dict]:
+        emit: Callable[[dict], None] | None = None, warmup_calls: int = 1) -> list[dict]:
   """Runs the measurements; returns (and emits) one dict per JSON line."""
   import jax
   from fastdfkd_jax import config_lib, parallel
@@ -317,13 +317,13 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
   for w in what:
     if w not in WHATS:
       raise errors.UserError(f"--what={w!r}: choose from {', '.join(WHATS)}")
-  if repeats < 1 or kd_steps < 1 or epoch_kd_steps < 1 or warmup < 0:
+  if repeats < 1 or kd_steps < 1 or epoch_kd_steps < 1 or warmup_calls < 0:
     raise errors.UserError("--repeats, --kd_steps and --epoch_kd_steps must be >= 1, "
-                           "--warmup >= 0")
+                           "--warmup_calls >= 0")
   parallel.maybe_initialize_distributed()
   config_lib.validate(config)
   emit = emit or (lambda row: print(json.dumps(row), flush=True))
-  bench = Bench(config, profile_dir, warmup)
+  bench = Bench(config, profile_dir, warmup_calls)
   peak = {}
   if peak_matmul_size >= 0:
     size = peak_matmul_size or (2048 if jax.default_backend() == "cpu" else 8192)
@@ -375,7 +375,7 @@ def main(argv):
     with cli.user_errors():
       run(FLAGS.config, FLAGS.what, FLAGS.repeats, FLAGS.kd_steps, FLAGS.epoch_kd_steps,
           FLAGS.profile_dir, FLAGS.torch_reference, FLAGS.peak_matmul_size, emit,
-          FLAGS.warmup)
+          FLAGS.warmup_calls)
   finally:
     if out:
       out.close()

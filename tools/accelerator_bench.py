@@ -44,10 +44,10 @@ def jax_job(k: int, dtype: str, smoke: bool, extra=()) -> dict:
   if smoke:
     cmd += ["--config.teacher.arch=wrn16_1", "--config.student.arch=wrn16_1",
             "--config.batch_size=8", "--config.synth.nz=16", "--config.synth.ngf=8",
-            "--repeats=1", "--warmup=0", "--kd_steps=2", "--epoch_kd_steps=2",
+            "--repeats=1", "--warmup_calls=0", "--kd_steps=2", "--epoch_kd_steps=2",
             "--peak_matmul_size=64"]
   else:
-    cmd += ["--repeats=3", "--warmup=1", "--kd_steps=20", "--epoch_kd_steps=400"]
+    cmd += ["--repeats=3", "--warmup_calls=1", "--kd_steps=20", "--epoch_kd_steps=400"]
   return dict(name=f"jax-k{k}-{dtype}", impl="jax", k=k, dtype=dtype, cmd=cmd,
               estimate_s=20 if smoke else 60)
 
