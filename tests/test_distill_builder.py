@@ -65,13 +65,18 @@ def test_kd_dispatches_follow_the_structure(monkeypatch):
     programs.epoch_executable(7)
 
 
-def programs_for(c):
+def tiny_setup(c):
+  """(info, distiller, teacher variables, initial state) of a digits resnet8 pair."""
   info = data.get_info("digits")
   mesh = parallel.make_mesh()
   d = steps.build(c, info, "resnet8", mesh)
   t = parallel.put_replicated(model_util.init_variables(
       models.get_model("resnet8", 10), jax.random.key(1), info.image_shape), mesh)
-  state = state_lib.init_state(d, c, info, t, jax.random.key(0))
+  return info, d, t, state_lib.init_state(d, c, info, t, jax.random.key(0))
+
+
+def programs_for(c):
+  _, d, t, state = tiny_setup(c)
   return builder.build_programs(c, d, state, t), state, t
 
 

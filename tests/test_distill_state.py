@@ -3,21 +3,15 @@
 import jax
 import numpy as np
 
-from fastdfkd_jax import data, models, parallel, train_state
-from fastdfkd_jax.distill import pool as pool_lib, state as state_lib, steps
-from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax import parallel, train_state
+from fastdfkd_jax.distill import pool as pool_lib, state as state_lib
 
-from test_distill_builder import tiny_config
+from test_distill_builder import tiny_config, tiny_setup
 
 
 def test_init_state_student_pool_and_student_variables():
   c = tiny_config()
-  info = data.get_info("digits")
-  mesh = parallel.make_mesh()
-  d = steps.build(c, info, "resnet8", mesh)
-  t = parallel.put_replicated(model_util.init_variables(
-      models.get_model("resnet8", 10), jax.random.key(1), info.image_shape), mesh)
-  state = state_lib.init_state(d, c, info, t, jax.random.key(0))
+  info, d, t, state = tiny_setup(c)
   assert isinstance(state.student, train_state.TrainState) and int(state.student.step) == 0
   slots = pool_lib.num_slots(c.pool.capacity, c.batch_size, c.epochs)
   assert state.pool.images.shape == (slots, c.batch_size) + tuple(info.image_shape)

@@ -146,9 +146,9 @@ def setup(config, workdir: str, preemption) -> Run:
 
 
 def kd_learning_rate(config, epoch: int) -> float:
-  """The KD learning rate of `epoch` (as the optimizer's schedule applies it)."""
-  values = optim.epoch_cosine_values(config.kd)
-  return float(values[min(max(epoch - config.warmup, 0), len(values) - 1)])
+  """The KD learning rate of `epoch`: the optimizer's own schedule at the epoch's first update."""
+  count = max(epoch - config.warmup, 0) * config.kd.steps
+  return float(optim.epoch_cosine_schedule(config.kd)(count))
 
 
 def synthesize(run: Run, state, key, adv, counters: dict):
