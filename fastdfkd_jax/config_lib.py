@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32
 
   c.eval_every = 1
+  # BN running statistics recomputed from the final weights before the last evaluation
+  # (models/precise_bn.py): train_teacher over the un-augmented training split.
+  c.precise_bn = True
   c.log_every = 50               # steps between log lines inside an epoch
   c.checkpoint_every = 5         # epochs
   c.keep_checkpoints = 2

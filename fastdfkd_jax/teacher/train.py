@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from fastdfkd_jax import checkpoint, data, loops, models, optim, parallel, reporting, runs
 from fastdfkd_jax.data import augment
-from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax.models import precise_bn, util as model_util
 from fastdfkd_jax.teacher import evaluate as evaluate_lib
 from fastdfkd_jax.train_state import TrainState
 
@@ -132,6 +132,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
                                   steps_per_epoch if scan else 1, rate, mesh)
     epoch_seconds = time.time() - t0
     last = epoch + 1 == config.epochs
+    if last and config.precise_bn:
+      state = _precise_bn(config, model, state, ds, mesh)
     if last or (epoch + 1) % config.eval_every == 0:
       test_acc = evaluate_lib.evaluate(eval_step, state.variables, ds.test_images,
                                        ds.test_labels, config.eval_batch_size, mesh)
@@ -176,6 +178,16 @@ def _train_epoch(config, train_chunk, state: TrainState, ds, root, epoch: int,
   metrics = jax.device_get(metrics)
   runs.check_finite(metrics, epoch)
   return state, metrics
+
+
+def _precise_bn(config, model, state: TrainState, ds, mesh) -> TrainState:
+  """`state` with its BN statistics recomputed over the un-augmented training split."""
+  step = precise_bn.make_moments_step(model, ds.info.mean, ds.info.std, mesh)
+  variables = precise_bn.recompute(step, state.variables, ds.train_images,
+                                   config.batch_size, mesh)
+  logging.info("precise BN: running statistics recomputed over %d training images",
+               len(ds.train_images) // config.batch_size * config.batch_size)
+  return state.replace(batch_stats=variables["batch_stats"])
 
 
 def _resume_point(mngr) -> tuple[int, float]:
