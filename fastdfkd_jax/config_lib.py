@@ -197,6 +197,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("kd.source", c.kd.source, KD_SOURCES)
   from fastdfkd_jax.data import transfer_set  # late: keeps config import light
   choice("transfer.format", c.transfer.format, transfer_set.FORMATS)
+  if c.mode == "synthesize" and c.kd.source != "synthetic":
+    raise errors.UserError(f"mode=synthesize makes a synthetic set; kd.source="
+                           f"{c.kd.source!r} must stay 'synthetic'")
   if c.kd.source == "dataset" and not c.kd.dataset_dir:
     raise errors.UserError("kd.source=dataset needs --config.kd.dataset_dir=DIR, an "
                            "exported transfer set (python -m fastdfkd_jax.export WORKDIR "

@@ -20,6 +20,7 @@ one trained into WORKDIR/teacher).
 
 import json
 import os
+import shutil
 import sys
 from typing import Any, Sequence
 
@@ -166,6 +167,7 @@ def inspect(ts: transfer_set.TransferSet, features: np.ndarray, num_classes: int
 def write_grids(ts: transfer_set.TransferSet, out: str, num_classes: int,
                 per_class: int) -> None:
   """OUT/grids/class_<c>.png: up to `per_class` images the teacher puts in class c."""
+  shutil.rmtree(os.path.join(out, "grids"), ignore_errors=True)
   for c in range(num_classes):
     images = ts.images[ts.labels == c][:per_class]
     if len(images):
@@ -208,7 +210,8 @@ def export(workdir: str, out: str, fmt: str) -> dict:
   ts = transfer_set.TransferSet(images=images, labels=probs.argmax(1).astype(np.int32),
                                 confidence=probs.max(1).astype(np.float32),
                                 synthesis_call=calls)
-  transfer_set.write(ts, out, fmt, info.num_classes)
+  if reporting.is_main_process():
+    transfer_set.write(ts, out, fmt, info.num_classes)
   sample = config.transfer.diversity_images
   picked = subsample(len(images), sample, config.seed)
   real = _real_images(config, info)

@@ -74,3 +74,12 @@ def test_load_images_checks_the_image_shape(tmp_path):
   assert transfer_set.load_images(str(tmp_path), (8, 8, 1)).shape == (23, 8, 8, 1)
   with pytest.raises(errors.UserError, match="dataset.name"):
     transfer_set.load_images(str(tmp_path), (28, 28, 1))
+
+
+def test_a_new_export_replaces_the_previous_one(tmp_path):
+  transfer_set.write(_set(n=30), str(tmp_path), "image_folder", num_classes=10)
+  ts = _set(n=5, seed=1)
+  transfer_set.write(ts, str(tmp_path), "npz", num_classes=10)
+  assert not os.path.exists(tmp_path / "train")
+  assert not os.path.exists(tmp_path / transfer_set.JSONL_FILE)
+  assert transfer_set.load(str(tmp_path)).images.tobytes() == ts.images.tobytes()

@@ -120,3 +120,10 @@ def test_sigkill_then_resume_writes_the_same_set(teacher, tmp_path):  # noqa: F8
   keep = ("epoch", "images", "loss", "loss_bn", "loss_oh")
   assert [{k: r[k] for k in keep} for r in _rows(killed)] == \
       [{k: r[k] for k in keep} for r in _rows(full)]
+
+
+def test_synthesize_keeps_the_synthetic_source():
+  c = tiny_config("")
+  c.kd.source = "real"
+  with pytest.raises(errors.UserError, match="mode=synthesize"):
+    config_lib.validate(c)

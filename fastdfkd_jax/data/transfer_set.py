@@ -19,6 +19,7 @@ pixel for pixel.
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -51,11 +52,12 @@ class TransferSet:
 
 
 def write(ts: TransferSet, out: str, fmt: str, num_classes: int) -> None:
-  """Writes `ts` into the directory `out` in the layout `fmt` (one of FORMATS)."""
+  """Writes `ts` into the directory `out` in the layout `fmt` (one of FORMATS), replacing
+  an earlier export there."""
   if fmt not in FORMATS:
     raise errors.UserError(f"unknown transfer-set format {fmt!r}; choose one of "
                            f"{', '.join(FORMATS)}")
-  os.makedirs(out, exist_ok=True)
+  _remove_previous(out)
   if fmt == "npz":
     tmp = os.path.join(out, NPZ_FILE + ".tmp.npz")
     np.savez(tmp, **dataclasses.asdict(ts))
@@ -64,6 +66,15 @@ def write(ts: TransferSet, out: str, fmt: str, num_classes: int) -> None:
     _write_image_folder(ts, out, num_classes)
   else:
     _write_array_record(ts, out)
+
+
+def _remove_previous(out: str) -> None:
+  """Creates `out`, removing an earlier export's files (any layout) from it."""
+  os.makedirs(out, exist_ok=True)
+  for name in (NPZ_FILE, JSONL_FILE, ARRAY_RECORD_FILE):
+    if os.path.exists(os.path.join(out, name)):
+      os.remove(os.path.join(out, name))
+  shutil.rmtree(os.path.join(out, "train"), ignore_errors=True)
 
 
 def _image_file(label: int, index: int) -> str:
