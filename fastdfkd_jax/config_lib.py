@@ -12,8 +12,8 @@ import ml_collections
 
 from fastdfkd_jax import errors
 
-MODES = ("train_teacher", "evaluate", "distill")
-KD_SOURCES = ("synthetic", "real", "noise")
+MODES = ("train_teacher", "evaluate", "distill", "synthesize")
+KD_SOURCES = ("synthetic", "real", "noise", "dataset")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host", "fused")
 INNER_LOOPS = ("auto", "scan", "unroll", "host")
@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.pool = ml_collections.ConfigDict()
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
+  c.transfer = _transfer_config()
 
   # Loop structure, chosen in one place (loops, distill.builder): 'auto' = lax.scan on
   # TPU/GPU, host-driven jitted steps on CPU (XLA:CPU conv grads in loops are ~50x slower).
@@ -139,7 +140,23 @@ def _kd_config() -> ml_collections.ConfigDict:
   # the lower bound). The baselines skip synthesis and the warmup epochs and keep the
   # KD schedule (epochs, steps, lr) of the synthetic run.
   k.source = "synthetic"
+  # kd.source='dataset': KD on an exported transfer set (the directory OUT of
+  # `python -m fastdfkd_jax.export WORKDIR OUT`, or WORKDIR/transfer_set of
+  # mode=synthesize), on the same schedule, without synthesis.
+  k.dataset_dir = ""
   return k
+
+
+def _transfer_config() -> ml_collections.ConfigDict:
+  """Transfer sets: mode=synthesize and `python -m fastdfkd_jax.export`."""
+  t = ml_collections.ConfigDict()
+  t.num_images = 5120            # mode=synthesize: the set's size (whole synthesis calls
+                                 # of batch_size are made, the first num_images kept)
+  t.format = "npz"               # 'image_folder' | 'npz' | 'array_record'; what
+                                 # mode=synthesize writes, the export's --format default
+  t.diversity_images = 1000      # images (synthetic, real) in summary.json's diversity
+  t.grid_images = 64             # images per class grid (OUT/grids/class_<c>.png)
+  return t
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -181,13 +198,23 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("mode", c.mode, MODES)
   choice("method", c.method, synthesis.available())
   choice("kd.source", c.kd.source, KD_SOURCES)
+  from fastdfkd_jax.data import transfer_set  # late: keeps config import light
+  choice("transfer.format", c.transfer.format, transfer_set.FORMATS)
+  if c.mode == "synthesize" and c.kd.source != "synthetic":
+    raise errors.UserError(f"mode=synthesize makes a synthetic set; kd.source="
+                           f"{c.kd.source!r} must stay 'synthetic'")
+  if c.kd.source == "dataset" and not c.kd.dataset_dir:
+    raise errors.UserError("kd.source=dataset needs --config.kd.dataset_dir=DIR, an "
+                           "exported transfer set (python -m fastdfkd_jax.export WORKDIR "
+                           "DIR, or WORKDIR/transfer_set of mode=synthesize)")
   choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
   choice("loop", c.loop, LOOPS)
   choice("dtype", c.dtype, DTYPES)
   choice("inner_unroll", c.inner_unroll, INNER_LOOPS)
   positive = {"batch_size": c.batch_size, "epochs": c.epochs, "k": c.k,
               "kd.steps": c.kd.steps, "eval_batch_size": c.eval_batch_size,
-              "kd.temperature": c.kd.temperature}
+              "kd.temperature": c.kd.temperature,
+              "transfer.num_images": c.transfer.num_images}
   for name, value in positive.items():
     if value <= 0:
       raise errors.UserError(f"config.{name}={value} must be > 0")
@@ -201,7 +228,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     data.get_info(c.dataset.name)
   except ValueError as e:
     raise errors.UserError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
-  archs = ([("model", c.model)] if c.mode != "distill"
+  archs = ([("model", c.model)] if c.mode not in ("distill", "synthesize")
            else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
   for field, arch in archs:
     if arch not in models.list_models():

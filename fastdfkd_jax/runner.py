@@ -24,6 +24,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if config.mode == "evaluate":
         from fastdfkd_jax.teacher import evaluate
         return evaluate.run_evaluate(config, workdir)
+      if config.mode == "synthesize":
+        from fastdfkd_jax import synthesize
+        return synthesize.run_synthesize(config, workdir, preemption)
       from fastdfkd_jax.distill import loop
       return loop.run_distill(config, workdir, preemption)
     except runs.Preempted as e:

@@ -10,6 +10,7 @@ reads it. Modules:
   image_folder.py  image-folder trees and archives of them, with a decode cache.
   tfds.py          TensorFlow Datasets (imported only when used).
   augment.py       crop / flip / normalise, device-count invariant under shard_map.
+  transfer_set.py  exported synthetic transfer sets: layouts, writer, reader.
 """
 
 from fastdfkd_jax.data import augment

@@ -18,6 +18,7 @@ import ml_collections
 from absl import logging
 
 from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs
+from fastdfkd_jax.data import transfer_set
 from fastdfkd_jax.distill import builder, pool as pool_lib, state as state_lib, steps
 from fastdfkd_jax.teacher import evaluate as evaluate_lib, loader, train as teacher_train
 
@@ -65,9 +66,12 @@ class KDSource:
 
 
 def kd_source(config, ds, info, mesh) -> KDSource:
-  """The real-data pool (kd.source='real') or the host-memory synthetic pool."""
-  if config.kd.source == "real":
-    real = pool_lib.fixed_set(ds.train_images, config.batch_size, config.seed)
+  """The fixed-set pool (kd.source='real', or 'dataset': an exported transfer set) or
+  the host-memory synthetic pool."""
+  if config.kd.source in ("real", "dataset"):
+    images = (ds.train_images if config.kd.source == "real"
+              else transfer_set.load_images(config.kd.dataset_dir, info.image_shape))
+    real = pool_lib.fixed_set(images, config.batch_size, config.seed)
     if config.pool.on_device:
       return KDSource(data_pool=state_lib.put_pool(real, len(real), 0, mesh), real=True)
     return KDSource(host_pool=pool_lib.HostPool.of(real), real=True)

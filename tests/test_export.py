@@ -1,0 +1,166 @@
+"""Exporting a run's pool (fastdfkd_jax.export) and distilling from the export
+(kd.source=dataset): a tiny digits distillation with a wrapping pool, exported in
+every format."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastdfkd_jax import config_lib, data, errors, export, models, reporting
+from fastdfkd_jax.data import transfer_set
+from fastdfkd_jax.distill import steps
+from fastdfkd_jax.teacher import loader
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 6 epochs of 32 images, a pool of 4 slots: the ring wraps, calls 2..5 stay.
+EPOCHS, BATCH, SLOTS = 6, 32, 4
+
+
+def tiny_config(teacher_dir):
+  c = config_lib.default_config()
+  c.teacher.arch, c.student.arch = "resnet8", "resnet8"
+  c.teacher.checkpoint, c.teacher.train_if_missing = teacher_dir, False
+  c.epochs, c.warmup, c.batch_size, c.k = EPOCHS, 1, BATCH, 2
+  c.kd.steps, c.kd.lr, c.kd.cosine_epochs = 8, 0.1, EPOCHS - 1
+  c.synth.nz, c.synth.ngf = 16, 8
+  c.pool.capacity = SLOTS * BATCH
+  c.eval_every, c.checkpoint_every, c.sample_every, c.log_every = 3, 3, 5, 1000
+  c.transfer.diversity_images = 100
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(digits_teacher, tmp_path_factory):
+  """(config, workdir, summary) of a tiny FastDFKD run on the session teacher."""
+  from fastdfkd_jax import runner
+  config = tiny_config(digits_teacher[0])
+  workdir = str(tmp_path_factory.mktemp("export_run"))
+  return config, workdir, runner.run(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_run, tmp_path_factory):
+  """{format: (out dir, summary)} of the tiny run exported in every format."""
+  _, workdir, _ = tiny_run
+  out = {}
+  for fmt in transfer_set.FORMATS:
+    directory = str(tmp_path_factory.mktemp(f"export_{fmt}"))
+    out[fmt] = directory, export.export(workdir, directory, fmt)
+  return out
+
+
+def test_mean_pairwise_distance_matches_brute_force():
+  f = np.random.default_rng(0).normal(size=(7, 5))
+  brute = np.mean([np.linalg.norm(f[i] - f[j]) for i in range(7) for j in range(i + 1, 7)])
+  assert export.mean_pairwise_distance(f) == pytest.approx(brute, rel=1e-9)
+  assert export.mean_pairwise_distance(f[:1]) == 0.0
+
+
+@pytest.mark.slow
+def test_export_round_trip_is_byte_identical_in_every_format(tiny_run, exports):
+  _, workdir, _ = tiny_run
+  images, calls, meta = export.restore_pool(workdir)
+  assert images.shape == (SLOTS * BATCH, 8, 8, 1) and meta["epoch"] == EPOCHS - 1
+  # The ring kept the newest calls, oldest first.
+  np.testing.assert_array_equal(calls, np.repeat(np.arange(EPOCHS - SLOTS, EPOCHS), BATCH))
+  for fmt, (directory, _) in exports.items():
+    back = transfer_set.load(directory)
+    assert back.images.tobytes() == images.tobytes(), fmt
+    np.testing.assert_array_equal(back.synthesis_call, calls)
+  # Independently of the checkpoint reader: the last call's images are the run's
+  # last sample grid (samples/epoch_0005.png, nearest-upscaled by 4).
+  grid = np.asarray(Image.open(os.path.join(workdir, "samples",
+                                            f"epoch_{EPOCHS - 1:04d}.png")))[::4, ::4]
+  np.testing.assert_array_equal(grid, reporting.image_grid(images[-BATCH:], ncol=8))
+
+
+@pytest.mark.slow
+def test_export_labels_are_the_teachers_predictions(digits_teacher, exports):
+  back = transfer_set.load(exports["npz"][0])
+  variables, meta = loader.load(digits_teacher[0])
+  info = data.get_info("digits")
+  x = (back.images.astype(np.float32) / 255.0 - np.float32(info.mean)) / np.float32(info.std)
+  logits = models.get_model(meta["arch"], 10).apply(variables, x, train=False)
+  probs = np.asarray(jax.nn.softmax(logits))
+  np.testing.assert_array_equal(back.labels, probs.argmax(1))
+  np.testing.assert_allclose(back.confidence, probs.max(1), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_summary_histogram_and_grids(exports):
+  directory, summary = exports["image_folder"]
+  back = transfer_set.load(directory)
+  with open(os.path.join(directory, "summary.json")) as f:
+    on_disk = json.load(f)
+  counts = np.bincount(back.labels, minlength=10)
+  assert on_disk["per_class_count"] == counts.tolist() == summary["per_class_count"]
+  assert sum(on_disk["per_class_count"]) == on_disk["num_images"] == SLOTS * BATCH
+  uniform = SLOTS * BATCH / 10
+  assert on_disk["count_over_uniform"] == dict(min=counts.min() / uniform,
+                                               max=counts.max() / uniform)
+  assert on_disk["mean_confidence"] == pytest.approx(float(back.confidence.mean()))
+  diversity = on_disk["diversity"]
+  assert diversity["synthetic"] > 0 and diversity["real"] > 0   # digits: real data offline
+  assert diversity["images"] == 100
+  assert on_disk["synthesis_calls"] == SLOTS and on_disk["run_mode"] == "distill"
+  grids = sorted(os.listdir(os.path.join(directory, "grids")))
+  assert grids == sorted(f"class_{c}.png" for c in np.flatnonzero(counts))
+
+
+@pytest.mark.slow
+def test_cli_writes_and_user_errors_exit_2(tiny_run, tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "fastdfkd_jax.export"]
+  proc = subprocess.run(cmd + [tiny_run[1], str(tmp_path / "o"), "--format=array_record"],
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert transfer_set.detect_format(str(tmp_path / "o")) == "array_record"
+  proc = subprocess.run(cmd + [str(tmp_path / "none"), str(tmp_path / "p")], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2 and "no config.json" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_dataset_source_needs_a_directory():
+  c = config_lib.default_config()
+  c.kd.source = "dataset"
+  with pytest.raises(errors.UserError, match="kd.dataset_dir"):
+    config_lib.validate(c)
+  c.kd.dataset_dir, c.transfer.format = "/x", "tfrecord"
+  with pytest.raises(errors.UserError, match="transfer.format"):
+    config_lib.validate(c)
+
+
+@pytest.mark.slow
+def test_kd_source_dataset_distills_from_the_export(tiny_run, exports, tmp_path):
+  """KD on the exported set: the same schedule, no synthesis, a student above chance."""
+  from fastdfkd_jax import runner
+  config, _, produced = tiny_run
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.kd.source, c.kd.dataset_dir = "dataset", exports["image_folder"][0]
+  with pytest.MonkeyPatch.context() as mp:
+    def no_synthesis(*args, **kwargs):
+      raise AssertionError("kd.source=dataset must not synthesize")
+    mp.setattr(steps.Distiller, "compile_synth", no_synthesis)
+    summary = runner.run(c, str(tmp_path))
+  assert summary["kd_source"] == "dataset" and summary["synth_seconds"] == 0.0
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["epoch"] for r in rows] == list(range(c.warmup, c.epochs))
+  assert rows[-1]["step"] == (c.epochs - c.warmup) * c.kd.steps
+  assert summary["student_acc"] > 20.0, (summary, produced)   # chance: 10%
+
+
+def test_kd_source_dataset_with_a_missing_set_is_a_user_error(tmp_path):
+  from fastdfkd_jax.distill import loop
+  c = config_lib.default_config()
+  c.kd.source, c.kd.dataset_dir = "dataset", str(tmp_path)
+  with pytest.raises(errors.UserError, match="no exported transfer set"):
+    loop.kd_source(c, None, data.get_info("digits"), None)

@@ -1,0 +1,129 @@
+"""mode=synthesize (fastdfkd_jax.synthesize): a set of exactly num_images from the
+teacher alone, its inspection, and resume after SIGKILL with the same images."""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from fastdfkd_jax import config_lib, errors, synthesize
+from fastdfkd_jax.data import transfer_set
+from fastdfkd_jax.distill import steps
+from test_runs import _main, _rows, teacher  # noqa: F401  (the subprocess helpers)
+
+# 200 images in calls of 64: 4 calls, the last one cut to 8 images.
+NUM_IMAGES, BATCH = 200, 64
+
+
+def tiny_config(teacher_dir):
+  c = config_lib.default_config()
+  c.mode = "synthesize"
+  c.teacher.arch, c.student.arch = "resnet8", "resnet8"
+  c.teacher.checkpoint, c.teacher.train_if_missing = teacher_dir, False
+  c.batch_size, c.k, c.synth.nz, c.synth.ngf = BATCH, 2, 16, 8
+  c.transfer.num_images, c.transfer.format = NUM_IMAGES, "image_folder"
+  c.transfer.diversity_images, c.checkpoint_every = 100, 2
+  return c
+
+
+def test_num_calls_and_validation():
+  c = tiny_config("")
+  assert synthesize.num_calls(c) == 4
+  c.transfer.num_images = 0
+  with pytest.raises(errors.UserError, match="transfer.num_images"):
+    config_lib.validate(c)
+
+
+@pytest.fixture(scope="module")
+def synth_run(digits_teacher, tmp_path_factory):
+  from fastdfkd_jax import runner
+  config = tiny_config(digits_teacher[0])
+  workdir = str(tmp_path_factory.mktemp("synthesize"))
+  with pytest.MonkeyPatch.context() as mp:
+    def no_kd(*args, **kwargs):
+      raise AssertionError("mode=synthesize must not train a student")
+    mp.setattr(steps.Distiller, "jit_kd_steps", no_kd)
+    mp.setattr(steps.Distiller, "jit_kd_batch", no_kd)
+    summary = runner.run(config, workdir)
+  return config, workdir, summary
+
+
+@pytest.mark.slow
+def test_synthesize_writes_num_images_with_their_calls(synth_run):
+  config, workdir, summary = synth_run
+  ts = transfer_set.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
+  assert transfer_set.detect_format(os.path.join(workdir, "transfer_set")) == "image_folder"
+  assert ts.images.shape == (NUM_IMAGES, 8, 8, 1) and summary["num_images"] == NUM_IMAGES
+  np.testing.assert_array_equal(ts.synthesis_call, np.arange(NUM_IMAGES) // BATCH)
+  assert summary["mode"] == "synthesize" and summary["synthesis_calls"] == 4
+  rows = _rows(workdir)
+  assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+  assert [r["images"] for r in rows] == [64, 128, 192, 256]
+  # Adversarial term off in every call.
+  assert all(r["synth_seconds"] > 0 and "loss_adv" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_synthesize_histogram_is_the_teachers(synth_run):
+  """The per-class histogram of summary.json counts the teacher's predictions."""
+  _, workdir, summary = synth_run
+  ts = transfer_set.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
+  counts = np.bincount(ts.labels, minlength=10)
+  assert summary["per_class_count"] == counts.tolist()
+  assert sum(summary["per_class_count"]) == NUM_IMAGES
+  assert summary["count_over_uniform"]["max"] == counts.max() / (NUM_IMAGES / 10)
+  assert 0.1 <= summary["mean_confidence"] <= 1.0
+  with open(os.path.join(workdir, "transfer_set", "summary.json")) as f:
+    assert json.load(f)["per_class_count"] == counts.tolist()
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_synthesis_is_a_no_op(synth_run):
+  from fastdfkd_jax import runner
+  config, workdir, summary = synth_run
+  assert runner.run(config, workdir) == json.load(open(os.path.join(workdir, "summary.json")))
+
+
+# ------------------------------------------------- SIGKILL, then resume (subprocesses)
+
+SUBPROCESS = ["--config.mode=synthesize", "--config.teacher.arch=resnet8",
+              "--config.student.arch=resnet8", "--config.batch_size=32", "--config.k=2",
+              "--config.synth.nz=16", "--config.synth.ngf=8", "--config.checkpoint_every=1",
+              "--config.transfer.num_images=300", "--config.transfer.diversity_images=50"]
+
+
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
+def test_sigkill_then_resume_writes_the_same_set(teacher, tmp_path):  # noqa: F811
+  flags = [f"--config.teacher.checkpoint={teacher}", *SUBPROCESS]
+  full = tmp_path / "full"
+  proc = _main(full, *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = _main(killed, *flags, wait=False)
+  deadline = time.time() + 600
+  while len(_rows(killed)) < 3 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=600)
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(killed / "summary.json")
+  proc = _main(killed, *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed after epoch" in proc.stderr
+  a, b = (transfer_set.load(str(w / "transfer_set")) for w in (full, killed))
+  assert len(a.images) == 300 and a.images.tobytes() == b.images.tobytes()
+  np.testing.assert_array_equal(a.labels, b.labels)
+  keep = ("epoch", "images", "loss", "loss_bn", "loss_oh")
+  assert [{k: r[k] for k in keep} for r in _rows(killed)] == \
+      [{k: r[k] for k in keep} for r in _rows(full)]
+
+
+def test_synthesize_keeps_the_synthetic_source():
+  c = tiny_config("")
+  c.kd.source = "real"
+  with pytest.raises(errors.UserError, match="mode=synthesize"):
+    config_lib.validate(c)
