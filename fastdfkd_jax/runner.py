@@ -9,14 +9,15 @@ from fastdfkd_jax import config_lib, parallel, runs
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Validates the config, prepares the workdir and runs `config.mode`.
 
-  Returns the summary dict (also written to workdir/summary.json). A
+  Holds the workdir's lock (`runs.WorkdirLock`) for the whole run. Returns the
+  summary dict (also written to workdir/summary.json). A
   SIGTERM/SIGINT checkpoints at the next safe point and returns
   `{'preempted': True, ...}` instead of raising.
   """
   parallel.maybe_initialize_distributed()
   config_lib.validate(config)
-  runs.prepare_workdir(config, workdir)
-  with runs.Preemption() as preemption:
+  with runs.WorkdirLock(workdir), runs.Preemption() as preemption:
+    runs.prepare_workdir(config, workdir)
     try:
       if config.mode == "train_teacher":
         from fastdfkd_jax.teacher import train
