@@ -30,7 +30,7 @@ def _env():
 def _hold_lock(workdir):
   """A process that holds the workdir lock until killed."""
   code = ("import sys, time; from fastdfkd_jax import runs; "
-          "runs.WorkdirLock(sys.argv[1]).__enter__(); print('locked', flush=True); "
+          "lock = runs.WorkdirLock(sys.argv[1]); lock.__enter__(); print('locked', flush=True); "
           "time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], env=_env(),
                           stdout=subprocess.PIPE, text=True)
@@ -44,7 +44,8 @@ def _error_lines(stderr):
 
 def test_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path, caplog):
   holder = _hold_lock(tmp_path)
-  proc = _main(tmp_path, "--config.epochs=2", "--config.warmup=1")
+  # (a teacher that does not exist: were the lock ignored, this fails fast too)
+  proc = _main(tmp_path, "--config.teacher.checkpoint=/nonexistent", *TINY)
   assert proc.returncode == 2, proc.stderr[-3000:]
   (line,) = _error_lines(proc.stderr)
   assert "in use by another run" in line
