@@ -27,6 +27,9 @@ def user_errors() -> Iterator[None]:
     yield
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    if isinstance(e, errors.PeerLostError):  # jax.distributed's exit would wait for the dead
+      sys.stderr.flush()
+      os._exit(2)
     sys.exit(2)
 
 

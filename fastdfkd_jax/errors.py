@@ -14,6 +14,11 @@ class UserError(ValueError):
   """
 
 
+class PeerLostError(UserError):
+  """Another process of a multi-process run died: this one stops at once (exit 2, without
+  waiting in the distributed shutdown for the dead one); restarting all of them resumes."""
+
+
 class DiskFullError(UserError):
   """No space left (or quota exceeded) while writing a checkpoint or a run file."""
 

@@ -81,16 +81,15 @@ class WorkdirLock:
     except OSError as e:
       raise errors.UserError(f"workdir {os.path.dirname(self.path)} is not writable "
                              f"({e.strerror}); pass a writable --workdir") from e
-    self._file.seek(0)
-    holder = self._file.read().strip()
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+      who = self._holder() or "a process still starting up"
       self._file.close()
-      who = holder or "a process still starting up"
       raise errors.UserError(
           f"workdir {os.path.dirname(self.path)} is in use by another run ({who}); wait "
           "for it, stop it, or pass another --workdir") from None
+    holder = self._holder()
     if holder:
       logging.warning("taking over the lock of a run that is gone (%s); its checkpoints "
                       "are resumed", holder)
@@ -100,6 +99,10 @@ class WorkdirLock:
                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
     self._file.flush()
     return self
+
+  def _holder(self) -> str:
+    self._file.seek(0)
+    return self._file.read().strip()
 
   def __exit__(self, *exc):
     if self._file is not None:

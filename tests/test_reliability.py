@@ -176,3 +176,47 @@ def test_soak_five_random_kills_end_identical(teacher, uninterrupted, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert interrupts >= 3
   assert _accuracies(tmp_path) == _accuracies(uninterrupted)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, flags):
+  port = _free_port()
+  return [subprocess.Popen(
+      [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags],
+      env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+@pytest.mark.slow  # two jax.distributed processes x 4 CPU devices, twice
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_dead_process_stops_the_other_with_a_message_and_all_resume(teacher, tmp_path,
+                                                                       victim):
+  flags = [f"--config.teacher.checkpoint={teacher}",
+           *[f for f in TINY if not f.startswith("--config.epochs=")], "--config.epochs=10"]
+  procs = _two_processes(tmp_path, flags)
+  deadline = time.time() + 600
+  while len(_rows(tmp_path)) < 2 and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+    time.sleep(0.05)
+  procs[victim].kill()
+  killed = time.time()
+  _, err = procs[1 - victim].communicate(timeout=300)
+  waited = time.time() - killed
+  procs[victim].communicate()
+  assert procs[1 - victim].returncode == 2, err[-3000:]
+  assert waited < 60, waited  # not the 100 s heartbeat timeout, nor a hang
+  (line,) = _error_lines(err)
+  assert "another process of this run is gone" in line and "restart all" in line
+  procs = _two_processes(tmp_path, flags)  # restarting all resumes
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "resumed after epoch" in outs[0][1]
+  assert [r["epoch"] for r in _rows(tmp_path)] == list(range(10))
