@@ -210,10 +210,15 @@ def test_a_dead_process_stops_the_other_with_a_message_and_all_resume(teacher, t
   _, err = procs[1 - victim].communicate(timeout=300)
   waited = time.time() - killed
   procs[victim].communicate()
-  assert procs[1 - victim].returncode == 2, err[-3000:]
+  assert procs[1 - victim].returncode != 0, err[-3000:]
   assert waited < 60, waited  # not the 100 s heartbeat timeout, nor a hang
-  (line,) = _error_lines(err)
-  assert "another process of this run is gone" in line and "restart all" in line
+  ours = [line for line in _error_lines(err) if "another process of this run is gone" in line]
+  if victim == 1 or not ours:
+    # With the coordinator (process 0) gone, jax's coordination client may abort the
+    # survivor first, with its own message, before the failed collective reaches Python.
+    assert (procs[1 - victim].returncode == 2 and len(ours) == 1 and "restart all" in ours[0]
+            or victim == 0 and "Terminating process because the JAX distributed service "
+            "detected fatal errors" in err), err[-3000:]
   procs = _two_processes(tmp_path, flags)  # restarting all resumes
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
