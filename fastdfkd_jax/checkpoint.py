@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from fastdfkd_jax import errors, reporting
 
@@ -105,6 +106,8 @@ def _set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
       if os.path.exists(dst):
         dst += f"_{os.getpid()}"
       os.replace(src, dst)
+  if jax.process_count() > 1:  # every process lists the steps only after the renames
+    multihost_utils.sync_global_devices("fastdfkd_jax: torn checkpoints set aside")
   mngr.reload()
 
 
