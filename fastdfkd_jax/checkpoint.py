@@ -7,16 +7,22 @@ Every checkpoint step directory holds up to three items:
   - `state`: the whole run state needed to resume exactly (optimizer states,
     generator, pool, keys, counters), absent in imported checkpoints.
 Orbax writes into a temporary directory and renames it on commit, so a crash
-mid-save never leaves a half checkpoint behind.
+mid-save leaves no half checkpoint behind; files torn later (a file system that
+lost unflushed data, a truncated copy) are caught on resume by
+`restore_newest_good`, which falls back to the newest step that reads and moves
+the torn ones aside to `torn_<step>/`. A full disk during a save stops the run
+with an `errors.DiskFullError`; the steps saved before stay intact.
 """
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
-from fastdfkd_jax import errors
+from fastdfkd_jax import errors, reporting
 
 
 class CheckpointError(errors.UserError):
@@ -43,8 +49,66 @@ def save(mngr: ocp.CheckpointManager, step: int, meta: dict, model: Any,
   items = dict(meta=ocp.args.JsonSave(meta), model=ocp.args.StandardSave(model))
   if state is not None:
     items["state"] = ocp.args.StandardSave(state)
-  mngr.save(step, args=ocp.args.Composite(**items), force=True)
-  mngr.wait_until_finished()
+  try:
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  # orbax wraps OSError
+    if not errors.is_disk_full(e):
+      raise
+    kept = [s for s in mngr.all_steps() if s != step]
+    raise errors.DiskFullError(
+        f"no space left on the device while saving checkpoint step {step} in "
+        f"{mngr.directory}; the run stops here. Kept: "
+        f"{f'step {max(kept)}' if kept else 'no earlier step'}. Free some space and "
+        "re-run the same command to resume") from e
+
+
+def restore_newest_good(mngr: ocp.CheckpointManager,
+                        restore: Callable[[int], Any]) -> tuple[int | None, Any]:
+  """(step, restore(step)) of the newest step that restores; (None, None) if none saved.
+
+  A step whose files do not read (truncated, emptied, half-written) is logged
+  with the reason and moved aside to `torn_<step>/`, and the step before is
+  tried. A `errors.UserError` from `restore` (a mismatch the user must fix) is
+  raised as is; when every step is torn, `CheckpointError` lists them.
+  """
+  torn = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      result = restore(step)
+    except errors.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # any read failure: torn files
+      reason = errors.one_line(f"{type(e).__name__}: {e}")
+      logging.warning("checkpoint step %d in %s does not read (%s)", step, mngr.directory,
+                      reason)
+      torn.append((step, reason))
+      continue
+    if torn:
+      _set_aside(mngr, [s for s, _ in torn])
+      logging.warning("resuming from step %d, the newest checkpoint that reads; torn "
+                      "steps moved aside: %s", step, ", ".join(f"torn_{s}" for s, _ in torn))
+    return step, result
+  if torn:
+    raise CheckpointError(
+        f"no checkpoint in {mngr.directory} reads ("
+        + "; ".join(f"step {s}: {r}" for s, r in torn)
+        + "); move the directory away to start over, or restore it from a copy")
+  return None, None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Renames torn step directories to `torn_<step>` (kept for inspection, ignored by orbax)."""
+  if reporting.is_main_process():
+    for step in steps:
+      src = os.path.join(mngr.directory, str(step))
+      dst = os.path.join(mngr.directory, f"torn_{step}")
+      if os.path.exists(dst):
+        dst += f"_{os.getpid()}"
+      os.replace(src, dst)
+  if jax.process_count() > 1:  # every process lists the steps only after the renames
+    multihost_utils.sync_global_devices("fastdfkd_jax: torn checkpoints set aside")
+  mngr.reload()
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict:

@@ -27,6 +27,9 @@ def user_errors() -> Iterator[None]:
     yield
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    if isinstance(e, errors.PeerLostError):  # jax.distributed's exit would wait for the dead
+      sys.stderr.flush()
+      os._exit(2)
     sys.exit(2)
 
 
@@ -36,31 +39,28 @@ def override_names(argv: Sequence[str]) -> list[str]:
   return [m.group(1) for m in map(pattern.match, argv) if m]
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
+def parse_flags(argv: Sequence[str],
+                flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """`app.run`'s flags parser for entry points with a `--config` flag.
 
   Checks the `--config.X` names against the config's fields first (an unknown
   one names the nearest valid fields), then defines `--config` (default: the
   embedded default config) and parses argv. A bad flag, a config file that does
-  not load or an unknown field exits 2 with one line.
+  not load or an unknown field exits 2 with one line. `flag_values`: where the
+  flags live (tests parse into a fresh `flags.FlagValues`).
   """
   with user_errors():
     config_lib.check_field_names(override_names(argv))
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, CONFIG_HELP, lock_config=True,
-                                    sys_argv=list(argv))
+                                    sys_argv=list(argv), flag_values=flag_values)
     try:
-      rest = flags.FLAGS(argv)
+      rest = flag_values(argv)
     except flags.Error as e:  # a config file's own traceback is kept to its last line
-      raise errors.UserError(_one_line(str(e))) from None
+      raise errors.UserError(errors.one_line(str(e))) from None
     try:
-      flags.FLAGS.config.get("mode")  # ml_collections defers a file's load error to here
+      flag_values.config.get("mode")  # ml_collections defers a file's load error to here
     except OSError as e:
       raise errors.UserError(f"--config: cannot load the config file: "
-                             f"{_one_line(str(e.__cause__ or e))}") from None
+                             f"{errors.one_line(str(e.__cause__ or e))}") from None
     return rest
 
-
-def _one_line(text: str) -> str:
-  """The first and the last line of a multi-line message."""
-  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-  return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"

@@ -6,6 +6,8 @@ a few minutes on a laptop CPU). Every constant of a run lives here.
 """
 
 import difflib
+import functools
+import math
 from typing import Iterable
 
 import ml_collections
@@ -18,6 +20,30 @@ META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host", "fused")
 INNER_LOOPS = ("auto", "scan", "unroll", "host")
 DTYPES = ("float32", "bfloat16")
+# The valid range of each numeric field (its type comes from `base_config`).
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+FIELD_RANGES = {
+    "seed": _NON_NEGATIVE, "epochs": _POSITIVE, "batch_size": _POSITIVE,
+    "eval_batch_size": _POSITIVE, "k": _POSITIVE, "warmup": _NON_NEGATIVE,
+    "eval_every": _POSITIVE, "log_every": _POSITIVE, "checkpoint_every": _POSITIVE,
+    "keep_checkpoints": _POSITIVE, "sample_every": _NON_NEGATIVE,
+    "optim.lr": _POSITIVE, "optim.momentum": _FRACTION, "optim.weight_decay": _NON_NEGATIVE,
+    "optim.warmup_epochs": _NON_NEGATIVE,
+    "teacher.epochs": _POSITIVE, "teacher.batch_size": _POSITIVE, "teacher.lr": _POSITIVE,
+    "teacher.weight_decay": _NON_NEGATIVE,
+    "synth.nz": _POSITIVE, "synth.ngf": _POSITIVE, "synth.lr_g": _POSITIVE,
+    "synth.lr_z": _NON_NEGATIVE, "synth.adv": _NON_NEGATIVE, "synth.bn": _NON_NEGATIVE,
+    "synth.oh": _NON_NEGATIVE, "synth.bn_mmt": _FRACTION, "synth.betas": _FRACTION,
+    "synth.reset_l0_epoch": _NON_NEGATIVE, "synth.deepinv_lr": _POSITIVE,
+    "synth.deepinv_betas": _FRACTION,
+    "kd.steps": _POSITIVE, "kd.lr": _POSITIVE, "kd.momentum": _FRACTION,
+    "kd.weight_decay": _NON_NEGATIVE, "kd.temperature": _POSITIVE, "kd.lr_min": _NON_NEGATIVE,
+    "kd.cosine_epochs": _POSITIVE, "pool.capacity": _NON_NEGATIVE,
+    "transfer.num_images": _POSITIVE, "transfer.diversity_images": _NON_NEGATIVE,
+    "transfer.grid_images": _NON_NEGATIVE,
+}
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
 PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
 
@@ -195,6 +221,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                        f"choose one of {', '.join(valid)}")
 
   from fastdfkd_jax import synthesis  # late: keeps config import light
+  check_types(c, base_config())
+  for name, (ok, text) in FIELD_RANGES.items():
+    value = functools.reduce(lambda group, key: group[key], name.split("."), c)
+    if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
+      raise errors.UserError(f"config.{name}={value!r} must be {text}")
   choice("mode", c.mode, MODES)
   choice("method", c.method, synthesis.available())
   choice("kd.source", c.kd.source, KD_SOURCES)
@@ -211,15 +242,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("loop", c.loop, LOOPS)
   choice("dtype", c.dtype, DTYPES)
   choice("inner_unroll", c.inner_unroll, INNER_LOOPS)
-  positive = {"batch_size": c.batch_size, "epochs": c.epochs, "k": c.k,
-              "kd.steps": c.kd.steps, "eval_batch_size": c.eval_batch_size,
-              "kd.temperature": c.kd.temperature,
-              "transfer.num_images": c.transfer.num_images}
-  for name, value in positive.items():
-    if value <= 0:
-      raise errors.UserError(f"config.{name}={value} must be > 0")
   if c.mode == "distill" and not 0 <= c.warmup < c.epochs:
     raise errors.UserError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
+  if c.mode == "train_teacher" and c.optim.warmup_epochs >= c.epochs:
+    raise errors.UserError(f"config.optim.warmup_epochs={c.optim.warmup_epochs} must be "
+                           f"< epochs={c.epochs}")
+  if c.kd.lr_min > c.kd.lr:
+    raise errors.UserError(f"config.kd.lr_min={c.kd.lr_min} must be <= kd.lr={c.kd.lr}")
+  if 0 < c.pool.capacity < c.batch_size:
+    raise errors.UserError(f"config.pool.capacity={c.pool.capacity} must be 0 (every "
+                           f"image) or >= batch_size={c.batch_size}")
   if c.mode == "evaluate" and not c.checkpoint:
     raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
                      "written by train_teacher or distill, or a release .pth)")
@@ -234,6 +266,44 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if arch not in models.list_models():
       raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
                        f"{', '.join(models.list_models())}")
+
+
+def check_types(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+                prefix: str = "") -> None:
+  """Raises errors.UserError for a field of `c` whose value is not of its type in `base`.
+
+  ConfigDict lets a config file or an override store None, a float in an int
+  field or a tuple of another length; this catches them. Numbers must be finite.
+  """
+  for key, default in base.items():
+    name, value = prefix + key, c.get(key)
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise errors.UserError(f"config.{name}={value!r} must be a group of fields "
+                               f"({', '.join(default)})")
+      check_types(value, default, name + ".")
+    elif not _fits(value, default):
+      raise errors.UserError(f"config.{name}={value!r} must be {_type_text(default)}")
+
+
+def _fits(value, default) -> bool:
+  """Whether `value` has the type of `default` (an int is a float; numbers are finite)."""
+  if isinstance(default, tuple):
+    return (isinstance(value, tuple) and len(value) == len(default)
+            and all(_fits(v, d) for v, d in zip(value, default)))
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+  return isinstance(value, type(default))
+
+
+def _type_text(default) -> str:
+  if isinstance(default, tuple):
+    return f"a tuple of {len(default)} finite numbers"
+  names = {bool: "True or False", int: "an integer", float: "a finite number",
+           str: "a string"}
+  return names.get(type(default), type(default).__name__)
 
 
 def field_names(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

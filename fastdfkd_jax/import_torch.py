@@ -173,7 +173,41 @@ def _check_fit(sd: Mapping[str, Any], plan: dict, what: str) -> None:
     raise errors.UserError("\n".join(parts))
 
 
+def _plan(arch: str, num_classes: int, input_shape, sd: Mapping[str, Any], model_kwargs):
+  """(module, flat abstract Flax variables, {flax path: (torch key, torch shape, kind)})."""
+  if arch not in models.list_models():
+    raise errors.UserError(
+        f"unknown arch {arch!r}; valid names: {', '.join(models.list_models())}")
+  module, init_shape = _build_model(arch, num_classes, input_shape, sd, model_kwargs)
+  try:
+    abstract = jax.eval_shape(
+        lambda k: model_util.init_variables(module, k, init_shape), jax.random.key(0))
+  except errors.UserError as e:  # e.g. LeNet on a too small input
+    raise errors.UserError(
+        f"cannot build {arch} for input shape {tuple(input_shape)}: {e}") from e
+  expected = traverse_util.flatten_dict(abstract)
+  bn_modules = {path[1:-1] for path in expected if path[0] == "params" and path[-1] == "scale"}
+  plan = {}
+  for path, leaf in expected.items():
+    collection, module_path, name = path[0], path[1:-1], path[-1]
+    suffix, torch_shape, kind = _leaf_rule(collection, module_path, name, tuple(leaf.shape),
+                                           module_path in bn_modules)
+    plan[path] = (f"{_torch_prefix(arch, module_path)}.{suffix}", torch_shape, kind)
+  return module, expected, plan
+
+
 # ------------------------------------------------------------------ API
+def torch_layout(arch: str, num_classes: int, input_shape: Sequence[int],
+                 **model_kwargs) -> dict[str, tuple[int, ...]]:
+  """The release state_dict a classifier `arch` needs: PyTorch key -> shape.
+
+  What `convert_state_dict` checks a checkpoint against (`num_batches_tracked`
+  aside); e.g. to see why a `.pth` does not fit.
+  """
+  _, _, plan = _plan(arch, num_classes, input_shape, {}, model_kwargs)
+  return {key: shape for key, shape, _ in plan.values()}
+
+
 def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: int,
                        input_shape: Sequence[int], **model_kwargs) -> dict[str, Any]:
   """Converts a release PyTorch state_dict into Flax variables (numpy).
@@ -197,28 +231,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: in
       message lists all missing, unexpected and mis-shaped keys (expected vs
       got, in PyTorch layout).
   """
-  if arch not in models.list_models():
-    raise errors.UserError(
-        f"unknown arch {arch!r}; valid names: {', '.join(models.list_models())}")
   sd = unwrap_state_dict(state_dict)
   sd = {k: v for k, v in sd.items() if not k.endswith(_IGNORED_SUFFIXES)}
-  module, init_shape = _build_model(arch, num_classes, input_shape, sd, model_kwargs)
-  try:
-    abstract = jax.eval_shape(
-        lambda k: model_util.init_variables(module, k, init_shape), jax.random.key(0))
-  except errors.UserError as e:  # e.g. LeNet on a too small input
-    raise errors.UserError(
-        f"cannot build {arch} for input shape {tuple(input_shape)}: {e}") from e
-  expected = traverse_util.flatten_dict(abstract)
-
-  bn_modules = {path[1:-1] for path in expected if path[0] == "params" and path[-1] == "scale"}
-  plan = {}  # flax path -> (torch key, torch shape, kind)
-  for path, leaf in expected.items():
-    collection, module_path, name = path[0], path[1:-1], path[-1]
-    suffix, torch_shape, kind = _leaf_rule(collection, module_path, name, tuple(leaf.shape),
-                                           module_path in bn_modules)
-    plan[path] = (f"{_torch_prefix(arch, module_path)}.{suffix}", torch_shape, kind)
-
+  module, expected, plan = _plan(arch, num_classes, input_shape, sd, model_kwargs)
   _check_fit(sd, plan, f"{arch} (num_classes={num_classes}, "
                         f"input_shape={tuple(input_shape)})")
 

@@ -113,6 +113,18 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+# What a collective reports when a peer process is gone (gloo on CPU, the coordination
+# service everywhere).
+_PEER_FAILURE_TEXT = ("Connection reset by peer", "Connection closed by peer",
+                      "heartbeat timeout", "stopped sending heartbeats", "Socket closed")
+
+
+def peer_lost(e: BaseException) -> bool:
+  """Whether `e`, raised in a multi-process run, says another process is gone."""
+  return (jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError)
+          and any(text in str(e) for text in _PEER_FAILURE_TEXT))
+
+
 def gather_to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-process sharded) array as one host numpy array.
 

@@ -1,21 +1,25 @@
 """What a run writes into its workdir, from process 0 only.
 
   config.json      the resolved config
-  metrics.jsonl    one JSON object per evaluation (epoch, step, wall_seconds, ...)
+  metrics.jsonl    one JSON object per evaluation (epoch, step, wall_seconds, ...);
+                   a row torn by a kill or a full disk is dropped on resume
   summary.json     at the end (mode, test_accuracy, wall_seconds, num_devices, ...)
   tb/              TensorBoard event files (scalars, sample images)
   samples/         epoch_NNNN.png grids of synthesized images
 """
 
+import contextlib
 import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 from absl import logging
+
+from fastdfkd_jax import errors
 
 
 def is_main_process() -> bool:
@@ -30,14 +34,29 @@ def _to_json(x):
   raise TypeError(type(x))
 
 
+@contextlib.contextmanager
+def disk_full_stops(path: str) -> Iterator[None]:
+  """Turns a full disk while writing `path` into an `errors.DiskFullError`."""
+  try:
+    yield
+  except OSError as e:
+    if not errors.is_disk_full(e):
+      raise
+    raise errors.DiskFullError(
+        f"no space left on the device while writing {path}; the run stops here and its "
+        "last checkpoint is kept. Free some space and re-run the same command to "
+        "resume") from e
+
+
 def write_json(path: str, obj: Any) -> None:
   """Atomic JSON write (temp file + rename)."""
   if not is_main_process():
     return
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_to_json)
-  os.replace(tmp, path)
+  with disk_full_stops(path):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=_to_json)
+    os.replace(tmp, path)
 
 
 class Reporter:
@@ -64,12 +83,18 @@ class Reporter:
     path = os.path.join(self.workdir, "metrics.jsonl")
     if not self.main or not os.path.exists(path):
       return
+    rows = []
     with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+      for line in filter(str.strip, f):
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a row torn by a kill or a full disk
+          logging.warning("dropping a torn row of %s: %r", path, line[:80])
     kept = [r for r in rows if r.get("epoch", -1) <= last_epoch]
-    with open(path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-    os.replace(path + ".tmp", path)
+    with disk_full_stops(path):
+      with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+      os.replace(path + ".tmp", path)
 
   def write_metrics(self, row: dict) -> None:
     """Appends one row to metrics.jsonl and its scalars to TensorBoard."""
@@ -77,7 +102,8 @@ class Reporter:
       return
     row = {k: _to_json(v) if isinstance(v, (np.generic, np.ndarray, jax.Array)) else v
            for k, v in row.items()}
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+    path = os.path.join(self.workdir, "metrics.jsonl")
+    with disk_full_stops(path), open(path, "a") as f:
       f.write(json.dumps(row, sort_keys=True) + "\n")
     self.scalars(row.get("step", row.get("epoch", 0)), row)
 

@@ -1,11 +1,14 @@
 """Run bookkeeping shared by every mode: workdir checks, config diff, preemption."""
 
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
+import time
 
 import ml_collections
 import numpy as np
@@ -53,6 +56,60 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     if diff:
       logging.warning("config changed on resume (allowed):\n  %s", "\n  ".join(diff))
   reporting.write_json(path, new)
+
+
+class WorkdirLock:
+  """One writer per workdir: an exclusive `flock` on `workdir/.lock`, held for the run.
+
+  The file names the holder (pid, host, start time). A second process on the
+  same workdir fails with a `errors.UserError` naming that holder. The kernel
+  drops the lock when its process dies, so the lock of a killed run (its file
+  still naming the dead pid) is taken over with a warning. A clean exit empties
+  the file. Only process 0 of a multi-process run takes it.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), ".lock")
+    self._file = None
+
+  def __enter__(self):
+    if not reporting.is_main_process():
+      return self
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._file = open(self.path, "a+")  # pylint: disable=consider-using-with
+    except OSError as e:
+      raise errors.UserError(f"workdir {os.path.dirname(self.path)} is not writable "
+                             f"({e.strerror}); pass a writable --workdir") from e
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      who = self._holder() or "a process still starting up"
+      self._file.close()
+      raise errors.UserError(
+          f"workdir {os.path.dirname(self.path)} is in use by another run ({who}); wait "
+          "for it, stop it, or pass another --workdir") from None
+    holder = self._holder()
+    if holder:
+      logging.warning("taking over the lock of a run that is gone (%s); its checkpoints "
+                      "are resumed", holder)
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f"pid {os.getpid()} on host {socket.gethostname()}, started "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+    self._file.flush()
+    return self
+
+  def _holder(self) -> str:
+    self._file.seek(0)
+    return self._file.read().strip()
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      self._file.seek(0)
+      self._file.truncate()
+      self._file.close()  # closing releases the flock
+      self._file = None
 
 
 def config_diff(old: dict, new: dict, ignore=(), prefix: str = "") -> list[str]:

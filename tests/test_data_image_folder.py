@@ -177,3 +177,74 @@ def test_undecodable_image(tmp_path):
   with pytest.raises(errors.UserError, match="Cannot decode image") as e:
     data.load_split("cifar10", "train", str(tmp_path / "t"), str(tmp_path / "c"))
   assert str(bad) in str(e.value)
+
+
+def test_truncated_archive_leaves_no_cache_behind(tmp_path):
+  make_tree(tmp_path / "tree", list(CIFAR_CLASSES))
+  archive = make_tar(tmp_path / "tree", tmp_path / "cifar10.tar.gz")
+  os.truncate(archive, os.path.getsize(archive) // 2)
+  cache = tmp_path / "cache"
+  with pytest.raises(errors.UserError, match="Cannot extract archive"):
+    data.load_split("cifar10", "train", str(archive), str(cache))
+  assert not os.listdir(cache)  # no half-extracted tree, no empty cache folder
+
+
+def test_cache_key_follows_the_archive_content(tmp_path):
+  """Another archive of the same path, size and mtime (e.g. after `cp -p`) gets a new cache."""
+  make_tree(tmp_path / "a", list(CIFAR_CLASSES))
+  make_tar(tmp_path / "a", tmp_path / "a.tar.gz", top="")
+  for png in (tmp_path / "a" / "train" / "cat").iterdir():  # other pixels
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(png)
+  make_tar(tmp_path / "a", tmp_path / "b.tar.gz", top="")
+  size = max(os.path.getsize(tmp_path / n) for n in ("a.tar.gz", "b.tar.gz"))
+  for name in ("a.tar.gz", "b.tar.gz"):  # gzip ignores trailing zeros: equal sizes
+    with open(tmp_path / name, "ab") as f:
+      f.write(b"\0" * (size - os.path.getsize(tmp_path / name)))
+  archive, cache = tmp_path / "cifar10.tar.gz", str(tmp_path / "cache")
+  shutil.copyfile(tmp_path / "a.tar.gz", archive)
+  first, _ = data.load_split("cifar10", "train", str(archive), cache)
+  stat = os.stat(archive)
+  shutil.copyfile(tmp_path / "b.tar.gz", archive)
+  os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert os.stat(archive).st_size == stat.st_size
+  second, _ = data.load_split("cifar10", "train", str(archive), cache)
+  assert len(os.listdir(cache)) == 2
+  assert not (first == 7).any() and (second == 7).any()
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 torn", "wrong shape"])
+def test_corrupt_decode_cache_is_rebuilt(tmp_path, damage, caplog):
+  make_tree(tmp_path / "tree", list(CIFAR_CLASSES))
+  archive = make_tar(tmp_path / "tree", tmp_path / "cifar10.tar.gz")
+  cache = str(tmp_path / "cache")
+  images, labels = data.load_split("cifar10", "train", str(archive), cache)
+  npz = os.path.join(data.archive_cache_dir(str(archive), cache),
+                     "cifar10-train-32x32x3-v1.npz")
+  if isinstance(damage, bytes):
+    with open(npz, "wb") as f:
+      f.write(damage)
+  else:
+    np.savez(npz, images=images[:, :16], labels=labels)
+  caplog.set_level("WARNING")
+  again, again_labels = data.load_split("cifar10", "train", str(archive), cache)
+  np.testing.assert_array_equal(again, images)
+  np.testing.assert_array_equal(again_labels, labels)
+  assert "is corrupt" in caplog.text and "rebuilding" in caplog.text
+  with np.load(npz) as rebuilt:
+    assert rebuilt["images"].shape == images.shape
+
+
+def test_damaged_extracted_tree_is_extracted_again(tmp_path, caplog):
+  make_tree(tmp_path / "tree", list(CIFAR_CLASSES))
+  archive = make_tar(tmp_path / "tree", tmp_path / "cifar10.tar.gz")
+  cache = str(tmp_path / "cache")
+  expected = data.load_split("cifar10", "test", str(tmp_path / "tree"), str(tmp_path / "c2"))
+  data.load_split("cifar10", "train", str(archive), cache)  # extracts the tree
+  tree = os.path.join(data.archive_cache_dir(str(archive), cache), "tree", "cifar-images")
+  with open(os.path.join(tree, "test", "dog", "0000.png"), "wb") as f:
+    f.write(b"bit rot")
+  caplog.set_level("WARNING")
+  images, labels = data.load_split("cifar10", "test", str(archive), cache)
+  np.testing.assert_array_equal(images, expected[0])
+  np.testing.assert_array_equal(labels, expected[1])
+  assert "extracting it again" in caplog.text

@@ -2,14 +2,19 @@
 
 A tree is `<root>/train/<class>/*.{jpg,jpeg,png}` and `<root>/test/<class>/*`
 (possibly under one top-level folder). An archive of one is extracted once into
-`<cache_root>/<stem>-<short hash>/tree`; a plain tree gets its own
-`<cache_root>/<name>-<short hash>/` folder. Decoded splits are cached there as
-`<dataset>-<split>-<H>x<W>x<C>-v<version>.npz` and reused.
+`<cache_root>/<stem>-<hash of its content>/tree` (into a temporary folder, then
+renamed: a failed extraction leaves nothing behind; a changed archive gets a
+new folder); a plain tree gets its own `<cache_root>/<name>-<short hash>/`
+folder. Decoded splits are cached there as
+`<dataset>-<split>-<H>x<W>x<C>-v<version>.npz` and reused. A cached `.npz` that
+does not load or does not fit the data set, or an extracted tree that no longer
+decodes, is logged and rebuilt.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import shutil
@@ -17,6 +22,7 @@ import tarfile
 import tempfile
 
 import numpy as np
+from absl import logging
 
 from fastdfkd_jax import errors
 from fastdfkd_jax.data.info import LAYOUT_HELP, SPLITS, DatasetInfo, Split
@@ -50,11 +56,13 @@ def _archive_stem(path: str) -> str:
 
 
 def archive_cache_dir(path: str, cache_dir: str | None = None) -> str:
-  """Cache folder of an archive: `<root>/<stem>-<hash(path, size, mtime)>`."""
-  st = os.stat(path)
-  return os.path.join(
-      _cache_root(cache_dir),
-      f"{_archive_stem(path)}-{_short_hash(path, st.st_size, st.st_mtime_ns)}")
+  """Cache folder of an archive: `<root>/<stem>-<sha256 of its bytes, 12 digits>`."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return os.path.join(_cache_root(cache_dir),
+                      f"{_archive_stem(path)}-{digest.hexdigest()[:12]}")
 
 
 def _tree_cache_dir(root: str, cache_dir: str | None) -> str:
@@ -117,6 +125,9 @@ def _extract_archive(path: str, cache: str) -> str:
         else:  # Python without extraction filters; members are checked above.
           tar.extractall(tmp, members=members)  # noqa: S202
     except (tarfile.TarError, OSError, EOFError) as e:
+      shutil.rmtree(tmp, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        os.rmdir(cache)  # only if empty: no half-made cache folder stays behind
       raise errors.UserError(
           f"Cannot extract archive {path!r}: {e}.\n{LAYOUT_HELP}") from e
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only.
@@ -143,14 +154,26 @@ def _npz_path(cache: str, info: DatasetInfo, split: Split) -> str:
       cache, f"{info.name}-{split}-{h}x{w}x{c}-v{_CACHE_VERSION}.npz")
 
 
-def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_npz(path: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
+  """The cached split at `path`; None (and the file removed) if absent or corrupt."""
   if not os.path.isfile(path):
     return None
   try:
     with np.load(path) as data:
-      return data["images"], data["labels"]
-  except Exception:  # pylint: disable=broad-except  # Stale/corrupt: rebuild.
-    return None
+      images, labels = data["images"], data["labels"]
+  except Exception as e:  # pylint: disable=broad-except  # any read failure: rebuild
+    reason = f"{type(e).__name__}: {e}"
+  else:
+    fits = (images.dtype == np.uint8 and images.shape[1:] == tuple(info.image_shape)
+            and labels.shape == images.shape[:1] and len(labels)
+            and 0 <= labels.min() and labels.max() < info.num_classes)
+    if fits:
+      return images, labels
+    reason = f"images {images.shape} {images.dtype}, labels {labels.shape}"
+  logging.warning("decode cache %s is corrupt (%s); rebuilding it", path, reason)
+  with contextlib.suppress(OSError):
+    os.remove(path)
+  return None
 
 
 def _write_npz(path: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -173,10 +196,21 @@ def load_archive(info: DatasetInfo, split: Split, path: str,
                  cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   """`split` of the archive at `path`: cached `.npz`, else extract (once) and decode."""
   cache = archive_cache_dir(path, cache_dir)
-  cached = _read_npz(_npz_path(cache, info, split))
+  cached = _read_npz(_npz_path(cache, info, split), info)
   if cached is not None:
     return cached
   tree = _extract_archive(path, cache)
+  try:
+    return _load_extracted(info, split, path, tree, cache)
+  except errors.UserError as e:  # the extracted copy may be damaged: extract afresh once
+    logging.warning("the extracted copy %s of %s does not load (%s); extracting it again",
+                    tree, path, errors.one_line(str(e)))
+    shutil.rmtree(tree)
+    return _load_extracted(info, split, path, _extract_archive(path, cache), cache)
+
+
+def _load_extracted(info: DatasetInfo, split: Split, path: str, tree: str,
+                    cache: str) -> tuple[np.ndarray, np.ndarray]:
   root = find_tree_root(tree)
   if root is None:
     raise errors.UserError(
@@ -194,7 +228,7 @@ def load_tree(info: DatasetInfo, split: Split, root: str,
 def _load_tree_cached(info: DatasetInfo, split: Split, root: str,
                       cache: str) -> tuple[np.ndarray, np.ndarray]:
   npz = _npz_path(cache, info, split)
-  cached = _read_npz(npz)
+  cached = _read_npz(npz, info)
   if cached is not None:
     return cached
   images, labels = load_image_tree(info, split, root)

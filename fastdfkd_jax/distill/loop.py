@@ -89,9 +89,21 @@ def fresh_counters() -> dict:
 def resume(config, mngr, state, source: KDSource):
   """(state, counters, student_acc) of the latest checkpoint, or the fresh ones."""
   counters = fresh_counters()
-  if mngr.latest_step() is None:
+  _, found = checkpoint.restore_newest_good(
+      mngr, lambda step: _restore(config, mngr, step, state, source))
+  if found is None:
     return state, counters, None
-  meta = checkpoint.restore_meta(mngr)
+  meta, restored = found
+  if source.saved_pool:
+    source.saved_pool.load(restored["host_pool"])
+  counters.update({k: meta[k] for k in counters if k in meta})
+  logging.info("resumed after epoch %d", counters["epoch"])
+  return restored["state"], counters, meta.get("student_acc")
+
+
+def _restore(config, mngr, step: int, state, source: KDSource) -> tuple[dict, dict]:
+  """(meta, {'state', 'host_pool'}) of checkpoint `step`, its pool size checked."""
+  meta = checkpoint.restore_meta(mngr, step)
   slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
   if meta.get("pool_slots", slots) != slots:
     raise checkpoint.CheckpointError(
@@ -99,12 +111,8 @@ def resume(config, mngr, state, source: KDSource):
         f"config makes {slots} (pool.capacity=0 keeps one per epoch, so changing "
         f"epochs changes it); resume with --config.pool.capacity="
         f"{meta['pool_slots'] * config.batch_size}")
-  restored = checkpoint.restore_state(mngr, dict(state=state, host_pool=source.saved_state()))
-  if source.saved_pool:
-    source.saved_pool.load(restored["host_pool"])
-  counters.update({k: meta[k] for k in counters if k in meta})
-  logging.info("resumed after epoch %d", counters["epoch"])
-  return restored["state"], counters, meta.get("student_acc")
+  return meta, checkpoint.restore_state(
+      mngr, dict(state=state, host_pool=source.saved_state()), step)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,8 @@
   - a release PyTorch `.pth` / `.pt` state_dict (needs PyTorch): it carries no
     meta, so arch, num_classes and input_shape must be given.
 Every field given is checked against the checkpoint; the first that disagrees
-raises `checkpoint.CheckpointError` naming the config field to change.
+raises `checkpoint.CheckpointError` naming the config field to change. Weights
+holding NaN or Inf are refused too.
 """
 
 import os
@@ -53,6 +54,7 @@ def load(path: str, arch: str | None = None, num_classes: int | None = None,
     variables = import_torch.load_pth(path, arch, num_classes, tuple(input_shape))
     meta = dict(arch=arch, num_classes=num_classes, input_shape=list(input_shape),
                 source=path)
+    check_finite(variables, path)
     return variables, meta
   directory = resolve_dir(path)
   mngr = checkpoint.manager(directory, create=False)
@@ -64,7 +66,21 @@ def load(path: str, arch: str | None = None, num_classes: int | None = None,
     raise checkpoint.CheckpointError(
         f"cannot read the checkpoint meta in {directory}: {e}") from e
   _check(meta, dict(arch=arch, num_classes=num_classes, input_shape=input_shape), directory)
-  return _restore_variables(mngr, meta, directory), meta
+  variables = _restore_variables(mngr, meta, directory)
+  check_finite(variables, directory)
+  return variables, meta
+
+
+def check_finite(variables: dict, where: str) -> None:
+  """Refuses weights holding NaN or Inf (a diverged run, a damaged file)."""
+  bad = [jax.tree_util.keystr(path)
+         for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+         if not np.all(np.isfinite(leaf))]
+  if bad:
+    raise checkpoint.CheckpointError(
+        f"the weights in {where} hold NaN or Inf values in {len(bad)} arrays (first: "
+        f"{bad[0]}); they can neither teach nor be evaluated: retrain the teacher or "
+        "point teacher.checkpoint (or checkpoint) at a good one")
 
 
 def resolve_dir(path: str) -> str:

@@ -105,14 +105,17 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
       init_state(config, info, tx, jax.random.fold_in(root, 0)), mesh)
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  start_epoch, wall_seconds = _resume_point(mngr)
+  _, restored = checkpoint.restore_newest_good(
+      mngr, lambda step: (checkpoint.restore_meta(mngr, step),
+                          checkpoint.restore_state(mngr, state, step)))
+  meta, state = restored or (dict(epoch=-1), state)
+  start_epoch, wall_seconds = meta["epoch"] + 1, meta.get("wall_seconds", 0.0)
   finished = runs.finished_summary(workdir, start_epoch, config.epochs)
   if finished is not None:
     return finished
   reporter = reporting.Reporter(workdir, resume_wall_seconds=wall_seconds)
   reporter.truncate_metrics(start_epoch - 1)
   if start_epoch:
-    state = checkpoint.restore_state(mngr, state)
     logging.info("resumed from epoch %d", start_epoch)
 
   model = models.get_model(config.model, info.num_classes,
@@ -188,11 +191,3 @@ def _precise_bn(config, model, state: TrainState, ds, mesh) -> TrainState:
   logging.info("precise BN: running statistics recomputed over %d training images",
                len(ds.train_images) // config.batch_size * config.batch_size)
   return state.replace(batch_stats=variables["batch_stats"])
-
-
-def _resume_point(mngr) -> tuple[int, float]:
-  """(first epoch to run, wall seconds so far) from the latest checkpoint in `mngr`."""
-  if mngr.latest_step() is None:
-    return 0, 0.0
-  meta = checkpoint.restore_meta(mngr)
-  return meta["epoch"] + 1, meta.get("wall_seconds", 0.0)
