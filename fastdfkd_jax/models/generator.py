@@ -30,11 +30,11 @@ from fastdfkd_jax.models.layers import BatchNorm
 
 # PyTorch's default Linear/Conv init: kaiming_uniform(a=sqrt(5)) on the weight,
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias.
-_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
                                                       "uniform")
 
 
-def _torch_bias_init(fan_in: int):
+def torch_bias_init(fan_in: int):
   bound = 1.0 / fan_in ** 0.5
 
   def init(key, shape, dtype=jnp.float32):
@@ -65,11 +65,11 @@ class Generator(nn.Module):
                                 axis_name=self.axis_name, name=name)
     conv = lambda feats, cin, bias, name: nn.Conv(
         feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
-        kernel_init=_torch_kernel_init, bias_init=_torch_bias_init(9 * cin),
+        kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * cin),
         dtype=self.dtype, name=name)
     x = nn.Dense(c2 * init * init, dtype=self.dtype,
-                 kernel_init=_torch_kernel_init,
-                 bias_init=_torch_bias_init(self.nz), name="l1")(
+                 kernel_init=torch_kernel_init,
+                 bias_init=torch_bias_init(self.nz), name="l1")(
                      z.astype(self.dtype))
     x = x.reshape(z.shape[0], init, init, c2)
     x = _upsample2(bn("bn0")(x))
@@ -104,14 +104,15 @@ def reset_first_layer(params: dict, key: jax.Array) -> dict:
 
 def reinitialize(params: dict, key: jax.Array, std: float) -> dict:
   """The release's `reset_model` (CMI): every Dense/Conv kernel ~ N(0, std) and bias 0,
-  every BN scale ~ N(1, std) and bias 0. Pure; `params` is the 'params' collection."""
+  every BN scale ~ N(1, std) and bias 0. Pure; `params` is the 'params' collection
+  (arrays, or shape/dtype structs: only the layout is read)."""
   keys = dict(zip(sorted(params), jax.random.split(key, len(params))))
   new = {}
   for name, layer in params.items():
     centre = 1.0 if name.startswith("bn") else 0.0
     weight = "scale" if name.startswith("bn") else "kernel"
     w = layer[weight]
-    new[name] = {**{k: jnp.zeros_like(v) for k, v in layer.items()},
+    new[name] = {**{k: jnp.zeros(v.shape, v.dtype) for k, v in layer.items()},
                  weight: centre + std * jax.random.normal(keys[name], w.shape, w.dtype)}
   return new
 
