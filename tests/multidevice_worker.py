@@ -72,7 +72,8 @@ def equivalence(out_path):
 
 def method(name, out_path):
   """Two host-dispatched synthesis calls of `name` (the second one reads CMI's bank)
-  and its unrolled single-program call, on 1 vs 8 devices from the same keys."""
+  and its unrolled single-program call, on 1 vs 8 devices from the same keys; and the
+  scanned (TPU/GPU) call on 8 devices."""
   c = tiny_config()
   c.method, c.k = name, 2
   c.cmi.bank_size, c.cmi.n_neg, c.cmi.head_dim = 64, 24, 16
@@ -97,6 +98,15 @@ def method(name, out_path):
         for path, leaf in jax.tree_util.tree_leaves_with_path((s.synth, metrics)):
           flat[f"{tag}/tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
     results[n] = flat
+  # The scanned (TPU/GPU) call under shard_map on 8 devices: the first call's images.
+  c.inner_unroll = "scan"
+  mesh = parallel.make_mesh()
+  d = steps.build(c, info, "resnet8", mesh)
+  t = parallel.put_replicated(teacher_vars, mesh)
+  st = state_lib.init_state(d, c, info, t, jax.random.key(0))
+  _, images, _ = d.jit_synth(st)(st, t, jax.random.key(10), jnp.float32(1.1))
+  results[8]["scanned_images"] = np.asarray(images)
+  results[1]["scanned_images"] = results[1]["host1/call0/images"]
   np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
 
 

@@ -67,7 +67,8 @@ def test_synthesis_kd_and_epoch_on_8_devices_equal_1_device(tmp_path):
 @pytest.mark.parametrize("method", ["cmi", "deepinversion"])
 def test_batchwise_methods_on_8_devices_equal_1_device(method, tmp_path):
   """Two calls (CMI's second reads the bank written by the first), host-dispatched and
-  single-program: state (bank, head), images and metrics agree."""
+  single-program, and the scanned call on 8 devices: state (bank, head), images and
+  metrics agree."""
   out = tmp_path / "eq.npz"
   _run(["method", method, str(out)])
   data = np.load(out)
