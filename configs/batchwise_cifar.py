@@ -1,4 +1,4 @@
-"""The release's batch-wise baselines: `configs/batchwise_cifar.py:<preset>[-<dataset>-<teacher>-<student>]`.
+"""The release's batch-wise baselines: `configs/batchwise_cifar.py:<preset>[-<data>-<t>-<s>]`.
 
   python -m fastdfkd_jax.main --workdir=runs/c10_cmi \
       --config=configs/batchwise_cifar.py:cmi-cifar10-wrn40_2-wrn16_1 \

@@ -66,7 +66,7 @@ def test_cmi_bank_is_a_ring(two_calls):
   assert not np.allclose(b2[:4], b1[:4])
 
 
-def test_cmi_negatives_are_distinct_filled_rows(tiny_nets, two_calls):
+def test_cmi_negatives_are_distinct_filled_rows(two_calls):
   synth, (_, s1, _), _, _ = two_calls
   rows, valid = synth._negatives(jax.random.key(5), s1)
   rows, valid = np.asarray(rows), np.asarray(valid)

@@ -1,4 +1,4 @@
-"""The original DeepInversion (`deepinversion`), as the release's datafree/synthesis/deepinversion.py.
+"""The original DeepInversion (`deepinversion`), as the release's synthesis/deepinversion.py.
 
 Every call optimises a fresh batch of pixels x ~ N(0, I) in the normalised
 space, drawn with the targets for the global batch (this device keeps its
