@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup = 20                  # synthesis-only epochs (adversarial term off)
   c.synth = _synth_config()
   c.kd = _kd_config()
+  c.cmi = _cmi_config()
+  c.deepinversion = _deepinversion_config()
   c.pool = ml_collections.ConfigDict()
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
@@ -147,8 +149,38 @@ def _synth_config() -> ml_collections.ConfigDict:
   s.reset_l0 = True
   s.reset_l0_epoch = 140         # 120 + warmup in the release
   s.deepinv_lr = 0.1             # method=deepinv: Adam on pixel logits
-  s.deepinv_betas = (0.5, 0.99)
+  s.deepinv_betas = (0.5, 0.99)  # deepinv and deepinversion: Adam betas on pixels
   return s
+
+
+def _cmi_config() -> ml_collections.ConfigDict:
+  """method=cmi (the release's contrastive.py and datafree_kd.py); k is its g_steps,
+  synth.lr_g / betas / nz / ngf / adv / bn / oh its generator and loss weights."""
+  m = ml_collections.ConfigDict()
+  m.cr = 0.8                     # weight of the contrastive loss L_cr
+  m.cr_T = 0.2                   # its temperature (the release's scripts; class default 0.1)
+  m.bank_size = 40960            # memory bank rows (one row: a local + global feature)
+  m.n_neg = 4096                 # bank rows sampled as negatives per step
+  m.head_dim = 256               # MLP head output (the head's hidden width = feature dim)
+  m.head_betas = (0.9, 0.999)    # the head's Adam (lr = synth.lr_g, PyTorch's default betas)
+  m.local_scale = (0.25, 1.0)    # local view: RandomResizedCrop area fraction
+  m.local_ratio = (0.75, 4 / 3)  # and aspect ratio
+  m.init_std = 0.02              # the generator's re-initialisation every call
+  return m
+
+
+def _deepinversion_config() -> ml_collections.ConfigDict:
+  """method=deepinversion (the release's deepinversion.py); k is its g_steps,
+  synth.lr_g the pixel step size, synth.deepinv_betas its Adam betas."""
+  d = ml_collections.ConfigDict()
+  d.tv = 0.0                     # l1 TV prior weight (the release's scripts pass 0)
+  d.tv_l2 = 0.0                  # l2 TV prior weight (the original DeepInversion's)
+  d.l2 = 0.0                     # weight of ||x||_2 (the release's scripts pass 0)
+  d.jitter = 0.125               # random roll up to this fraction of H and W
+  d.flip = True                  # random horizontal flip of the whole batch
+  d.js_T = 3.0                   # temperature of the JS competition term
+  d.student_bn = 0.001           # minus this times the student's BN prior
+  return d
 
 
 def _kd_config() -> ml_collections.ConfigDict:

@@ -1,6 +1,7 @@
 """Subprocess worker for tests/test_parallel.py (needs XLA_FLAGS set before jax).
 
   python tests/multidevice_worker.py equivalence OUT.npz
+  python tests/multidevice_worker.py method METHOD OUT.npz
   python tests/multidevice_worker.py teacher OUT.npz
   python tests/multidevice_worker.py run WORKDIR EPOCHS [TEACHER_DIR]
 """
@@ -69,6 +70,46 @@ def equivalence(out_path):
   np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
 
 
+def method(name, out_path):
+  """Two host-dispatched synthesis calls of `name` (the second one reads CMI's bank)
+  and its unrolled single-program call, on 1 vs 8 devices from the same keys; and the
+  scanned (TPU/GPU) call on 8 devices."""
+  c = tiny_config()
+  c.method, c.k = name, 2
+  c.cmi.bank_size, c.cmi.n_neg, c.cmi.head_dim = 64, 24, 16
+  c.deepinversion.tv, c.deepinversion.tv_l2, c.deepinversion.l2 = 1e-3, 1e-4, 1e-5
+  info = data.get_info("digits")
+  teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
+                                     info.image_shape)
+  results = {}
+  for n in (1, 8):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    d = steps.build(c, info, "resnet8", mesh)
+    t = parallel.put_replicated(teacher_vars, mesh)
+    st = state_lib.init_state(d, c, info, t, jax.random.key(0))
+    flat = {}
+    for host in (True, False):
+      synth = d.compile_synth(st, t, jax.random.key(10), jnp.float32(1.1), host_inner=host)
+      s = jax.tree.map(jnp.copy, st)
+      for call in range(2):
+        s, images, metrics = synth(s, t, jax.random.key(10 + call), jnp.float32(1.1))
+        tag = f"host{int(host)}/call{call}"
+        flat[f"{tag}/images"] = np.asarray(images)
+        for path, leaf in jax.tree_util.tree_leaves_with_path((s.synth, metrics)):
+          flat[f"{tag}/tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+    results[n] = flat
+  # The scanned (TPU/GPU) call under shard_map on 8 devices: the first call's images.
+  c.inner_unroll = "scan"
+  mesh = parallel.make_mesh()
+  d = steps.build(c, info, "resnet8", mesh)
+  t = parallel.put_replicated(teacher_vars, mesh)
+  st = state_lib.init_state(d, c, info, t, jax.random.key(0))
+  _, images, _ = d.jit_synth(st)(st, t, jax.random.key(10), jnp.float32(1.1))
+  results[8]["scanned_images"] = np.asarray(images)
+  results[1]["scanned_images"] = results[1]["host1/call0/images"]
+  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+
+
 def teacher(out_path, steps=3, batch=32):
   """Teacher-training steps (the CPU loop: one jitted step per call) on 1 vs 8 devices."""
   c = config_lib.base_config()
@@ -111,6 +152,8 @@ def run(workdir, epochs, teacher_dir=""):
 if __name__ == "__main__":
   if sys.argv[1] == "equivalence":
     equivalence(sys.argv[2])
+  elif sys.argv[1] == "method":
+    method(sys.argv[2], sys.argv[3])
   elif sys.argv[1] == "teacher":
     teacher(sys.argv[2])
   else:

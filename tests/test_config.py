@@ -97,6 +97,30 @@ def test_fastdfkd_cpu_k_suffix_sets_the_papers_step_lrs(k, lrs):
   assert c.synth.ngf == load_config_file("fastdfkd_cpu.py", "cifar10").synth.ngf
 
 
+def test_cpu_configs_state_their_meta_gradient():
+  for arg in ("digits", "cifar10-k5"):
+    assert load_config_file("fastdfkd_cpu.py", arg).synth.meta_grad == "param_diff"
+
+
+@pytest.mark.parametrize("arg", ["cmi", "cmi_fast", "deepinversion", "deepinversion_fast",
+                                 "cmi-cifar100-resnet34-resnet18"])
+def test_batchwise_presets(arg):
+  c = load_config_file("batchwise_cifar.py", arg)
+  config_lib.validate(c)
+  preset = arg.split("-")[0]
+  assert c.method == preset.replace("_fast", "")
+  assert (c.batch_size, c.epochs, c.warmup, c.kd.lr, c.kd.temperature) == (256, 200, 0, 0.1, 20)
+  expected = {"cmi": (200, 1e-3, 0.5, 1.0, 1.0), "cmi_fast": (5, 1e-3, 0.5, 1.0, 1.0),
+              "deepinversion": (1000, 0.1, 1.0, 10.0, 1.0),
+              "deepinversion_fast": (10, 1.0, 1.0, 10.0, 1.0)}[preset]
+  assert (c.k, c.synth.lr_g, c.synth.adv, c.synth.bn, c.synth.oh) == expected
+  if c.method == "cmi":
+    assert (c.cmi.cr, c.cmi.cr_T) == ((0.0 if preset == "cmi_fast" else 0.8), 0.2)
+    assert (c.cmi.bank_size, c.cmi.n_neg, c.cmi.head_dim) == (40960, 4096, 256)
+  with pytest.raises(ValueError, match="preset one of"):
+    load_config_file("batchwise_cifar.py", "cmi-svhn")
+
+
 def test_cifar_settings_list():
   assert len(CIFAR_SETTINGS) == 2 * 5 * 3
   assert "cifar100-wrn40_2-wrn16_2-k5" in CIFAR_SETTINGS
@@ -116,6 +140,7 @@ def test_fastdfkd_cifar_configs(setting):
   assert (c.synth.bn_mmt, c.synth.reset_l0, c.synth.reset_l0_epoch, c.seed) == (
       0.9, True, 140, 0)
   assert c.synth.bn == 10.0
+  assert c.synth.meta_grad == "sum_inner_grads"   # every release script: --is_maml 1
 
 
 # setting -> (lr_g, lr_z, adv, bn, oh): rows of the reference doc's table.

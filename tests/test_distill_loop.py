@@ -124,6 +124,12 @@ def test_e2e_workdir_files(e2e_run):
                                                                   config.epochs)
   assert on_disk["num_devices"] == jax.device_count()
   assert 0 < on_disk["synth_seconds"] < on_disk["wall_seconds"]
+  # Images produced (one batch per synthesis call) and seen by the student (KD batches),
+  # and the synthesis seconds of the synthesis-only epochs apart from all of them.
+  assert on_disk["synth_images"] == config.epochs * config.batch_size
+  assert on_disk["kd_images"] == (config.epochs - config.warmup) * config.kd.steps * \
+      config.batch_size
+  assert 0 < on_disk["warmup_synth_seconds"] < on_disk["synth_seconds"]
 
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -190,6 +196,8 @@ def test_kd_baselines_skip_warmup_and_synthesis_outputs(baseline_runs):
     assert [r["epoch"] for r in rows] == list(range(config.warmup, config.epochs)), source
     assert rows[-1]["step"] == (config.epochs - config.warmup) * config.kd.steps
     assert not os.path.exists(os.path.join(workdir, "samples")), source
+    assert summary["synth_images"] == 0 and summary["warmup_synth_seconds"] == 0.0
+    assert summary["kd_images"] == rows[-1]["step"] * config.batch_size
 
 
 

@@ -20,6 +20,7 @@ import flax.linen as nn  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from fastdfkd_jax.models import get_model, list_models  # noqa: E402
+from fastdfkd_jax.models import generator as generator_lib  # noqa: E402
 from fastdfkd_jax.models.generator import Generator, reset_first_layer  # noqa: E402
 from fastdfkd_jax.models.layers import BN_STATS, BatchNorm  # noqa: E402
 from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
@@ -317,6 +318,19 @@ def test_generator_default_shape():
   assert out.shape == (2, 32, 32, 3) and out.dtype == jnp.float32
 
 
+def test_reinitialize_is_the_release_reset_model():
+  model = get_model("generator", nz=16, ngf=8, img_size=8, channels=3)
+  params = _fast_init(model, (16,))["params"]
+  new = generator_lib.reinitialize(params, jax.random.PRNGKey(3), 0.02)
+  chex.assert_trees_all_equal_shapes(new, params)
+  for name, layer in new.items():
+    weight = np.asarray(layer["scale" if name.startswith("bn") else "kernel"])
+    centre = 1.0 if name.startswith("bn") else 0.0
+    assert abs(weight.mean() - centre) < 0.03 and weight.std() < 0.04, name
+    if "bias" in layer:
+      np.testing.assert_array_equal(layer["bias"], 0.0)
+
+
 def test_reset_first_layer():
   model = get_model("generator", nz=16, ngf=8, img_size=8, channels=3)
   variables = _fast_init(model, (16,))
@@ -324,7 +338,7 @@ def test_reset_first_layer():
   new = reset_first_layer(params, jax.random.PRNGKey(7))
   assert set(new) == set(params)
   for name in params:
-    if name != "l1":
+    if name not in ("l1", "bn0"):
       chex.assert_trees_all_equal(new[name], params[name])
   np.testing.assert_array_equal(new["l1"]["bias"], 0.0)
   k = np.asarray(new["l1"]["kernel"])
@@ -333,9 +347,10 @@ def test_reset_first_layer():
   assert abs(k.std() - 0.02) < 0.004 and abs(k.mean()) < 0.004
   # Pure: the input is untouched.
   assert np.any(np.asarray(params["l1"]["bias"]) != 0.0)
-  # Full variables dicts work too, and the release's bn0 reset is opt-in.
-  new_vars = reset_first_layer(variables, jax.random.PRNGKey(7), include_bn0=True)
-  chex.assert_trees_all_equal(new_vars["params"]["l1"], new["l1"])
-  np.testing.assert_array_equal(new_vars["params"]["bn0"]["bias"], 0.0)
-  assert float(jnp.abs(new_vars["params"]["bn0"]["scale"]).max()) < 0.2
+  # The release's reset_l0 also resets the first BN (scale ~ N(0, 0.02), bias 0).
+  np.testing.assert_array_equal(new["bn0"]["bias"], 0.0)
+  assert float(jnp.abs(new["bn0"]["scale"]).max()) < 0.2
+  # Full variables dicts work too.
+  new_vars = reset_first_layer(variables, jax.random.PRNGKey(7))
+  chex.assert_trees_all_equal(new_vars["params"], new)
   chex.assert_trees_all_equal(new_vars["batch_stats"], variables["batch_stats"])

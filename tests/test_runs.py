@@ -60,8 +60,8 @@ def uninterrupted(teacher, tmp_path_factory):
   return str(work)
 
 
-def _interrupt(teacher, work, sig, after_rows):
-  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY, wait=False)
+def _interrupt(teacher, work, sig, after_rows, *flags):
+  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY, *flags, wait=False)
   deadline = time.time() + 600
   while len(_rows(work)) < after_rows and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
@@ -83,6 +83,45 @@ def test_sigkill_then_resume_gives_identical_metrics(teacher, uninterrupted, tmp
   resumed = json.load(open(os.path.join(tmp_path, "summary.json")))
   for key in ("student_acc", "best_student_acc", "teacher_acc"):
     assert resumed[key] == full[key], key
+
+
+# CMI keeps a memory bank, an MLP head and its Adam state across calls: all of it must
+# come back from the checkpoint for the losses after the resume to repeat.
+CMI = ["--config.method=cmi", "--config.cmi.bank_size=96", "--config.cmi.n_neg=48",
+       "--config.cmi.head_dim=16", "--config.synth.lr_g=1e-3", "--config.synth.bn=1",
+       "--config.synth.oh=1", "--config.synth.adv=0.5"]
+
+
+@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
+def test_cmi_sigkill_then_resume_gives_identical_metrics(teacher, tmp_path):
+  full = tmp_path / "full"
+  proc = _main(full, f"--config.teacher.checkpoint={teacher}", *TINY, *CMI)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = _rows(full)
+  assert all(r["loss_cr"] > 0 for r in rows) and len(rows) == 6
+  work = tmp_path / "cut"
+  code, _, _ = _interrupt(teacher, work, signal.SIGKILL, 3, *CMI)
+  assert code == -signal.SIGKILL and len(_rows(work)) < 6
+  proc = _main(work, f"--config.teacher.checkpoint={teacher}", *TINY, *CMI)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  keys = ("epoch", "student_acc", "best_loss", "loss_cr", "loss_bn", "kd_loss")
+  assert [[r.get(k) for k in keys] for r in _rows(work)] == [
+      [r.get(k) for k in keys] for r in rows]
+  summary = json.load(open(os.path.join(work, "summary.json")))
+  assert (summary["method"], summary["synth_images"]) == ("cmi", 6 * 32)
+
+
+@pytest.mark.slow  # end to end: a digits run of `main` in a subprocess
+def test_deepinversion_runs_end_to_end(teacher, tmp_path):
+  proc = _main(tmp_path, f"--config.teacher.checkpoint={teacher}", *TINY,
+               "--config.method=deepinversion", "--config.synth.lr_g=0.1",
+               "--config.deepinversion.tv=1e-4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(os.path.join(tmp_path, "summary.json")))
+  assert summary["method"] == "deepinversion" and 0.0 <= summary["student_acc"] <= 100.0
+  assert summary["kd_images"] == 5 * 4 * 32
+  rows = _rows(tmp_path)
+  assert len(rows) == 6 and all(r["loss_adv"] <= 0 and r["loss_tv"] > 0 for r in rows[1:])
 
 
 @pytest.mark.slow  # end to end: digits runs of `main` in subprocesses

@@ -29,7 +29,7 @@ from fastdfkd_jax.synthesis import base
 
 from synthesis_testlib import IMAGE_SHAPE, MEAN, PADDING, STD, compiled
 
-METHODS = ["deepinv", "fast", "fast_meta"]
+METHODS = ["cmi", "deepinv", "deepinversion", "fast", "fast_meta"]
 INFO = types.SimpleNamespace(num_classes=10, image_shape=IMAGE_SHAPE, mean=MEAN, std=STD,
                              crop_padding=PADDING)
 

@@ -162,6 +162,52 @@ def augment(key: jax.Array, images: ArrayLike,
   return augment_stripe(key, images, mean, std, padding, None, flip)
 
 
+def resized_crop_stripe(key: jax.Array, images: ArrayLike, scale: Sequence[float],
+                        ratio: Sequence[float], axis_name: str | None) -> jax.Array:
+  """RandomResizedCrop + flip (CMI's local view), randomness drawn for the global batch.
+
+  Each image gets a box of area fraction ~ U(scale) and aspect ratio
+  ~ exp(U(log ratio)) (clipped to the image instead of the release's resampling),
+  at a uniform position, resized back to H x W bilinearly (pixel centres,
+  differentiable in the images), then flipped with probability 0.5.
+
+  Args:
+    key: PRNG key, the same on every device.
+    images: float (B, H, W, C), this device's stripe of the batch.
+    scale, ratio: (low, high) of the area fraction and the aspect ratio w/h.
+    axis_name: as in `augment_stripe`.
+
+  Returns:
+    float (B, H, W, C), not normalised.
+  """
+  x = jnp.asarray(images)
+  n, height, width = _global_batch(x, axis_name), x.shape[1], x.shape[2]
+  k_s, k_r, k_y, k_x, k_f = jax.random.split(key, 5)
+  area = jax.random.uniform(k_s, (n,), minval=scale[0], maxval=scale[1]) * height * width
+  r = jnp.exp(jax.random.uniform(k_r, (n,), minval=jnp.log(ratio[0]),
+                                 maxval=jnp.log(ratio[1])))
+  w = jnp.clip(jnp.round(jnp.sqrt(area * r)), 1, width)
+  h = jnp.clip(jnp.round(jnp.sqrt(area / r)), 1, height)
+  y0 = jnp.floor(jax.random.uniform(k_y, (n,)) * (height - h + 1))
+  x0 = jnp.floor(jax.random.uniform(k_x, (n,)) * (width - w + 1))
+  wy = _stripe(_bilinear_rows(y0, h, height), axis_name)
+  wx = _stripe(_bilinear_rows(x0, w, width), axis_name)
+  out = jnp.einsum("nih,nhwc,njw->nijc", wy, x.astype(jnp.float32), wx).astype(x.dtype)
+  mask = _stripe(flip_mask(k_f, n), axis_name)
+  return jnp.where(mask[:, None, None, None], jnp.flip(out, axis=2), out)
+
+
+def _bilinear_rows(start: jax.Array, length: jax.Array, size: int) -> jax.Array:
+  """(N, size, size) weights resizing each [start, start + length) span to `size`."""
+  centres = start[:, None] + (jnp.arange(size) + 0.5) * (length[:, None] / size) - 0.5
+  centres = jnp.clip(centres, 0, size - 1)
+  lo = jnp.floor(centres)
+  frac = (centres - lo)[..., None]
+  lo = lo.astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, size - 1)
+  return (1 - frac) * jax.nn.one_hot(lo, size) + frac * jax.nn.one_hot(hi, size)
+
+
 def _global_batch(x: jax.Array, axis_name: str | None) -> int:
   """B_global: the local batch times the size of `axis_name` (1 when None)."""
   return x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))

@@ -83,7 +83,8 @@ def kd_source(config, ds, info, mesh) -> KDSource:
 
 def fresh_counters() -> dict:
   return dict(epoch=-1, synth_seconds=0.0, kd_seconds=0.0, best_student_acc=0.0,
-              wall_seconds=0.0, synth_calls_timed=0, synth_seconds_timed=0.0)
+              wall_seconds=0.0, synth_calls_timed=0, synth_seconds_timed=0.0,
+              synth_images=0, kd_images=0, warmup_synth_seconds=0.0)
 
 
 def resume(config, mngr, state, source: KDSource):
@@ -224,6 +225,18 @@ def run_epoch(run: Run, state, epoch: int, counters: dict):
   return state, jax.device_get(metrics)
 
 
+def count_epoch(run: Run, epoch: int, counters: dict) -> None:
+  """Tallies the images synthesized and seen by the student (KD batches) so far, and the
+  synthesis seconds of the synthesis-only (warmup) epochs."""
+  config = run.config
+  if run.synthetic:
+    counters["synth_images"] += config.batch_size
+  if epoch >= config.warmup:
+    counters["kd_images"] += config.kd.steps * config.batch_size
+  else:
+    counters["warmup_synth_seconds"] = counters["synth_seconds"]
+
+
 @dataclasses.dataclass
 class Outputs:
   """The run's evaluation step, checkpoint managers and reporter."""
@@ -324,6 +337,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   first_epoch = 0 if run.synthetic else config.warmup   # baselines: no synthesis-only epochs
   for epoch in range(max(counters["epoch"] + 1, first_epoch), config.epochs):
     state, metrics = run_epoch(run, state, epoch, counters)
+    count_epoch(run, epoch, counters)
     runs.check_finite(metrics, epoch)
     student_acc = end_epoch(run, out, state, epoch, metrics, counters, student_acc,
                             preemption)
@@ -332,6 +346,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                  dataset=run.info.name, teacher_acc=run.teacher_acc, student_acc=student_acc,
                  test_accuracy=student_acc, best_student_acc=counters["best_student_acc"],
                  synth_seconds=counters["synth_seconds"], kd_seconds=counters["kd_seconds"],
+                 warmup_synth_seconds=counters["warmup_synth_seconds"],
+                 synth_images=counters["synth_images"], kd_images=counters["kd_images"],
                  wall_seconds=out.reporter.wall_seconds(),
                  num_devices=parallel.num_shards(run.mesh),
                  compile_seconds=compile_seconds, loop=loop)

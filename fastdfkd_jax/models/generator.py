@@ -30,11 +30,11 @@ from fastdfkd_jax.models.layers import BatchNorm
 
 # PyTorch's default Linear/Conv init: kaiming_uniform(a=sqrt(5)) on the weight,
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias.
-_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
                                                       "uniform")
 
 
-def _torch_bias_init(fan_in: int):
+def torch_bias_init(fan_in: int):
   bound = 1.0 / fan_in ** 0.5
 
   def init(key, shape, dtype=jnp.float32):
@@ -65,11 +65,11 @@ class Generator(nn.Module):
                                 axis_name=self.axis_name, name=name)
     conv = lambda feats, cin, bias, name: nn.Conv(
         feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
-        kernel_init=_torch_kernel_init, bias_init=_torch_bias_init(9 * cin),
+        kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * cin),
         dtype=self.dtype, name=name)
     x = nn.Dense(c2 * init * init, dtype=self.dtype,
-                 kernel_init=_torch_kernel_init,
-                 bias_init=_torch_bias_init(self.nz), name="l1")(
+                 kernel_init=torch_kernel_init,
+                 bias_init=torch_bias_init(self.nz), name="l1")(
                      z.astype(self.dtype))
     x = x.reshape(z.shape[0], init, init, c2)
     x = _upsample2(bn("bn0")(x))
@@ -80,35 +80,40 @@ class Generator(nn.Module):
     return nn.sigmoid(x.astype(jnp.float32))
 
 
-def reset_first_layer(params: dict, key: jax.Array,
-                      include_bn0: bool = False) -> dict:
-  """Re-initialises `l1`: kernel ~ N(0, 0.02), bias 0. Pure; returns new params.
+def reset_first_layer(params: dict, key: jax.Array) -> dict:
+  """The release's `reset_l0` (fast_meta.py): `l1` kernel ~ N(0, 0.02) and bias 0, and
+  the first BN `bn0` (its 'conv_blocks.0') scale ~ N(0, 0.02) and bias 0. Pure.
 
   Args:
     params: the generator's 'params' collection (a dict with 'l1'), or a full
       variables dict holding it under 'params' (then returned the same way).
-    key: PRNG key for the new kernel.
-    include_bn0: also reset `bn0` (scale ~ N(0, 0.02), bias 0). The release's
-      `reset_l0` matches both 'l1.0' and 'conv_blocks.0' (= bn0), so True is the
-      release's exact behaviour; the default follows the reference doc (first
-      linear layer only).
+    key: PRNG key for the new kernel and scale.
   """
   if "params" in params and "l1" not in params:
-    return {**params,
-            "params": reset_first_layer(params["params"], key, include_bn0)}
+    return {**params, "params": reset_first_layer(params["params"], key)}
   k1, k2 = jax.random.split(key)
-  new = dict(params)
-  l1 = params["l1"]
-  new["l1"] = {**l1,
-               "kernel": 0.02 * jax.random.normal(k1, l1["kernel"].shape,
-                                                  l1["kernel"].dtype),
-               "bias": jnp.zeros_like(l1["bias"])}
-  if include_bn0:
-    bn0 = params["bn0"]
-    new["bn0"] = {**bn0,
-                  "scale": 0.02 * jax.random.normal(k2, bn0["scale"].shape,
-                                                    bn0["scale"].dtype),
-                  "bias": jnp.zeros_like(bn0["bias"])}
+  l1, bn0 = params["l1"], params["bn0"]
+  return {**params,
+          "l1": {**l1, "kernel": 0.02 * jax.random.normal(k1, l1["kernel"].shape,
+                                                          l1["kernel"].dtype),
+                 "bias": jnp.zeros_like(l1["bias"])},
+          "bn0": {**bn0, "scale": 0.02 * jax.random.normal(k2, bn0["scale"].shape,
+                                                           bn0["scale"].dtype),
+                  "bias": jnp.zeros_like(bn0["bias"])}}
+
+
+def reinitialize(params: dict, key: jax.Array, std: float) -> dict:
+  """The release's `reset_model` (CMI): every Dense/Conv kernel ~ N(0, std) and bias 0,
+  every BN scale ~ N(1, std) and bias 0. Pure; `params` is the 'params' collection
+  (arrays, or shape/dtype structs: only the layout is read)."""
+  keys = dict(zip(sorted(params), jax.random.split(key, len(params))))
+  new = {}
+  for name, layer in params.items():
+    centre = 1.0 if name.startswith("bn") else 0.0
+    weight = "scale" if name.startswith("bn") else "kernel"
+    w = layer[weight]
+    new[name] = {**{k: jnp.zeros(v.shape, v.dtype) for k, v in layer.items()},
+                 weight: centre + std * jax.random.normal(keys[name], w.shape, w.dtype)}
   return new
 
 

@@ -10,6 +10,9 @@ hidden state:
     logits, aux = model.apply(variables, x, train=False, mutable=['bn_stats'])
     # aux['bn_stats'] mirrors the module tree; each BN layer holds
     # {'input': {'mean', 'var', 'running_mean', 'running_var'}}, each (C,).
+
+The same way it sows each sample's spatial mean of its input, (N, C), into
+`'instance_means'` (CMI's feature of an image: the release's `InstanceMeanHook`).
 """
 
 from typing import Any
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 BN_STATS = "bn_stats"
+INSTANCE_MEANS = "instance_means"
 
 # PyTorch BatchNorm2d: momentum 0.1 on the new value, i.e. flax momentum 0.9.
 BN_MOMENTUM = 0.9
@@ -46,6 +50,10 @@ class BatchNorm(nn.BatchNorm):
                running_mean=self.get_variable("batch_stats", "mean"),
                running_var=self.get_variable("batch_stats", "var")),
           init_fn=lambda: None, reduce_fn=lambda _, new: new)
+    if self.is_mutable_collection(INSTANCE_MEANS):
+      spatial = tuple(range(1, x.ndim - 1))
+      self.sow(INSTANCE_MEANS, "input", x.astype(jnp.float32).mean(spatial),
+               init_fn=lambda: None, reduce_fn=lambda _, new: new)
     return y
 
 

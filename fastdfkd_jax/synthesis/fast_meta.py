@@ -5,8 +5,10 @@ runs the k inner Adam steps (betas 0.5/0.999, lr_g on theta', lr_z on z; see
 `inversion`), then takes a meta step with g = theta - theta'_k ('param_diff',
 Eq. 10) or the sum of the inner gradients ('sum_inner_grads', the release),
 fed to Adam(lr_g * k, betas 0.5/0.999).
-fast: sequential reuse; the generator itself is optimised, its Adam state
-persists across calls, no copy and no meta step (theta <- theta'_k).
+fast: sequential reuse, as the release's `fast.py`; the generator itself is
+optimised (theta <- theta'_k), no copy and no meta step, with a fresh inner
+Adam every call (the release builds its optimizer inside `synthesize`), and no
+`reset_l0` (the release's FastSynthesizer defines it but never calls it).
 """
 
 import jax
@@ -39,19 +41,19 @@ class FastMetaSynthesizer(inversion.InversionSynthesizer):
 
   def reset_first_layer(self, state: inversion.SynthState,
                         key: jax.Array) -> inversion.SynthState:
-    """The release's `reset_l0`: re-initialise the generator's first linear layer."""
+    """The release's `reset_l0`: re-initialise the generator's `l1` and first BN."""
     return state.replace(gen_params=generator_lib.reset_first_layer(state.gen_params, key))
 
 
 @base.register("fast")
-class FastSynthesizer(FastMetaSynthesizer):
+class FastSynthesizer(inversion.InversionSynthesizer):
   """Sequential reuse: the generator keeps training from call to call."""
 
   def state_tx(self) -> optax.GradientTransformation:
-    return self.gen_tx(self.hp.lr_g)
+    return optax.identity()   # nothing but the generator carries across calls
 
   def _begin_gen_opt(self, state: inversion.SynthState):
-    return state.opt_state
+    return self.gen_tx(self.hp.lr_g).init(state.gen_params)
 
   def _next_generator(self, state: inversion.SynthState, carry: inversion.InnerCarry):
-    return carry.fast, carry.gen_opt
+    return carry.fast, state.opt_state
