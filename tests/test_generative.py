@@ -176,20 +176,29 @@ def test_kd_batches_are_fresh_unaugmented_generator_samples(tiny_nets):
 
 # ------------------------------------------------------- features path
 @pytest.mark.parametrize("arch, shape, dim", [
-    ("resnet8", (8, 8, 1), 64), ("wrn16_1", (8, 8, 3), 64), ("lenet5", (32, 32, 1), 120),
-    ("vgg8", (32, 32, 3), 512), ("resnet18", (8, 8, 3), 512)])
+    ("wrn16_1", (8, 8, 3), 64), ("lenet5", (32, 32, 1), 120), ("vgg8", (32, 32, 3), 512),
+    ("resnet18", (8, 8, 3), 512)])
 def test_models_sow_penultimate_features(arch, shape, dim):
   model = models.get_model(arch, 10)
-  variables = model_util.init_variables(model, jax.random.key(0), shape)
-  x = jax.random.uniform(jax.random.key(1), (2,) + shape)
+
+  def apply(key):
+    variables = model_util.init_variables(model, key, shape)
+    return model.apply(variables, jnp.zeros((2,) + shape), mutable=[layers.FEATURES])
+
+  logits, aux = jax.eval_shape(apply, jax.random.key(0))
+  assert logits.shape == (2, 10) and layers.penultimate(aux).shape == (2, dim)
+
+
+def test_features_are_the_classifier_input():
+  model = models.get_model("resnet8", 10)
+  variables = model_util.init_variables(model, jax.random.key(0), (8, 8, 1))
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
   logits, aux = model.apply(variables, x, mutable=[layers.FEATURES])
-  feats = layers.penultimate(aux)
-  assert feats.shape == (2, dim)
   np.testing.assert_array_equal(logits, model.apply(variables, x))   # same logits
-  if arch == "resnet8":   # the features are the input of the classifier
-    fc = variables["params"]["fc"]
-    np.testing.assert_allclose(logits, feats @ fc["kernel"] + fc["bias"], rtol=1e-5,
-                               atol=1e-5)
+  fc = variables["params"]["fc"]
+  np.testing.assert_allclose(logits, layers.penultimate(aux) @ fc["kernel"] + fc["bias"],
+                             rtol=1e-5, atol=1e-5)
+  assert set(model.apply(variables, x, mutable=[layers.BN_STATS])[1]) == {layers.BN_STATS}
 
 
 # ---------------------------------------------------- presets, configs
