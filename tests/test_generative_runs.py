@@ -94,23 +94,26 @@ def test_sigkill_then_resume_gives_identical_metrics(digits_teacher, uninterrupt
 
 
 # --------------------------------------------------------- end to end
-# Each method on the session teacher (conftest.py: resnet8 on digits, ~97%): 6 epochs
-# of 20 KD steps at batch 64 (120 student updates). Chance is 10%.
+# Each method on a resnet8 digits teacher (conftest.py's recipe) with 20 KD steps per epoch
+# at batch 64, KD lr 0.1. Measured (teacher 95.8%): dafl 29.2%, zskt 34.4%, dfq 36.7% after
+# 8 epochs; dfad 15.8% after 8 and 37.5% after 16 (its L1 KD gradient is ~1/C of a
+# sample's, so it learns slower at the same lr, as in the release). Chance is 10%.
+EPOCHS = dict(dafl=8, zskt=8, dfq=8, dfad=16)
 E2E_MIN_ACC = 20.0
 
 
-@pytest.mark.parametrize("method", ["dafl", "zskt", "dfq", "dfad"])
+@pytest.mark.parametrize("method", sorted(EPOCHS))
 def test_digits_run_ends_above_chance(method, digits_teacher, tmp_path):
   from fastdfkd_jax import runner
   c = load_config_file("baselines_cpu.py", f"{method}-digits")
   c.teacher.checkpoint, c.teacher.arch, c.student.arch = digits_teacher[0], "resnet8", "resnet8"
-  c.epochs, c.kd.cosine_epochs, c.kd.steps, c.batch_size, c.kd.lr = 6, 6, 20, 64, 0.1
+  c.epochs = c.kd.cosine_epochs = c.eval_every = c.sample_every = EPOCHS[method]
+  c.checkpoint_every, c.log_every = c.epochs, 1000
+  c.kd.steps, c.batch_size, c.kd.lr = 20, 64, 0.1
   c.synth.nz, c.synth.ngf = (64 if method == "dafl" else 32), 16
-  c.eval_every, c.sample_every, c.checkpoint_every, c.log_every = 6, 6, 6, 1000
   summary = runner.run(c, str(tmp_path))
   assert summary["method"] == method and summary["synth_seconds"] > 0
   assert summary["student_acc"] >= E2E_MIN_ACC, summary
-  rows = _rows(tmp_path)
-  assert rows[-1]["step"] == c.epochs * c.kd.steps
-  assert os.path.exists(tmp_path / "samples" / "epoch_0005.png")
-  assert not os.listdir(tmp_path / "checkpoints" / "best") == []
+  assert _rows(tmp_path)[-1]["step"] == c.epochs * c.kd.steps
+  assert (tmp_path / "samples" / "epoch_0000.png").exists()
+  assert os.listdir(tmp_path / "checkpoints" / "best")
