@@ -92,7 +92,7 @@ def resume(config, mngr, state, source: KDSource):
     return state, counters, None
   meta = checkpoint.restore_meta(mngr)
   slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
-  if meta.get("pool_slots", slots) != slots:
+  if synthesis.get(config.method).uses_pool and meta.get("pool_slots", slots) != slots:
     raise checkpoint.CheckpointError(
         f"the checkpoint's pool holds {meta['pool_slots']} synthesis batches but this "
         f"config makes {slots} (pool.capacity=0 keeps one per epoch, so changing "
