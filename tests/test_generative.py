@@ -94,7 +94,7 @@ def make_synth(nets, **hp):
   hp = dict(dict(g_steps=2, kd_steps=3, batch_size=8, nz=16, unroll=True, **WEIGHTS), **hp)
   return generative.GenerativeSynthesizer(
       generator=generator, teacher=teacher, student=student,
-      hp=generative.GenerativeHParams(**hp), num_classes=10, image_shape=(8, 8, 1),
+      hp=generative.GenerativeHParams(**hp), image_shape=(8, 8, 1),
       mean=(0.3054,), std=(0.3757,), padding=1, axis_name=None)
 
 
@@ -165,13 +165,13 @@ def test_kd_batches_are_fresh_unaugmented_generator_samples(tiny_nets):
   synth = make_synth(tiny_nets)
   d = steps.Distiller(synth=synth, student_model=student, tx=None, kd_batch=8,
                       temperature=1.0, mesh=None, kd_loss="l1")
-  state = types.SimpleNamespace(synth=synth.init(jax.random.key(0), tv))
+  synth_state = synth.init(jax.random.key(0), tv)
   key = jax.random.key(4)
   assert d.from_generator and not steps.Distiller(
       synth=synth, student_model=student, tx=None, kd_batch=8, temperature=1.0,
       mesh=None, kd_source="real").from_generator
-  np.testing.assert_array_equal(d._kd_inputs(state, None, key),
-                                synth.sample(state.synth, key, 8))
+  np.testing.assert_array_equal(d._kd_inputs(None, key, synth_state),
+                                synth.sample(synth_state, key, 8))
 
 
 # ------------------------------------------------------- features path

@@ -83,10 +83,11 @@ class Distiller:
                            batch_stats=batch_stats, opt_state=opt_state,
                            step=student.step + 1), loss
 
-  def _kd_inputs(self, state: DistillState, pool: pool_lib.Pool | None, key) -> jax.Array:
-    """This device's stripe (B_local, H, W, C) uint8 of a global KD batch."""
+  def _kd_inputs(self, pool: pool_lib.Pool | None, key, synth_state=None) -> jax.Array:
+    """This device's stripe (B_local, H, W, C) uint8 of a global KD batch (from the
+    generator in `synth_state` for a generator-vs-student method)."""
     if self.from_generator:
-      return self.synth.sample(state.synth, key, self.kd_batch)
+      return self.synth.sample(synth_state, key, self.kd_batch)
     if self.kd_source == "noise":
       shape = (self.kd_batch,) + tuple(self.synth.image_shape)
       noise = jax.random.randint(key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
@@ -101,7 +102,7 @@ class Distiller:
 
     def body(student, step_key):
       k_sample, k_aug = jax.random.split(step_key)
-      images = self._kd_inputs(state, pool, k_sample)
+      images = self._kd_inputs(pool, k_sample, state.synth)
       return self._kd_update(student, teacher_vars, images, k_aug)
 
     keys = jax.random.split(key, n_steps)

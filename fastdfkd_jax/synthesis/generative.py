@@ -100,7 +100,6 @@ class GenerativeSynthesizer:
   teacher: nn.Module
   student: nn.Module
   hp: GenerativeHParams
-  num_classes: int
   image_shape: tuple[int, int, int]
   mean: tuple[float, ...]
   std: tuple[float, ...]
@@ -128,9 +127,8 @@ class GenerativeSynthesizer:
         lr_g=s.lr_g, betas=tuple(s.betas), adv=s.adv, bn=s.bn, oh=s.oh, act=s.act,
         balance=s.balance, criterion=config.kd.loss, unroll=unroll)
     return cls(generator=generator, teacher=teacher, student=student, hp=hp,
-               num_classes=info.num_classes, image_shape=tuple(info.image_shape),
-               mean=tuple(info.mean), std=tuple(info.std), padding=info.crop_padding,
-               axis_name=axis_name)
+               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
+               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
 
   def tx(self) -> optax.GradientTransformation:
     b1, b2 = self.hp.betas
