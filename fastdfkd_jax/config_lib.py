@@ -44,8 +44,25 @@ FIELD_RANGES = {
     "transfer.num_images": _POSITIVE, "transfer.diversity_images": _NON_NEGATIVE,
     "transfer.grid_images": _NON_NEGATIVE,
 }
+KD_LOSSES = ("kl", "l1")
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
 PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
+# The generator-vs-student baselines as the release's scripts/<method>_cifar.sh run them
+# (`generative_preset`): the loss weights and kd.loss define the method (`validate`
+# refuses others; method=generative takes any); nz (datafree_kd.py), kd_steps, T, the
+# generator steps per round (k, --g_steps) and lr_g are the scripts' other settings.
+GENERATIVE_WEIGHTS = ("adv", "bn", "oh", "act", "balance")
+_RELEASE_GENERATOR = dict(k=1, lr_g=1e-3, nz=256, kd_steps=5, temperature=20.0)
+GENERATIVE_PRESETS = {
+    "dafl": dict(_RELEASE_GENERATOR, adv=0.0, bn=0.0, oh=1.0, act=1e-3, balance=20.0,
+                 loss="kl", nz=512),
+    "zskt": dict(_RELEASE_GENERATOR, adv=1.0, bn=0.0, oh=0.0, act=0.0, balance=0.0,
+                 loss="kl"),
+    "dfq": dict(_RELEASE_GENERATOR, adv=1.0, bn=1.0, oh=1.0, act=0.0, balance=20.0,
+                loss="kl", kd_steps=10),
+    "dfad": dict(_RELEASE_GENERATOR, adv=1.0, bn=0.0, oh=0.0, act=0.0, balance=0.0,
+                 loss="l1", temperature=1.0),
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -71,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # FastDFKD synthesis.
   c.method = "fast_meta"         # a synthesis method: fastdfkd_jax.synthesis.available()
-  c.k = 5                        # inner steps per synthesis call
+  c.k = 5                        # inner steps per synthesis call (generator updates per
+                                 # round for the generator-vs-student methods: --g_steps)
   c.warmup = 20                  # synthesis-only epochs (adversarial term off)
   c.synth = _synth_config()
   c.kd = _kd_config()
@@ -150,6 +168,11 @@ def _synth_config() -> ml_collections.ConfigDict:
   s.reset_l0_epoch = 140         # 120 + warmup in the release
   s.deepinv_lr = 0.1             # method=deepinv: Adam on pixel logits
   s.deepinv_betas = (0.5, 0.99)  # deepinv and deepinversion: Adam betas on pixels
+  # Generator-vs-student methods (generative, dafl, zskt, dfq, dfad): the DAFL activation
+  # and class-balance weights, and the student updates per round (--kd_steps).
+  s.act = 0.0
+  s.balance = 0.0
+  s.kd_steps = 5
   return s
 
 
@@ -191,6 +214,7 @@ def _kd_config() -> ml_collections.ConfigDict:
   k.momentum = 0.9
   k.weight_decay = 1e-4
   k.temperature = 20.0
+  k.loss = "kl"                  # 'kl' (at temperature) | 'l1' on logits (DFAD)
   k.lr_min = 2e-4                # cosine eta_min
   k.cosine_epochs = 200          # cosine T_max, stepped per epoch after warmup
   # What KD trains on: 'synthetic' (the method), or the baselines 'real' (the real
@@ -270,6 +294,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise errors.UserError("kd.source=dataset needs --config.kd.dataset_dir=DIR, an "
                            "exported transfer set (python -m fastdfkd_jax.export WORKDIR "
                            "DIR, or WORKDIR/transfer_set of mode=synthesize)")
+  choice("kd.loss", c.kd.loss, KD_LOSSES)
   choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
   choice("loop", c.loop, LOOPS)
   choice("dtype", c.dtype, DTYPES)
@@ -284,6 +309,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if 0 < c.pool.capacity < c.batch_size:
     raise errors.UserError(f"config.pool.capacity={c.pool.capacity} must be 0 (every "
                            f"image) or >= batch_size={c.batch_size}")
+  if c.mode == "distill" and not synthesis.get(c.method).uses_pool:
+    _validate_generative(c)
   if c.mode == "evaluate" and not c.checkpoint:
     raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
                      "written by train_teacher or distill, or a release .pth)")
@@ -336,6 +363,38 @@ def _type_text(default) -> str:
   names = {bool: "True or False", int: "an integer", float: "a finite number",
            str: "a string"}
   return names.get(type(default), type(default).__name__)
+
+
+def generative_preset(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """Sets `c.method` and the release script's settings of a generator-vs-student baseline
+  (GENERATIVE_PRESETS); returns `c`."""
+  p = GENERATIVE_PRESETS[method]
+  c.method, c.k = method, p["k"]
+  for w in GENERATIVE_WEIGHTS:
+    c.synth[w] = p[w]
+  c.synth.nz, c.synth.lr_g, c.synth.kd_steps = p["nz"], p["lr_g"], p["kd_steps"]
+  c.kd.loss, c.kd.temperature = p["loss"], p["temperature"]
+  return c
+
+
+def _validate_generative(c: ml_collections.ConfigDict) -> None:
+  """A generator-vs-student method: whole rounds per epoch, and a preset's own weights."""
+  if c.synth.kd_steps <= 0 or c.kd.steps % c.synth.kd_steps:
+    raise errors.UserError(f"config.kd.steps={c.kd.steps} must be a positive multiple of "
+                           f"config.synth.kd_steps={c.synth.kd_steps} (an epoch is "
+                           f"kd.steps // kd_steps rounds)")
+  preset = GENERATIVE_PRESETS.get(c.method)
+  if preset is None:
+    return
+  wrong = [f"synth.{w}={c.synth[w]} (the release: {preset[w]})"
+           for w in GENERATIVE_WEIGHTS if c.synth[w] != preset[w]]
+  if c.kd.loss != preset["loss"]:
+    wrong.append(f"kd.loss={c.kd.loss!r} (the release: {preset['loss']!r})")
+  if wrong:
+    raise errors.UserError(
+        f"method={c.method} is the release's setting, but {', '.join(wrong)}; start from "
+        f"--config=configs/baselines_cpu.py:{c.method}-<dataset>, or use "
+        f"--config.method=generative for other weights")
 
 
 def field_names(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -24,3 +24,17 @@ def kd_loss(student_logits, teacher_logits, temperature: float,
   """KL(softmax(t/T) || softmax(s/T)) * T^2, batch mean (PyTorch 'batchmean')."""
   kl = kl_per_sample(student_logits, teacher_logits, temperature).mean()
   return parallel.pmean(kl, axis_name) * temperature ** 2
+
+
+def l1_loss(student_logits, teacher_logits, axis_name: str | None = None) -> jax.Array:
+  """mean |s - t| over the batch and classes (PyTorch `L1Loss()`; DFAD's criterion)."""
+  diff = jnp.abs(student_logits.astype(jnp.float32) - teacher_logits.astype(jnp.float32))
+  return parallel.pmean(diff.mean(), axis_name)
+
+
+def kd_objective(student_logits, teacher_logits, loss: str, temperature: float,
+                 axis_name: str | None = None) -> jax.Array:
+  """The KD criterion `config.kd.loss`: 'kl' (`kd_loss` at T) or 'l1' (`l1_loss`)."""
+  if loss == "l1":
+    return l1_loss(student_logits, teacher_logits, axis_name)
+  return kd_loss(student_logits, teacher_logits, temperature, axis_name)

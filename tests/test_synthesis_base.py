@@ -29,7 +29,8 @@ from fastdfkd_jax.synthesis import base
 
 from synthesis_testlib import IMAGE_SHAPE, MEAN, PADDING, STD, compiled
 
-METHODS = ["cmi", "deepinv", "deepinversion", "fast", "fast_meta"]
+POOL_METHODS = ["cmi", "deepinv", "deepinversion", "fast", "fast_meta"]
+METHODS = sorted(POOL_METHODS + ["dafl", "dfad", "dfq", "generative", "zskt"])
 INFO = types.SimpleNamespace(num_classes=10, image_shape=IMAGE_SHAPE, mean=MEAN, std=STD,
                              crop_padding=PADDING)
 
@@ -67,7 +68,7 @@ def test_every_registered_method_satisfies_the_protocol(tiny_nets):
     assert isinstance(synth, base.Synthesizer), name
     assert synth.uses_pool != isinstance(synth, base.GeneratorVsStudent), name
     assert synth.axis_name is None and synth.image_shape == IMAGE_SHAPE, name
-    if name in METHODS:   # today's: pool methods with host-dispatchable inner steps
+    if name in POOL_METHODS:   # pool methods with host-dispatchable inner steps
       assert synth.uses_pool and base.host_steppable(synth), name
       assert synth.hp.unroll and synth.hp.k == 2, name
 

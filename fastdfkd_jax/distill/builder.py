@@ -44,7 +44,8 @@ def choose(config: ml_collections.ConfigDict, distiller: Distiller) -> Structure
   inner = loops.inner_structure(config)
   if inner == "host" and not synthesis.host_steppable(distiller.synth):
     inner = "unroll"
-  fused = (config.loop == "fused" and kd == "scan" and config.kd.source == "synthetic")
+  fused = (config.loop == "fused" and kd == "scan" and config.kd.source == "synthetic"
+           and distiller.synth.uses_pool)
   description = f"{loops.describe(config)} kd={kd} fused_epoch={fused}"
   return Structure(kd=kd, synth_inner=inner, fused=fused, description=description)
 

@@ -4,7 +4,9 @@ The host loop only dispatches the programs of `builder.build_programs`, logs,
 evaluates and checkpoints. Every synthesis call is its own dispatch, timed
 blocked on its outputs (`synth_seconds`), KD is timed separately; with
 `loop=fused` an epoch is one dispatch and synth_seconds is estimated from the
-timed synthesis-only (warmup) epochs.
+timed synthesis-only (warmup) epochs. A generator-vs-student method's epoch is
+kd.steps // kd_steps rounds of one synthesis call (its g_steps generator updates,
+timed) and kd_steps KD updates on fresh generator samples (`generator_rounds`).
 """
 
 import dataclasses
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs
+from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs, synthesis
 from fastdfkd_jax.data import transfer_set
 from fastdfkd_jax.distill import builder, pool as pool_lib, state as state_lib, steps
 from fastdfkd_jax.teacher import evaluate as evaluate_lib, loader, train as teacher_train
@@ -75,7 +77,8 @@ def kd_source(config, ds, info, mesh) -> KDSource:
     if config.pool.on_device:
       return KDSource(data_pool=state_lib.put_pool(real, len(real), 0, mesh), real=True)
     return KDSource(host_pool=pool_lib.HostPool.of(real), real=True)
-  if config.kd.source == "synthetic" and not config.pool.on_device:
+  if (config.kd.source == "synthetic" and not config.pool.on_device
+      and synthesis.get(config.method).uses_pool):
     slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
     return KDSource(host_pool=pool_lib.HostPool(slots, config.batch_size, info.image_shape))
   return KDSource()
@@ -106,7 +109,7 @@ def _restore(config, mngr, step: int, state, source: KDSource) -> tuple[dict, di
   """(meta, {'state', 'host_pool'}) of checkpoint `step`, its pool size checked."""
   meta = checkpoint.restore_meta(mngr, step)
   slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
-  if meta.get("pool_slots", slots) != slots:
+  if synthesis.get(config.method).uses_pool and meta.get("pool_slots", slots) != slots:
     raise checkpoint.CheckpointError(
         f"the checkpoint's pool holds {meta['pool_slots']} synthesis batches but this "
         f"config makes {slots} (pool.capacity=0 keeps one per epoch, so changing "
@@ -131,6 +134,7 @@ class Run:
   source: KDSource
   programs: builder.Programs | None = None
   reset_fn: Any = None
+  last_images: Any = None   # the latest synthesis batch (for a method without a pool)
 
   @property
   def synthetic(self) -> bool:
@@ -173,6 +177,7 @@ def synthesize(run: Run, state, key, adv, counters: dict):
   counters["synth_seconds"] += dt
   counters["synth_seconds_timed"] += dt
   counters["synth_calls_timed"] += 1
+  run.last_images = images
   if run.source.host_pool is not None:
     run.source.host_pool.add(jax.device_get(images))
   return state, metrics
@@ -203,6 +208,32 @@ def fused_epoch(run: Run, state, key, adv, counters: dict):
   return state, metrics
 
 
+def kd_chunk(run: Run) -> int:
+  """KD updates per `Programs.kd` call: a round's kd_steps for a generator-vs-student
+  method, else the epoch's kd.steps."""
+  synth = run.distiller.synth
+  return run.config.kd.steps if synth.uses_pool or not run.synthetic else synth.kd_steps
+
+
+def generator_rounds(run: Run, state, key, adv, kd_phase: bool, counters: dict):
+  """A generator-vs-student epoch: kd.steps // kd_steps rounds of one synthesis call
+  (g_steps generator updates, timed) then, after warmup, kd_steps KD updates on fresh
+  generator samples (timed, synced) -> (state, metrics averaged over the rounds)."""
+  n_kd = kd_chunk(run)
+  k_synth, k_kd = jax.random.split(key)
+  rows = []
+  for r in range(run.config.kd.steps // n_kd):
+    state, metrics = synthesize(run, state, jax.random.fold_in(k_synth, r), adv, counters)
+    if kd_phase:
+      t0 = time.time()
+      state, kd_metrics = run.programs.kd(state, run.teacher_vars,
+                                          jax.random.fold_in(k_kd, r), n_kd)
+      metrics = dict(metrics, **jax.device_get(kd_metrics))
+      counters["kd_seconds"] += time.time() - t0
+    rows.append(jax.device_get(metrics))
+  return state, jax.tree.map(lambda *v: sum(v) / len(v), *rows)
+
+
 def run_epoch(run: Run, state, epoch: int, counters: dict):
   """One epoch: (first-layer reset,) synthesis and KD, or the fused program ->
   (state, metrics on the host)."""
@@ -214,6 +245,8 @@ def run_epoch(run: Run, state, epoch: int, counters: dict):
     state = state.replace(synth=run.reset_fn(state.synth, k_reset))
   adv = jnp.float32(config.synth.adv if epoch >= config.warmup else 0.0)
   kd_phase = epoch >= config.warmup
+  if run.synthetic and not run.distiller.synth.uses_pool:
+    return generator_rounds(run, state, k_synth, adv, kd_phase, counters)
   if run.programs.structure.fused and kd_phase:
     return fused_epoch(run, state, key, adv, counters)
   metrics = {}
@@ -226,12 +259,16 @@ def run_epoch(run: Run, state, epoch: int, counters: dict):
 
 
 def count_epoch(run: Run, epoch: int, counters: dict) -> None:
-  """Tallies the images synthesized and seen by the student (KD batches) so far, and the
-  synthesis seconds of the synthesis-only (warmup) epochs."""
+  """Tallies the images synthesized (pool methods: one batch per call; generator-vs-
+  student methods: the fresh KD samples) and seen by the student (KD batches) so far,
+  and the synthesis seconds of the synthesis-only (warmup) epochs."""
   config = run.config
-  if run.synthetic:
-    counters["synth_images"] += config.batch_size
-  if epoch >= config.warmup:
+  kd_phase = epoch >= config.warmup
+  if run.synthetic and run.distiller.synth.uses_pool:
+    counters["synth_images"] += config.batch_size      # the call's batch, into the pool
+  elif run.synthetic and kd_phase:                    # every KD batch is a fresh sample
+    counters["synth_images"] += config.kd.steps * config.batch_size
+  if kd_phase:
     counters["kd_images"] += config.kd.steps * config.batch_size
   else:
     counters["warmup_synth_seconds"] = counters["synth_seconds"]
@@ -255,7 +292,9 @@ def _meta(config, info, epoch, counters, student_acc) -> dict:
 def write_samples(run: Run, reporter, state, epoch) -> None:
   """The newest synthesis batch as samples/epoch_NNNN.png and a reporter image."""
   host_pool = run.source.host_pool
-  if host_pool is not None:
+  if not run.distiller.synth.uses_pool:
+    images = parallel.gather_to_host(run.last_images)
+  elif host_pool is not None:
     images = host_pool.images[(host_pool.cursor - 1) % len(host_pool.images)]
   else:
     slot = (int(state.pool.cursor) - 1) % state.pool.images.shape[0]
@@ -327,7 +366,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   # Compiled ahead of time so synthesis/KD timings exclude compilation.
   run.programs = builder.build_programs(config, run.distiller, state, run.teacher_vars,
                                         run.source.data_pool, run.source.host_pool)
-  compile_seconds = run.programs.precompile(config.kd.steps, run.synthetic)
+  compile_seconds = run.programs.precompile(kd_chunk(run), run.synthetic)
   logging.info("compiled the jitted steps in %.1f s", compile_seconds)
   loop = run.programs.structure.description
   logging.info("distill %s -> %s, kd on %s, method=%s k=%d, %d epochs (warmup %d), "

@@ -6,6 +6,9 @@ with donated state buffers:
   - `jit_kd_steps`:  n KD updates (a `lax.scan`, or traced straight-line);
   - `jit_kd_batch`:  one KD update on a given global batch (host pool);
   - `jit_epoch`:     synthesis + n scanned KD updates in one program.
+For a generator-vs-student method (`uses_pool` False) the synthesis call is one
+round's generator updates (no pool append) and the KD updates draw fresh,
+unaugmented generator batches (`sample`), as the release does.
 Which of them a run uses is decided in `builder`. The KD learning rate lives in
 the student's optimizer (`optim.kd_optimizer`), so no step takes one.
 """
@@ -39,6 +42,12 @@ class Distiller:
   mesh: Any
   on_device_pool: bool = True
   kd_source: str = "synthetic"   # 'synthetic' | 'real' (a fixed data pool) | 'noise'
+  kd_loss: str = "kl"            # config.kd.loss
+
+  @property
+  def from_generator(self) -> bool:
+    """KD batches are fresh generator samples (a generator-vs-student method)."""
+    return self.kd_source == "synthetic" and not self.synth.uses_pool
 
   @property
   def axis(self):
@@ -52,8 +61,11 @@ class Distiller:
     return state.replace(synth=synth_state, pool=new_pool), images, metrics
 
   def _kd_update(self, student: train_state.TrainState, teacher_vars, images_u8, key):
-    x = augment.augment_stripe(key, augment.to_float(images_u8), self.synth.mean,
-                               self.synth.std, self.synth.padding, self.axis)
+    x, synth = augment.to_float(images_u8), self.synth
+    if self.from_generator:   # the release feeds generator samples as they are
+      x = augment.normalize(x, synth.mean, synth.std)
+    else:
+      x = augment.augment_stripe(key, x, synth.mean, synth.std, synth.padding, self.axis)
     teacher_vars = jax.lax.stop_gradient(teacher_vars)
     t_logits = self.synth.teacher.apply(teacher_vars, x, train=False)
 
@@ -61,7 +73,8 @@ class Distiller:
       s_logits, upd = self.student_model.apply(
           {"params": params, "batch_stats": student.batch_stats}, x, train=True,
           mutable=["batch_stats"])
-      return losses.kd_loss(s_logits, t_logits, self.temperature, self.axis), \
+      return losses.kd_objective(s_logits, t_logits, self.kd_loss, self.temperature,
+                                 self.axis), \
           upd.get("batch_stats", student.batch_stats)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(student.params)
@@ -70,8 +83,11 @@ class Distiller:
                            batch_stats=batch_stats, opt_state=opt_state,
                            step=student.step + 1), loss
 
-  def _kd_inputs(self, pool: pool_lib.Pool | None, key) -> jax.Array:
-    """This device's stripe (B_local, H, W, C) uint8 of a global KD batch."""
+  def _kd_inputs(self, pool: pool_lib.Pool | None, key, synth_state=None) -> jax.Array:
+    """This device's stripe (B_local, H, W, C) uint8 of a global KD batch (from the
+    generator in `synth_state` for a generator-vs-student method)."""
+    if self.from_generator:
+      return self.synth.sample(synth_state, key, self.kd_batch)
     if self.kd_source == "noise":
       shape = (self.kd_batch,) + tuple(self.synth.image_shape)
       noise = jax.random.randint(key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
@@ -86,7 +102,7 @@ class Distiller:
 
     def body(student, step_key):
       k_sample, k_aug = jax.random.split(step_key)
-      images = self._kd_inputs(pool, k_sample)
+      images = self._kd_inputs(pool, k_sample, state.synth)
       return self._kd_update(student, teacher_vars, images, k_aug)
 
     keys = jax.random.split(key, n_steps)
@@ -203,4 +219,5 @@ def build(config: ml_collections.ConfigDict, info: data.DatasetInfo,
                           axis_name=AXIS, unroll=loops.inner_unroll(config))
   return Distiller(synth=synth, student_model=student, tx=optim.kd_optimizer(config.kd),
                    kd_batch=config.batch_size, temperature=config.kd.temperature, mesh=mesh,
-                   on_device_pool=config.pool.on_device, kd_source=config.kd.source)
+                   on_device_pool=config.pool.on_device and synth.uses_pool,
+                   kd_source=config.kd.source, kd_loss=config.kd.loss)

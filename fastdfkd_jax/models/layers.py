@@ -13,6 +13,11 @@ hidden state:
 
 The same way it sows each sample's spatial mean of its input, (N, C), into
 `'instance_means'` (CMI's feature of an image: the release's `InstanceMeanHook`).
+
+Every classifier likewise sows its penultimate features (what the release's
+`return_features=True` returns: the pooled features entering the classifier; LeNet's
+120-d layer) into `'features'` when asked:
+`model.apply(..., mutable=['features'])`, then `penultimate(aux)`.
 """
 
 from typing import Any
@@ -23,6 +28,7 @@ import flax.linen as nn
 
 BN_STATS = "bn_stats"
 INSTANCE_MEANS = "instance_means"
+FEATURES = "features"
 
 # PyTorch BatchNorm2d: momentum 0.1 on the new value, i.e. flax momentum 0.9.
 BN_MOMENTUM = 0.9
@@ -72,6 +78,20 @@ def input_moments(x: jax.Array, axis_name: str | None = None):
   if axis_name is not None:
     var = jax.lax.pmean(var, axis_name)
   return mean, var
+
+
+def sow_features(module: nn.Module, x: jax.Array) -> jax.Array:
+  """Sows a classifier's penultimate features (N, D) into FEATURES when that collection
+  is mutable; returns x."""
+  if module.is_mutable_collection(FEATURES):
+    module.sow(FEATURES, "penultimate", x, init_fn=lambda: None,
+               reduce_fn=lambda _, new: new)
+  return x
+
+
+def penultimate(aux: dict) -> jax.Array:
+  """The features sown by `sow_features`, from the mutable collections of an apply."""
+  return aux[FEATURES]["penultimate"]
 
 
 # Kaiming-normal (fan_out) for convs, as in the release's CIFAR models.

@@ -20,7 +20,7 @@ import flax.linen as nn
 
 from fastdfkd_jax import errors
 from fastdfkd_jax.models import register
-from fastdfkd_jax.models.layers import conv_init
+from fastdfkd_jax.models.layers import conv_init, sow_features
 
 
 class LeNet5(nn.Module):
@@ -46,7 +46,7 @@ class LeNet5(nn.Module):
                 dtype=self.dtype, name="conv2")(x)
     x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(f1, dtype=self.dtype, name="fc1")(x))
+    x = sow_features(self, nn.relu(nn.Dense(f1, dtype=self.dtype, name="fc1")(x)))
     x = nn.relu(nn.Dense(f2, dtype=self.dtype, name="fc2")(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
     return x.astype(jnp.float32)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
-from fastdfkd_jax.models.layers import BatchNorm, conv_init
+from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 from fastdfkd_jax.models.resnet_cifar import BasicBlock
 
 
@@ -48,7 +48,7 @@ class ResNet(nn.Module):
         stride = 2 if (s > 1 and i == 0) else 1
         x = BasicBlock(width, stride, "shortcut", dtype=self.dtype,
                        axis_name=self.axis_name, name=f"layer{s}_{i}")(x, train)
-    x = x.mean(axis=(1, 2))
+    x = sow_features(self, x.mean(axis=(1, 2)))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="linear")(x)
     return x.astype(jnp.float32)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
-from fastdfkd_jax.models.layers import BatchNorm, conv_init
+from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 
 CFG = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -53,7 +53,7 @@ class VGG(nn.Module):
         x = nn.relu(x)
       if b < 3 or (b == 3 and h == 64):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.mean(axis=(1, 2))
+    x = sow_features(self, x.mean(axis=(1, 2)))
     x = nn.Dense(self.num_classes, dtype=self.dtype,
                  kernel_init=nn.initializers.normal(0.01), name="classifier")(x)
     return x.astype(jnp.float32)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
-from fastdfkd_jax.models.layers import BatchNorm, conv_init
+from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 
 
 def _conv(feats: int, k: int, s: int, p: int, dtype: Any, name: str) -> nn.Conv:
@@ -77,7 +77,7 @@ class WideResNet(nn.Module):
                       name=f"block{g}_layer_{i}")(x, train)
     x = BatchNorm(use_running_average=not train, dtype=self.dtype,
                   axis_name=self.axis_name, name="bn1")(x)
-    x = nn.relu(x).mean(axis=(1, 2))
+    x = sow_features(self, nn.relu(x).mean(axis=(1, 2)))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)
 

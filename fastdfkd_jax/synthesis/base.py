@@ -37,8 +37,8 @@ Members of every method (`Synthesizer`)
     this device's stripe (B_local, H, W, C) uint8 of the global batch; `metrics`
     a dict of replicated scalars. Teacher and student variables are constants:
     no gradient is computed for them. For a generator-vs-student method a call
-    is one round's `g_steps` generator updates and its images (a batch of the
-    updated generator) only feed the sample grids.
+    is one round's `g_steps` generator updates and its images (the last update's
+    batch, as the release returns) only feed the sample grids.
 
 Optional hooks
   Host-dispatched inner steps (`HostSteps`, all four or none), so that XLA:CPU
@@ -67,8 +67,8 @@ What the run loop calls, per epoch
   images into the pool, then after warmup kd.steps KD updates on pool batches.
   Generator-vs-student methods: kd.steps // kd_steps rounds of `synthesize` (or
   g_steps x `generator_step`) followed by kd_steps KD updates, each on
-  `sample(state, key, kd_batch)`; no pool is allocated or checkpointed. (The run
-  loop drives pool methods today; this path lands with the first such method.)
+  `sample(state, key, kd_batch)`; no pool is allocated or checkpointed
+  (`distill.loop.generator_rounds`).
 """
 
 from typing import Any, Protocol, runtime_checkable
