@@ -312,7 +312,7 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
         emit: Callable[[dict], None] | None = None, warmup_calls: int = 1) -> list[dict]:
   """Runs the measurements; returns (and emits) one dict per JSON line."""
   import jax
-  from fastdfkd_jax import config_lib, parallel
+  from fastdfkd_jax import config_checks, parallel
   what = [w.strip() for w in what if w.strip()]
   for w in what:
     if w not in WHATS:
@@ -321,7 +321,7 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
     raise errors.UserError("--repeats, --kd_steps and --epoch_kd_steps must be >= 1, "
                            "--warmup_calls >= 0")
   parallel.maybe_initialize_distributed()
-  config_lib.validate(config)
+  config_checks.validate(config)
   emit = emit or (lambda row: print(json.dumps(row), flush=True))
   bench = Bench(config, profile_dir, warmup_calls)
   peak = {}

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from fastdfkd_jax import config_lib, errors
+from fastdfkd_jax import config_checks, errors
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
 CONFIG_HELP = "A configs/*.py file (optionally :ARG); default: the embedded digits run."
@@ -50,7 +50,7 @@ def parse_flags(argv: Sequence[str],
   flags live (tests parse into a fresh `flags.FlagValues`).
   """
   with user_errors():
-    config_lib.check_field_names(override_names(argv))
+    config_checks.check_field_names(override_names(argv))
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, CONFIG_HELP, lock_config=True,
                                     sys_argv=list(argv), flag_values=flag_values)
     try:

@@ -1,14 +1,10 @@
-"""The one base config every run starts from, and its validation.
+"""The one base config every run starts from: every field and its default.
 
 Config files in `configs/` call `base_config()` and override fields; `main.py`
 without `--config` runs `default_config()` (digits, teacher training + FastDFKD,
-a few minutes on a laptop CPU). Every constant of a run lives here.
+a few minutes on a laptop CPU). Every constant of a run lives here; `config_checks`
+validates a config against it.
 """
-
-import difflib
-import functools
-import math
-from typing import Iterable
 
 import ml_collections
 
@@ -20,30 +16,6 @@ META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host", "fused")
 INNER_LOOPS = ("auto", "scan", "unroll", "host")
 DTYPES = ("float32", "bfloat16")
-# The valid range of each numeric field (its type comes from `base_config`).
-_POSITIVE = (lambda v: v > 0, "> 0")
-_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
-_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
-FIELD_RANGES = {
-    "seed": _NON_NEGATIVE, "epochs": _POSITIVE, "batch_size": _POSITIVE,
-    "eval_batch_size": _POSITIVE, "k": _POSITIVE, "warmup": _NON_NEGATIVE,
-    "eval_every": _POSITIVE, "log_every": _POSITIVE, "checkpoint_every": _POSITIVE,
-    "keep_checkpoints": _POSITIVE, "sample_every": _NON_NEGATIVE,
-    "optim.lr": _POSITIVE, "optim.momentum": _FRACTION, "optim.weight_decay": _NON_NEGATIVE,
-    "optim.warmup_epochs": _NON_NEGATIVE,
-    "teacher.epochs": _POSITIVE, "teacher.batch_size": _POSITIVE, "teacher.lr": _POSITIVE,
-    "teacher.weight_decay": _NON_NEGATIVE,
-    "synth.nz": _POSITIVE, "synth.ngf": _POSITIVE, "synth.lr_g": _POSITIVE,
-    "synth.lr_z": _NON_NEGATIVE, "synth.adv": _NON_NEGATIVE, "synth.bn": _NON_NEGATIVE,
-    "synth.oh": _NON_NEGATIVE, "synth.bn_mmt": _FRACTION, "synth.betas": _FRACTION,
-    "synth.reset_l0_epoch": _NON_NEGATIVE, "synth.deepinv_lr": _POSITIVE,
-    "synth.deepinv_betas": _FRACTION,
-    "kd.steps": _POSITIVE, "kd.lr": _POSITIVE, "kd.momentum": _FRACTION,
-    "kd.weight_decay": _NON_NEGATIVE, "kd.temperature": _POSITIVE, "kd.lr_min": _NON_NEGATIVE,
-    "kd.cosine_epochs": _POSITIVE, "pool.capacity": _NON_NEGATIVE,
-    "transfer.num_images": _POSITIVE, "transfer.diversity_images": _NON_NEGATIVE,
-    "transfer.grid_images": _NON_NEGATIVE,
-}
 KD_LOSSES = ("kl", "l1")
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
 PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
@@ -267,104 +239,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises errors.UserError naming the field and the fix for a bad config."""
-  def choice(field, value, valid):
-    if value not in valid:
-      close = difflib.get_close_matches(str(value), valid, n=1)
-      hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise errors.UserError(f"config.{field}={value!r} is not valid{hint}; "
-                       f"choose one of {', '.join(valid)}")
-
-  from fastdfkd_jax import synthesis  # late: keeps config import light
-  check_types(c, base_config())
-  for name, (ok, text) in FIELD_RANGES.items():
-    value = functools.reduce(lambda group, key: group[key], name.split("."), c)
-    if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
-      raise errors.UserError(f"config.{name}={value!r} must be {text}")
-  choice("mode", c.mode, MODES)
-  choice("method", c.method, synthesis.available())
-  choice("kd.source", c.kd.source, KD_SOURCES)
-  from fastdfkd_jax.data import transfer_set  # late: keeps config import light
-  choice("transfer.format", c.transfer.format, transfer_set.FORMATS)
-  if c.mode == "synthesize" and c.kd.source != "synthetic":
-    raise errors.UserError(f"mode=synthesize makes a synthetic set; kd.source="
-                           f"{c.kd.source!r} must stay 'synthetic'")
-  if c.kd.source == "dataset" and not c.kd.dataset_dir:
-    raise errors.UserError("kd.source=dataset needs --config.kd.dataset_dir=DIR, an "
-                           "exported transfer set (python -m fastdfkd_jax.export WORKDIR "
-                           "DIR, or WORKDIR/transfer_set of mode=synthesize)")
-  choice("kd.loss", c.kd.loss, KD_LOSSES)
-  choice("synth.meta_grad", c.synth.meta_grad, META_GRADS)
-  choice("loop", c.loop, LOOPS)
-  choice("dtype", c.dtype, DTYPES)
-  choice("inner_unroll", c.inner_unroll, INNER_LOOPS)
-  if c.mode == "distill" and not 0 <= c.warmup < c.epochs:
-    raise errors.UserError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
-  if c.mode == "train_teacher" and c.optim.warmup_epochs >= c.epochs:
-    raise errors.UserError(f"config.optim.warmup_epochs={c.optim.warmup_epochs} must be "
-                           f"< epochs={c.epochs}")
-  if c.kd.lr_min > c.kd.lr:
-    raise errors.UserError(f"config.kd.lr_min={c.kd.lr_min} must be <= kd.lr={c.kd.lr}")
-  if 0 < c.pool.capacity < c.batch_size:
-    raise errors.UserError(f"config.pool.capacity={c.pool.capacity} must be 0 (every "
-                           f"image) or >= batch_size={c.batch_size}")
-  if c.mode == "distill" and not synthesis.get(c.method).uses_pool:
-    _validate_generative(c)
-  if c.mode == "evaluate" and not c.checkpoint:
-    raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
-                     "written by train_teacher or distill, or a release .pth)")
-  from fastdfkd_jax import data, models  # late: keeps config import light
-  try:
-    data.get_info(c.dataset.name)
-  except ValueError as e:
-    raise errors.UserError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
-  archs = ([("model", c.model)] if c.mode not in ("distill", "synthesize")
-           else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
-  for field, arch in archs:
-    if arch not in models.list_models():
-      raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
-                       f"{', '.join(models.list_models())}")
-
-
-def check_types(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
-                prefix: str = "") -> None:
-  """Raises errors.UserError for a field of `c` whose value is not of its type in `base`.
-
-  ConfigDict lets a config file or an override store None, a float in an int
-  field or a tuple of another length; this catches them. Numbers must be finite.
-  """
-  for key, default in base.items():
-    name, value = prefix + key, c.get(key)
-    if isinstance(default, ml_collections.ConfigDict):
-      if not isinstance(value, ml_collections.ConfigDict):
-        raise errors.UserError(f"config.{name}={value!r} must be a group of fields "
-                               f"({', '.join(default)})")
-      check_types(value, default, name + ".")
-    elif not _fits(value, default):
-      raise errors.UserError(f"config.{name}={value!r} must be {_type_text(default)}")
-
-
-def _fits(value, default) -> bool:
-  """Whether `value` has the type of `default` (an int is a float; numbers are finite)."""
-  if isinstance(default, tuple):
-    return (isinstance(value, tuple) and len(value) == len(default)
-            and all(_fits(v, d) for v, d in zip(value, default)))
-  if isinstance(default, bool) or isinstance(value, bool):
-    return isinstance(value, bool) and isinstance(default, bool)
-  if isinstance(default, float):
-    return isinstance(value, (int, float)) and math.isfinite(value)
-  return isinstance(value, type(default))
-
-
-def _type_text(default) -> str:
-  if isinstance(default, tuple):
-    return f"a tuple of {len(default)} finite numbers"
-  names = {bool: "True or False", int: "an integer", float: "a finite number",
-           str: "a string"}
-  return names.get(type(default), type(default).__name__)
-
-
 def generative_preset(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
   """Sets `c.method` and the release script's settings of a generator-vs-student baseline
   (GENERATIVE_PRESETS); returns `c`."""
@@ -375,44 +249,3 @@ def generative_preset(c: ml_collections.ConfigDict, method: str) -> ml_collectio
   c.synth.nz, c.synth.lr_g, c.synth.kd_steps = p["nz"], p["lr_g"], p["kd_steps"]
   c.kd.loss, c.kd.temperature = p["loss"], p["temperature"]
   return c
-
-
-def _validate_generative(c: ml_collections.ConfigDict) -> None:
-  """A generator-vs-student method: whole rounds per epoch, and a preset's own weights."""
-  if c.synth.kd_steps <= 0 or c.kd.steps % c.synth.kd_steps:
-    raise errors.UserError(f"config.kd.steps={c.kd.steps} must be a positive multiple of "
-                           f"config.synth.kd_steps={c.synth.kd_steps} (an epoch is "
-                           f"kd.steps // kd_steps rounds)")
-  preset = GENERATIVE_PRESETS.get(c.method)
-  if preset is None:
-    return
-  wrong = [f"synth.{w}={c.synth[w]} (the release: {preset[w]})"
-           for w in GENERATIVE_WEIGHTS if c.synth[w] != preset[w]]
-  if c.kd.loss != preset["loss"]:
-    wrong.append(f"kd.loss={c.kd.loss!r} (the release: {preset['loss']!r})")
-  if wrong:
-    raise errors.UserError(
-        f"method={c.method} is the release's setting, but {', '.join(wrong)}; start from "
-        f"--config=configs/baselines_cpu.py:{c.method}-<dataset>, or use "
-        f"--config.method=generative for other weights")
-
-
-def field_names(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-  """Every field of `c` as a dotted name, sub-configs included ('kd', 'kd.lr', ...)."""
-  names = []
-  for key, value in c.items():
-    names.append(prefix + key)
-    if isinstance(value, ml_collections.ConfigDict):
-      names += field_names(value, f"{prefix}{key}.")
-  return names
-
-
-def check_field_names(names: Iterable[str]) -> None:
-  """Raises errors.UserError for a name that is no field of `base_config`, naming the nearest."""
-  valid = field_names(base_config())
-  for name in names:
-    if name not in valid:
-      close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-      hint = f"; did you mean {' or '.join(close)}?" if close else (
-          f"; top-level fields: {', '.join(n for n in valid if '.' not in n)}")
-      raise errors.UserError(f"config has no field {name!r}{hint}")

@@ -4,7 +4,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from fastdfkd_jax import config_lib, errors, parallel, runs
+from fastdfkd_jax import config_checks, errors, parallel, runs
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -17,7 +17,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   collective failing because another process died raises `errors.PeerLostError`.
   """
   parallel.maybe_initialize_distributed()
-  config_lib.validate(config)
+  config_checks.validate(config)
   with runs.WorkdirLock(workdir), runs.Preemption() as preemption:
     runs.prepare_workdir(config, workdir)
     try:

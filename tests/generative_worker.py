@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fastdfkd_jax import config_lib, data, models, parallel  # noqa: E402
+from fastdfkd_jax import config_checks, config_lib, data, models, parallel  # noqa: E402
 from fastdfkd_jax.distill import state as state_lib, steps  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
 
@@ -59,7 +59,7 @@ def round_trip(c, info, teacher_vars, devices: int, scanned: bool) -> dict:
 
 def equivalence(out_path):
   c = tiny_config()
-  config_lib.validate(c)
+  config_checks.validate(c)
   info = data.get_info("digits")
   teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
                                      info.image_shape)

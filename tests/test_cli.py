@@ -55,10 +55,10 @@ def test_missing_workdir_flag_exits_2():
 def test_internal_bug_exits_1_with_traceback(tmp_path, exc):
   """A ValueError that is no errors.UserError (or any other exception) is a bug."""
   code = ("import runpy, sys\n"
-          "from fastdfkd_jax import config_lib\n"
+          "from fastdfkd_jax import config_checks\n"
           "def validate(config):\n"
           f"  raise {exc}\n"
-          "config_lib.validate = validate\n"
+          "config_checks.validate = validate\n"
           f"sys.argv = ['main', '--workdir={tmp_path}']\n"
           "runpy.run_module('fastdfkd_jax.main', run_name='__main__')\n")
   proc = _run(["-c", code])

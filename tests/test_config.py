@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fastdfkd_jax import cli, config_lib, data, errors, models
+from fastdfkd_jax import cli, config_checks, config_lib, data, errors, models
 from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
@@ -36,13 +36,13 @@ def test_every_config_file_loads_with_its_default_arg(name):
   c = load_config_file(name)
   if c.mode == "evaluate":
     c.checkpoint = "/nonexistent/dummy_checkpoint"
-  config_lib.validate(c)
+  config_checks.validate(c)
 
 
 @pytest.mark.parametrize("dataset", TEACHER_DATASETS)
 def test_teacher_configs(dataset):
   c = load_config_file("teacher.py", dataset)
-  config_lib.validate(c)
+  config_checks.validate(c)
   assert c.mode == "train_teacher" and c.dataset.name == dataset
   assert c.model in models.list_models()
 
@@ -52,9 +52,9 @@ def test_evaluate_configs(dataset):
   c = load_config_file("evaluate.py", dataset)
   assert c.mode == "evaluate" and c.dataset.name == dataset
   with pytest.raises(errors.UserError, match="checkpoint"):
-    config_lib.validate(c)   # evaluate needs a checkpoint
+    config_checks.validate(c)   # evaluate needs a checkpoint
   c.checkpoint = "/nonexistent/dummy_checkpoint"
-  config_lib.validate(c)
+  config_checks.validate(c)
 
 
 THIN_DEFAULT_FILES = [os.path.join(CONFIGS, "default.py"), cli.DEFAULT_CONFIG]
@@ -77,14 +77,14 @@ def test_default_config_files_return_config_libs(path):
 
 
 def test_base_and_default_configs_validate():
-  config_lib.validate(config_lib.default_config())
-  config_lib.validate(config_lib.base_config())
+  config_checks.validate(config_lib.default_config())
+  config_checks.validate(config_lib.base_config())
 
 
 @pytest.mark.parametrize("dataset", CPU_DATASETS)
 def test_fastdfkd_cpu_configs(dataset):
   c = load_config_file("fastdfkd_cpu.py", dataset)
-  config_lib.validate(c)
+  config_checks.validate(c)
   assert c.mode == "distill" and c.dataset.name == dataset
   assert c.teacher.train_if_missing
 
@@ -92,7 +92,7 @@ def test_fastdfkd_cpu_configs(dataset):
 @pytest.mark.parametrize("k,lrs", [(2, (5e-3, 0.015)), (5, (3e-3, 0.01)), (10, (2e-3, 0.01))])
 def test_fastdfkd_cpu_k_suffix_sets_the_papers_step_lrs(k, lrs):
   c = load_config_file("fastdfkd_cpu.py", f"cifar10-k{k}")
-  config_lib.validate(c)
+  config_checks.validate(c)
   assert c.k == k and (c.synth.lr_g, c.synth.lr_z) == lrs
   assert c.synth.ngf == load_config_file("fastdfkd_cpu.py", "cifar10").synth.ngf
 
@@ -106,7 +106,7 @@ def test_cpu_configs_state_their_meta_gradient():
                                  "cmi-cifar100-resnet34-resnet18"])
 def test_batchwise_presets(arg):
   c = load_config_file("batchwise_cifar.py", arg)
-  config_lib.validate(c)
+  config_checks.validate(c)
   preset = arg.split("-")[0]
   assert c.method == preset.replace("_fast", "")
   assert (c.batch_size, c.epochs, c.warmup, c.kd.lr, c.kd.temperature) == (256, 200, 0, 0.1, 20)
@@ -129,7 +129,7 @@ def test_cifar_settings_list():
 @pytest.mark.parametrize("setting", CIFAR_SETTINGS)
 def test_fastdfkd_cifar_configs(setting):
   c = load_config_file("fastdfkd_cifar.py", setting)
-  config_lib.validate(c)
+  config_checks.validate(c)
   dataset, teacher, student, k = setting.split("-")
   assert (c.dataset.name, c.teacher.arch, c.student.arch, c.k) == (
       dataset, teacher, student, int(k[1:]))
@@ -193,7 +193,7 @@ def _bad(field, value):
 ])
 def test_bad_choice_names_field_and_choices(field, value, choices):
   with pytest.raises(errors.UserError) as e:
-    config_lib.validate(_bad(field, value))
+    config_checks.validate(_bad(field, value))
   msg = str(e.value)
   assert f"config.{field}" in msg and repr(value) in msg
   assert all(choice in msg for choice in choices), msg
@@ -201,13 +201,13 @@ def test_bad_choice_names_field_and_choices(field, value, choices):
 
 def test_bad_choice_suggests_close_match():
   with pytest.raises(errors.UserError, match="did you mean 'train_teacher'"):
-    config_lib.validate(_bad("mode", "trian_teacher"))
+    config_checks.validate(_bad("mode", "trian_teacher"))
 
 
 @pytest.mark.parametrize("field", ["student.arch", "teacher.arch"])
 def test_unknown_model(field):
   with pytest.raises(errors.UserError) as e:
-    config_lib.validate(_bad(field, "resnet999"))
+    config_checks.validate(_bad(field, "resnet999"))
   msg = str(e.value)
   assert "resnet999" in msg and f"config.{field}" in msg
   assert all(name in msg for name in ("resnet8", "resnet20", "wrn40_2", "lenet5"))
@@ -217,12 +217,12 @@ def test_unknown_model_train_teacher():
   c = load_config_file("teacher.py", "digits")
   c.model = "resnet999"
   with pytest.raises(errors.UserError, match=r"config\.model.*valid names: .*resnet8"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_unknown_dataset():
   with pytest.raises(errors.UserError) as e:
-    config_lib.validate(_bad("dataset.name", "imagenet7"))
+    config_checks.validate(_bad("dataset.name", "imagenet7"))
   msg = str(e.value)
   assert "config.dataset.name" in msg and "imagenet7" in msg
   assert all(name in msg for name in data.DATASETS)
@@ -232,19 +232,19 @@ def test_unknown_dataset():
                                    "eval_batch_size", "kd.temperature"])
 def test_non_positive(field):
   with pytest.raises(errors.UserError, match=rf"config\.{field}=0(\.0)? must be > 0"):
-    config_lib.validate(_bad(field, 0))
+    config_checks.validate(_bad(field, 0))
 
 
 def test_warmup_must_be_below_epochs():
   c = config_lib.default_config()
   c.warmup = c.epochs
   with pytest.raises(errors.UserError, match="config.warmup"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_check_field_names_names_the_nearest():
-  config_lib.check_field_names(["kd", "kd.lr", "synth.betas", "mode"])
+  config_checks.check_field_names(["kd", "kd.lr", "synth.betas", "mode"])
   with pytest.raises(errors.UserError, match="did you mean synth.lr_g"):
-    config_lib.check_field_names(["synth.lrg"])
+    config_checks.check_field_names(["synth.lrg"])
   with pytest.raises(errors.UserError, match="top-level fields: .*batch_size.*mode"):
-    config_lib.check_field_names(["zzzzzz"])
+    config_checks.check_field_names(["zzzzzz"])

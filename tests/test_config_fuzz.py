@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from fastdfkd_jax import cli, config_lib, data, models, runner, runs, synthesis
+from fastdfkd_jax import cli, config_checks, config_lib, data, models, runner, runs, synthesis
 
 BASE = config_lib.base_config()
 
@@ -32,7 +32,7 @@ def _default(name):
   return _get(BASE, name)
 
 
-LEAVES = [n for n in config_lib.field_names(BASE)
+LEAVES = [n for n in config_checks.field_names(BASE)
           if not isinstance(_get(BASE, n), ml_collections.ConfigDict)]
 CHOICES = {"mode": config_lib.MODES, "method": synthesis.available(),
            "kd.source": config_lib.KD_SOURCES, "synth.meta_grad": config_lib.META_GRADS,
@@ -119,11 +119,11 @@ def _number(default):
   return st.floats(-1e6, 1e6, allow_nan=False)
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.FIELD_RANGES))
+@pytest.mark.parametrize("name", sorted(config_checks.FIELD_RANGES))
 @FUZZ
 @given(draw=st.data())
 def test_an_out_of_range_value_is_refused(tmp_path, draw, name):
-  ok, text = config_lib.FIELD_RANGES[name]
+  ok, text = config_checks.FIELD_RANGES[name]
   value = draw.draw(_number(_default(name)))
   assume(not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))))
   line = _refusal(_config({name: value}), str(tmp_path / "w"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdfkd_jax import config_lib, data, errors, export, models, reporting
+from fastdfkd_jax import config_checks, config_lib, data, errors, export, models, reporting
 from fastdfkd_jax.data import transfer_set
 from fastdfkd_jax.distill import steps
 from fastdfkd_jax.teacher import loader
@@ -132,10 +132,10 @@ def test_dataset_source_needs_a_directory():
   c = config_lib.default_config()
   c.kd.source = "dataset"
   with pytest.raises(errors.UserError, match="kd.dataset_dir"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.kd.dataset_dir, c.transfer.format = "/x", "tfrecord"
   with pytest.raises(errors.UserError, match="transfer.format"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_lib, errors, losses as kd_losses, models, synthesis
+from fastdfkd_jax import config_checks, config_lib, errors, losses as kd_losses, models, synthesis
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.distill import loop, steps
 from fastdfkd_jax.models import layers, util as model_util
@@ -217,18 +217,18 @@ def test_presets_are_the_release_scripts():
 
 def test_validate_holds_presets_and_whole_rounds():
   c = config_lib.generative_preset(config_lib.default_config(), "zskt")
-  config_lib.validate(c)
+  config_checks.validate(c)
   c.synth.balance = 3.0
   with pytest.raises(errors.UserError, match="synth.balance=3.0 .*method=generative"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.method = "generative"
-  config_lib.validate(c)                      # any weights
+  config_checks.validate(c)                      # any weights
   c.kd.steps = 31
   with pytest.raises(errors.UserError, match="multiple of config.synth.kd_steps=5"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.kd.loss = "l2"
   with pytest.raises(errors.UserError, match="kd.loss"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_cifar_configs_cover_the_paper_pairs():
@@ -244,7 +244,7 @@ def test_cifar_configs_cover_the_paper_pairs():
   assert {s.split("-", 1)[1] for s in baselines.SETTINGS} == pairs
   for arg in baselines.SETTINGS:
     c = load_config_file("baselines_cifar.py", arg)
-    config_lib.validate(c)
+    config_checks.validate(c)
     assert (c.epochs, c.warmup, c.batch_size, c.kd.steps, c.kd.lr) == (200, 0, 256, 400, 0.1)
     assert (c.synth.ngf, c.synth.lr_g, tuple(c.synth.betas), c.k) == (64, 1e-3, (0.5, 0.999), 1)
 
@@ -254,7 +254,7 @@ def test_cpu_configs_see_the_fastdfkd_cpu_kd_images(dataset):
   fast = load_config_file("fastdfkd_cpu.py", dataset)
   for method in config_lib.GENERATIVE_PRESETS:
     c = load_config_file("baselines_cpu.py", f"{method}-{dataset}")
-    config_lib.validate(c)
+    config_checks.validate(c)
     assert c.method == method and c.warmup == 0
     assert (c.epochs * c.kd.steps * c.batch_size ==
             (fast.epochs - fast.warmup) * fast.kd.steps * fast.batch_size)

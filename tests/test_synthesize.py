@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_lib, errors, synthesize
+from fastdfkd_jax import config_checks, config_lib, errors, synthesize
 from fastdfkd_jax.data import transfer_set
 from fastdfkd_jax.distill import steps
 from test_runs import _main, _rows, teacher  # noqa: F401  (the subprocess helpers)
@@ -34,7 +34,7 @@ def test_num_calls_and_validation():
   assert synthesize.num_calls(c) == 4
   c.transfer.num_images = 0
   with pytest.raises(errors.UserError, match="transfer.num_images"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 @pytest.fixture(scope="module")
@@ -126,4 +126,4 @@ def test_synthesize_keeps_the_synthetic_source():
   c = tiny_config("")
   c.kd.source = "real"
   with pytest.raises(errors.UserError, match="mode=synthesize"):
-    config_lib.validate(c)
+    config_checks.validate(c)

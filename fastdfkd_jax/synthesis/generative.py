@@ -20,7 +20,7 @@ A round (the release's `datafree_kd.py`) is `g_steps` = config.k generator
 updates (`synthesize`), then `kd_steps` = synth.kd_steps student updates each on
 a fresh `sample` (no pool); the run loop makes kd.steps // kd_steps rounds an
 epoch. `generative` takes the weights from synth.*; `dafl`, `zskt`, `dfq` and
-`dfad` are the same synthesizer whose weights and criterion `config_lib.validate`
+`dfad` are the same synthesizer whose weights and criterion `config_checks.validate`
 holds to the release's scripts (config_lib.GENERATIVE_PRESETS).
 """
 
