@@ -43,7 +43,7 @@ def torch_bias_init(fan_in: int):
   return init
 
 
-def _upsample2(x: jax.Array) -> jax.Array:
+def upsample2(x: jax.Array) -> jax.Array:
   """Nearest-neighbour x2 upsampling, (N, H, W, C) -> (N, 2H, 2W, C)."""
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
@@ -72,9 +72,9 @@ class Generator(nn.Module):
                  bias_init=torch_bias_init(self.nz), name="l1")(
                      z.astype(self.dtype))
     x = x.reshape(z.shape[0], init, init, c2)
-    x = _upsample2(bn("bn0")(x))
+    x = upsample2(bn("bn0")(x))
     x = nn.leaky_relu(bn("bn1")(conv(c2, c2, False, "conv1")(x)), 0.2)
-    x = _upsample2(x)
+    x = upsample2(x)
     x = nn.leaky_relu(bn("bn2")(conv(self.ngf, c2, False, "conv2")(x)), 0.2)
     x = conv(self.channels, self.ngf, True, "conv3")(x)
     return nn.sigmoid(x.astype(jnp.float32))

@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fastdfkd_jax.models.deep_generator import DeepGenerator
 from fastdfkd_jax.models.generator import Generator
 
 
 def _is_generator(model: nn.Module) -> bool:
-  return isinstance(model, Generator)
+  return isinstance(model, (Generator, DeepGenerator))
 
 
 # An init program runs once, so XLA's backend (LLVM) optimisation is wasted on
@@ -32,7 +33,7 @@ def init_variables(model: nn.Module, key: jax.Array,
   """Initialises `model` on zeros of shape (2,) + input_shape.
 
   Classifiers: input_shape (H, W, C), init with train=False. Generator:
-  input_shape (nz,), init with train=True. Returns {'params': ...} plus
+  input_shape (nz,), DeepGenerator: its `latent_shape`; both init with train=True. Returns {'params': ...} plus
   'batch_stats' where the model has BN; the 'bn_stats' collection is dropped.
   Called with a concrete key it jits the init and compiles it unoptimised (it
   runs once); under a trace (jit, eval_shape) it just traces `model.init`.
