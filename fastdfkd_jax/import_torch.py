@@ -12,8 +12,10 @@ and, as a command line tool writing an orbax teacher checkpoint that
 
 Supported: the tiny ResNets (resnet8/20/32/56), resnet18/34, the WRNs, VGG-BN
 (vgg8/vgg11), lenet5/lenet5_half and the generator, with the key layouts of the
-reference doc, section 7 (each model file's docstring gives its Flax <-> PyTorch
-name mapping). The expected Flax tree is built abstractly (jax.eval_shape of
+reference doc, section 7; torchvision's resnet18, resnet50 and mobilenet_v2
+(`resnet18_imagenet`, `resnet50_imagenet`, `mobilenetv2_imagenet`) and the
+release's DeepGenerator (`deep_generator`). Each model file's docstring gives its
+Flax <-> PyTorch name mapping. The expected Flax tree is built abstractly (jax.eval_shape of
 `init_variables`) and every leaf is looked up by name, so a checkpoint of the
 wrong architecture, class count or input size fails with one
 `errors.UserError` that lists every missing, unexpected and mis-shaped key.
@@ -48,6 +50,16 @@ _GENERATOR_NAMES = {
     "bn1": "conv_blocks.3", "conv2": "conv_blocks.6", "bn2": "conv_blocks.7",
     "conv3": "conv_blocks.9",
 }
+_DEEP_GENERATOR_NAMES = {
+    "l1": "l1.0", "conv0": "conv_blocks.0", "bn0": "conv_blocks.1",
+    "conv1": "conv_blocks.4", "bn1": "conv_blocks.5", "conv2": "conv_blocks.8",
+    "bn2": "conv_blocks.9", "conv3": "conv_blocks.12", "bn3": "conv_blocks.13",
+    "conv4": "conv_blocks.16", "bn4": "conv_blocks.17", "conv5": "conv_blocks.19",
+}
+_NAME_MAPS = {"generator": _GENERATOR_NAMES, "deep_generator": _DEEP_GENERATOR_NAMES}
+# Generator arch -> the release keys whose dimension 1 is nz and ngf.
+_GENERATOR_SIZE_KEYS = {"generator": ("l1.0.weight", "conv_blocks.9.weight"),
+                        "deep_generator": ("conv_blocks.0.weight", "conv_blocks.19.weight")}
 _WRAPPER_KEYS = ("state_dict", "model", "net", "student", "teacher")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
@@ -93,8 +105,8 @@ def _looks_like_weights(obj: Mapping) -> bool:
 
 def _torch_prefix(arch: str, path: Sequence[str]) -> str:
   """PyTorch module prefix of the Flax module path (leaf name excluded)."""
-  if arch == "generator":
-    return ".".join(_GENERATOR_NAMES.get(p, p) for p in path)
+  if arch in _NAME_MAPS:
+    return ".".join(_NAME_MAPS[arch].get(p, p) for p in path)
   # Classifiers: every '_' in a Flax module name stands for a '.' of the
   # release key (layer2_0 -> layer2.0, downsample_1 -> downsample.1,
   # block1_layer_0 -> block1.layer.0, block3_4 -> block3.4).
@@ -120,21 +132,20 @@ def _leaf_rule(collection: str, module_path: Sequence[str], leaf: str,
 
 
 def _build_model(arch: str, num_classes: int, input_shape, state_dict, model_kwargs):
-  """(module, init input shape) for `arch`; the generator's sizes come from `state_dict`."""
-  if arch != "generator":
+  """(module, init input shape) for `arch`; a generator's sizes come from `state_dict`."""
+  if arch not in _GENERATOR_SIZE_KEYS:
     return models.get_model(arch, num_classes, **model_kwargs), tuple(input_shape)
   kw = dict(model_kwargs)
   h, _, c = tuple(input_shape) if len(input_shape) == 3 else (None, None, None)
-  w_l1, w_out = state_dict.get("l1.0.weight"), state_dict.get("conv_blocks.9.weight")
-  if "nz" not in kw and w_l1 is not None and w_l1.ndim == 2:
-    kw["nz"] = int(w_l1.shape[1])
-  if "ngf" not in kw and w_out is not None and w_out.ndim == 4:
-    kw["ngf"] = int(w_out.shape[1])
+  for field, key in zip(("nz", "ngf"), _GENERATOR_SIZE_KEYS[arch]):
+    w = state_dict.get(key)
+    if field not in kw and w is not None and w.ndim >= 2:
+      kw[field] = int(w.shape[1])
   if h is not None:
     kw.setdefault("img_size", int(h))
     kw.setdefault("channels", int(c))
-  module = models.get_model("generator", **kw)
-  return module, (module.nz,)
+  module = models.get_model(arch, **kw)
+  return module, (module.latent_shape if arch == "deep_generator" else (module.nz,))
 
 
 def _reorder_chw_rows(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
@@ -217,9 +228,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: in
       'state_dict'/'model' and carry a 'module.' prefix.
     arch: zoo name (`models.list_models()`).
     num_classes: classifier outputs (ignored by the generator).
-    input_shape: (H, W, C) of one input image. For the generator: the image
-      shape it produces (img_size = H, channels = C); nz and ngf are read off
-      the state_dict unless given in `model_kwargs`.
+    input_shape: (H, W, C) of one input image. For a generator (`generator`,
+      `deep_generator`): the image shape it produces (img_size = H, channels =
+      C); nz and ngf are read off the state_dict unless given in `model_kwargs`.
     **model_kwargs: extra module fields for `models.get_model`.
 
   Returns:
@@ -304,7 +315,7 @@ def import_to_checkpoint(pth: str, out_dir: str, arch: str, dataset: str = "cifa
 
   Returns the checkpoint's meta dict.
   """
-  if arch == "generator":
+  if arch in _GENERATOR_SIZE_KEYS:
     raise errors.UserError("the CLI imports classifiers (teachers); convert a generator with "
                      "convert_state_dict/load_pth instead")
   info = data.get_info(dataset)
