@@ -14,10 +14,10 @@ Supported: the tiny ResNets (resnet8/20/32/56), resnet18/34, the WRNs, VGG-BN
 (vgg8/vgg11), lenet5/lenet5_half and the generator, with the key layouts of the
 reference doc, section 7; torchvision's resnet18, resnet50 and mobilenet_v2
 (`resnet18_imagenet`, `resnet50_imagenet`, `mobilenetv2_imagenet`) and the
-release's DeepGenerator (`deep_generator`). Each model file's docstring gives its
-Flax <-> PyTorch name mapping. The expected Flax tree is built abstractly (jax.eval_shape of
-`init_variables`) and every leaf is looked up by name, so a checkpoint of the
-wrong architecture, class count or input size fails with one
+release's DeepGenerator (`deep_generator`). Each model file's docstring gives
+its Flax <-> PyTorch name mapping. The expected Flax tree is built abstractly
+(jax.eval_shape of `init_variables`) and every leaf is looked up by name, so a
+checkpoint of the wrong architecture, class count or input size fails with one
 `errors.UserError` that lists every missing, unexpected and mis-shaped key.
 
 Conversions: conv OIHW -> HWIO; Linear weight (out, in) -> Dense kernel

@@ -33,10 +33,11 @@ def init_variables(model: nn.Module, key: jax.Array,
   """Initialises `model` on zeros of shape (2,) + input_shape.
 
   Classifiers: input_shape (H, W, C), init with train=False. Generator:
-  input_shape (nz,), DeepGenerator: its `latent_shape`; both init with train=True. Returns {'params': ...} plus
-  'batch_stats' where the model has BN; the 'bn_stats' collection is dropped.
-  Called with a concrete key it jits the init and compiles it unoptimised (it
-  runs once); under a trace (jit, eval_shape) it just traces `model.init`.
+  input_shape (nz,); DeepGenerator: its `latent_shape`; both init with
+  train=True. Returns {'params': ...} plus 'batch_stats' where the model has
+  BN; the 'bn_stats' collection is dropped. Called with a concrete key it
+  jits the init and compiles it unoptimised (it runs once); under a trace
+  (jit, eval_shape) it just traces `model.init`.
   """
   x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
   init = functools.partial(model.init, train=_is_generator(model))
