@@ -11,7 +11,9 @@ and, as a command line tool writing an orbax teacher checkpoint that
         wrn40_2.pth OUT_DIR
 
 Supported: the tiny ResNets (resnet8/20/32/56), resnet18/34, the WRNs, VGG-BN
-(vgg8/vgg11), lenet5/lenet5_half and the generator, with the key layouts of the
+(vgg8/vgg11), lenet5/lenet5_half, the generator and the DeepLabV3 segmentation
+models (deeplabv3_resnet50/deeplabv3_mobilenet; `convert_state_dict`/`load_pth`
+only, the CLI imports classifiers of the registered data sets), with the key layouts of the
 reference doc, section 7 (each model file's docstring gives its Flax <-> PyTorch
 name mapping). The expected Flax tree is built abstractly (jax.eval_shape of
 `init_variables`) and every leaf is looked up by name, so a checkpoint of the
@@ -48,6 +50,8 @@ _GENERATOR_NAMES = {
     "bn1": "conv_blocks.3", "conv2": "conv_blocks.6", "bn2": "conv_blocks.7",
     "conv3": "conv_blocks.9",
 }
+# Flax module names kept as they are in the PyTorch key (deeplabv3_mobilenet).
+_VERBATIM_NAMES = ("low_level_features", "high_level_features")
 _WRAPPER_KEYS = ("state_dict", "model", "net", "student", "teacher")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
@@ -97,8 +101,9 @@ def _torch_prefix(arch: str, path: Sequence[str]) -> str:
     return ".".join(_GENERATOR_NAMES.get(p, p) for p in path)
   # Classifiers: every '_' in a Flax module name stands for a '.' of the
   # release key (layer2_0 -> layer2.0, downsample_1 -> downsample.1,
-  # block1_layer_0 -> block1.layer.0, block3_4 -> block3.4).
-  return ".".join(p.replace("_", ".") for p in path)
+  # block1_layer_0 -> block1.layer.0, block3_4 -> block3.4), except in the
+  # DeepLab MobileNetV2's stage names, which the release spells with '_'.
+  return ".".join(p if p in _VERBATIM_NAMES else p.replace("_", ".") for p in path)
 
 
 def _leaf_rule(collection: str, module_path: Sequence[str], leaf: str,

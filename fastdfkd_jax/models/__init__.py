@@ -56,3 +56,4 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 def _import_all():
   # Importing the modules runs their @register decorators.
   from fastdfkd_jax.models import generator, lenet, resnet, resnet_cifar, vgg, wrn  # noqa: F401
+  from fastdfkd_jax.models import deeplab  # noqa: F401
