@@ -26,8 +26,8 @@ def _write(root, split, name, image, label, num_classes=13):
 
 def _pair(seed, h=6, w=8):
   rng = np.random.default_rng(seed)
-  label = rng.integers(0, 13, (h, w)).astype(np.uint8)
-  label[0, 0] = 255
+  label = rng.integers(0, seg.NYUV2_NUM_CLASSES, (h, w)).astype(np.uint8)
+  label[0, 0] = seg.IGNORE_INDEX
   return rng.integers(0, 256, (h, w, 3)).astype(np.uint8), label
 
 
@@ -87,7 +87,7 @@ def test_augment_crops_and_flips_image_and_label_together():
   images = np.repeat(labels[..., None], 3, -1).astype(np.float32) / 20.0
   key = jax.random.key(3)
   x, y = seg.augment_stripe(key, jnp.asarray(images), jnp.asarray(labels), (6, 7),
-                            (0.5,) * 3, (0.5,) * 3)
+                            seg.NYUV2_MEAN, seg.NYUV2_STD)
   assert x.shape == (4, 6, 7, 3) and y.shape == (4, 6, 7)
   np.testing.assert_allclose(np.asarray(x[..., 0]) * 0.5 + 0.5, np.asarray(y) / 20.0,
                              atol=1e-6)
@@ -193,6 +193,10 @@ def test_make_shapes_tool(tmp_path):
       env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, check=True)
   assert "wrote 2 train and 1 test images of 16x16" in out.stdout
   assert len(seg.load_split(str(tmp_path), "test", 5).names) == 1
+  bad = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "make_shapes_seg.py"), str(tmp_path / "x"),
+       "--size", "4"], env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: need size >= 8")
 
 
 if __name__ == "__main__":

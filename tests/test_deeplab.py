@@ -116,7 +116,9 @@ def test_mobilenet_forward_and_train_mode():
   assert set(upd) == {"batch_stats"} and not np.allclose(y1, y2)
 
 
-def test_bad_output_stride():
+def test_bad_output_stride_and_backbone():
   model = get_model("deeplabv3_mobilenet", 13, output_stride=32)
   with pytest.raises(ValueError, match="output_stride must be one of"):
     _abstract(model)
+  with pytest.raises(ValueError, match="backbone must be"):
+    _abstract(get_model("deeplabv3_mobilenet", 13).clone(backbone="vgg"))

@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 
+from fastdfkd_jax import cli
 from fastdfkd_jax.data import shapes_seg
 
 
@@ -27,8 +28,9 @@ def main(argv=None) -> int:
   p.add_argument("--max_shapes", type=int, default=3, help="shapes per image, at most")
   args = p.parse_args(argv)
   start = time.time()
-  counts = shapes_seg.write_shapes(args.out_dir, args.seed, args.train, args.test,
-                                   args.size, args.max_shapes)
+  with cli.user_errors():
+    counts = shapes_seg.write_shapes(args.out_dir, args.seed, args.train, args.test,
+                                     args.size, args.max_shapes)
   print(f"wrote {counts['train']} train and {counts['test']} test images of "
         f"{args.size}x{args.size} to {args.out_dir} in {time.time() - start:.1f} s")
   return 0

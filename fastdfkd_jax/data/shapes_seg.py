@@ -21,6 +21,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from fastdfkd_jax import errors
 from fastdfkd_jax.data import segmentation
 
 SHAPE_CLASSES = ("background", "disk", "square", "triangle", "cross")
@@ -87,9 +88,14 @@ def write_shapes(root: str, seed: int, num_train: int, num_test: int, size: int,
 
   Returns:
     {split: images written}.
+
+  Raises:
+    errors.UserError: size < 8, max_shapes < 1 or a negative image count.
   """
-  if size < 8 or max_shapes < 1:
-    raise ValueError(f"need size >= 8 and max_shapes >= 1, got {size}, {max_shapes}")
+  if size < 8 or max_shapes < 1 or min(num_train, num_test) < 0:
+    raise errors.UserError(
+        f"need size >= 8, max_shapes >= 1 and image counts >= 0; got size {size}, "
+        f"max_shapes {max_shapes}, {num_train} train and {num_test} test images")
   seg = segmentation.label_dir(len(SHAPE_CLASSES))
   counts = {"train": num_train, "test": num_test}
   for split, n in counts.items():

@@ -129,6 +129,8 @@ class DeepLabV3(nn.Module):
     x = x.astype(self.dtype)
     if self.backbone == "resnet50":
       feats = ResNet50Backbone(dilated, self.dtype, self.axis_name, name="backbone")(x, train)
+    elif self.backbone != "mobilenetv2":
+      raise ValueError(f"backbone must be 'resnet50' or 'mobilenetv2', got {self.backbone!r}")
     else:
       feats = MobileNetV2Backbone(self.output_stride, self.dtype, self.axis_name,
                                   name="backbone")(x, train)
