@@ -13,11 +13,13 @@ and, as a command line tool writing an orbax teacher checkpoint that
 Supported: the tiny ResNets (resnet8/20/32/56), resnet18/34, the WRNs, VGG-BN
 (vgg8/vgg11), lenet5/lenet5_half and the generator, with the key layouts of the
 reference doc, section 7; torchvision's resnet18, resnet50 and mobilenet_v2
-(`resnet18_imagenet`, `resnet50_imagenet`, `mobilenetv2_imagenet`) and the
-release's DeepGenerator (`deep_generator`). Each model file's docstring gives
-its Flax <-> PyTorch name mapping. The expected Flax tree is built abstractly
-(jax.eval_shape of `init_variables`) and every leaf is looked up by name, so a
-checkpoint of the wrong architecture, class count or input size fails with one
+(`resnet18_imagenet`, `resnet50_imagenet`, `mobilenetv2_imagenet`), the
+release's DeepGenerator (`deep_generator`) and its DeepLabV3 segmentation models
+(`deeplabv3_resnet50`, `deeplabv3_mobilenet`; `convert_state_dict`/`load_pth` only:
+the CLI imports classifiers of the registered data sets). Each model file's
+docstring gives its Flax <-> PyTorch name mapping. The expected Flax tree is built
+abstractly (jax.eval_shape of `init_variables`) and every leaf is looked up by
+name, so a checkpoint of the wrong architecture, class count or input size fails with one
 `errors.UserError` that lists every missing, unexpected and mis-shaped key.
 
 Conversions: conv OIHW -> HWIO; Linear weight (out, in) -> Dense kernel
@@ -60,6 +62,8 @@ _NAME_MAPS = {"generator": _GENERATOR_NAMES, "deep_generator": _DEEP_GENERATOR_N
 # Generator arch -> the release keys whose dimension 1 is nz and ngf.
 _GENERATOR_SIZE_KEYS = {"generator": ("l1.0.weight", "conv_blocks.9.weight"),
                         "deep_generator": ("conv_blocks.0.weight", "conv_blocks.19.weight")}
+# Flax module names kept as they are in the PyTorch key (deeplabv3_mobilenet).
+_VERBATIM_NAMES = ("low_level_features", "high_level_features")
 _WRAPPER_KEYS = ("state_dict", "model", "net", "student", "teacher")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
@@ -109,8 +113,9 @@ def _torch_prefix(arch: str, path: Sequence[str]) -> str:
     return ".".join(_NAME_MAPS[arch].get(p, p) for p in path)
   # Classifiers: every '_' in a Flax module name stands for a '.' of the
   # release key (layer2_0 -> layer2.0, downsample_1 -> downsample.1,
-  # block1_layer_0 -> block1.layer.0, block3_4 -> block3.4).
-  return ".".join(p.replace("_", ".") for p in path)
+  # block1_layer_0 -> block1.layer.0, block3_4 -> block3.4), except in the
+  # DeepLab MobileNetV2's stage names, which the release spells with '_'.
+  return ".".join(p if p in _VERBATIM_NAMES else p.replace("_", ".") for p in path)
 
 
 def _leaf_rule(collection: str, module_path: Sequence[str], leaf: str,

@@ -56,4 +56,5 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 def _import_all():
   # Importing the modules runs their @register decorators.
   from fastdfkd_jax.models import generator, lenet, resnet, resnet_cifar, vgg, wrn  # noqa: F401
-  from fastdfkd_jax.models import deep_generator, mobilenetv2, resnet_imagenet  # noqa: F401
+  from fastdfkd_jax.models import (  # noqa: F401
+      deep_generator, deeplab, mobilenetv2, resnet_imagenet)
