@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(devices: int, **extra) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                                    "--xla_backend_optimization_level=0",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   env.update({k: str(v) for k, v in extra.items()})
   return env
