@@ -1,7 +1,7 @@
 """Dilated backbones of the DeepLabV3 models (`deeplab.py`), NHWC, as the release's.
 
 `ResNet50Backbone`: torchvision's ResNet-50 (7x7/2 stem, 3x3/2 max-pool,
-Bottlenecks 3-4-6-3 with the stride on the 3x3 conv) up to layer4 (2048
+`resnet_imagenet.Bottleneck` 3-4-6-3, stride and dilation on the 3x3 conv) up to layer4 (2048
 channels), with `replace_stride_with_dilation`.
 
 `MobileNetV2Backbone`: the release's MobileNetV2 (`backbone/mobilenetv2.py`)
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models.layers import BatchNorm
+from fastdfkd_jax.models.resnet_imagenet import Bottleneck
 
 # Kaiming-normal (fan_out), the release's backbone initialisation.
 backbone_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -46,29 +47,6 @@ def conv(feats: int, k: int, name: str, dtype: Any, stride: int = 1, dilation: i
   return nn.Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
                  kernel_dilation=(dilation, dilation), feature_group_count=groups,
                  use_bias=bias, kernel_init=init, dtype=dtype, name=name)
-
-
-class Bottleneck(nn.Module):
-  """torchvision Bottleneck (stride and dilation on the 3x3 conv), expansion 4."""
-
-  planes: int
-  stride: int = 1
-  dilation: int = 1
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
-    out = 4 * self.planes
-    y = nn.relu(bn("bn1")(conv(self.planes, 1, "conv1", self.dtype)(x)))
-    y = conv(self.planes, 3, "conv2", self.dtype, self.stride, self.dilation)(y)
-    y = nn.relu(bn("bn2")(y))
-    y = bn("bn3")(conv(out, 1, "conv3", self.dtype)(y))
-    if self.stride != 1 or x.shape[-1] != out:
-      x = bn("downsample_1")(conv(out, 1, "downsample_0", self.dtype, self.stride)(x))
-    return nn.relu(y + x)
 
 
 class ResNet50Backbone(nn.Module):

@@ -35,12 +35,14 @@ WIDTHS = (64, 128, 256, 512)
 class Bottleneck(nn.Module):
   """torchvision Bottleneck: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x))))))) + down(x)).
 
-  conv1 1x1 to `features`, conv2 3x3 with the stride, conv3 1x1 to 4 * features.
+  conv1 1x1 to `features`, conv2 3x3 with the stride and dilation (padding = dilation;
+  DeepLabV3's dilated backbone), conv3 1x1 to 4 * features.
   (N, H, W, Cin) -> (N, H/stride, W/stride, 4 * features).
   """
 
   features: int
   stride: int = 1
+  dilation: int = 1
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
@@ -48,12 +50,12 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool = False):
     bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
                                 axis_name=self.axis_name, name=name)
-    conv = lambda feats, k, s, p, name: nn.Conv(
-        feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
-        kernel_init=conv_init, dtype=self.dtype, name=name)
-    out = 4 * self.features
+    conv = lambda feats, k, s, p, name, d=1: nn.Conv(
+        feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), kernel_dilation=(d, d),
+        use_bias=False, kernel_init=conv_init, dtype=self.dtype, name=name)
+    out, d = 4 * self.features, self.dilation
     y = nn.relu(bn("bn1")(conv(self.features, 1, 1, 0, "conv1")(x)))
-    y = nn.relu(bn("bn2")(conv(self.features, 3, self.stride, 1, "conv2")(y)))
+    y = nn.relu(bn("bn2")(conv(self.features, 3, self.stride, d, "conv2", d)(y)))
     y = bn("bn3")(conv(out, 1, 1, 0, "conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
       x = bn("downsample_1")(conv(out, 1, self.stride, 0, "downsample_0")(x))
