@@ -94,7 +94,7 @@ def make_synth(nets, **hp):
   hp = dict(dict(g_steps=2, kd_steps=3, batch_size=8, nz=16, unroll=True, **WEIGHTS), **hp)
   return generative.GenerativeSynthesizer(
       generator=generator, teacher=teacher, student=student,
-      hp=generative.GenerativeHParams(**hp), image_shape=(8, 8, 1),
+      hp=generative.GenerativeHParams(**hp), num_classes=10, image_shape=(8, 8, 1),
       mean=(0.3054,), std=(0.3757,), padding=1, axis_name=None)
 
 

@@ -21,6 +21,8 @@ Members of every method (`Synthesizer`)
   teacher, student: the frozen Flax modules; image_shape (H, W, C), mean, std,
     padding: the data geometry (the KD step augments with it); axis_name: the
     data axis inside `shard_map`, or None.
+  (`Members` declares these data fields, num_classes with them, for the methods'
+  frozen dataclasses to inherit; `members(info, ...)` fills them in `from_config`.)
   from_config(config, *, teacher, student, info, axis_name, unroll): classmethod
     building the method; `info` carries num_classes, image_shape, mean, std and
     crop_padding; `unroll` traces inner loops straight-line (XLA:CPU).
@@ -71,6 +73,7 @@ What the run loop calls, per epoch
   (`distill.loop.generator_rounds`).
 """
 
+import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -101,6 +104,27 @@ class Synthesizer(Protocol):
   def synthesize(self, state, teacher_vars, student_vars, key: jax.Array,
                  adv_weight: jax.Array) -> tuple[Any, jax.Array, dict]:
     ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Members:
+  """The data members every method has (a base for the methods' frozen dataclasses):
+  the frozen networks, the class count and the data geometry."""
+  teacher: Any
+  student: Any
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  padding: int
+  axis_name: str | None = parallel.AXIS
+
+
+def members(info, *, teacher, student, axis_name: str | None) -> dict:
+  """The `Members` fields of a method built by `from_config` (`info`: the data set's)."""
+  return dict(teacher=teacher, student=student, num_classes=info.num_classes,
+              image_shape=tuple(info.image_shape), mean=tuple(info.mean),
+              std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
 
 
 @runtime_checkable

@@ -104,20 +104,12 @@ class CMIHParams:
 
 @base.register("cmi")
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CMISynthesizer:
+class CMISynthesizer(base.Members):
   """Re-initialised generator + latents per call, contrastive memory across calls."""
   uses_pool: ClassVar[bool] = True
   generator: nn.Module
   head: MLPHead
-  teacher: nn.Module
-  student: nn.Module
   hp: CMIHParams
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  padding: int
-  axis_name: str | None = parallel.AXIS
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
@@ -137,10 +129,8 @@ class CMISynthesizer:
         bank_size=m.bank_size, n_neg=m.n_neg, head_betas=tuple(m.head_betas),
         local_scale=tuple(m.local_scale), local_ratio=tuple(m.local_ratio),
         init_std=m.init_std, unroll=unroll)
-    return cls(generator=generator, head=MLPHead(m.head_dim), teacher=teacher,
-               student=student, hp=hp, num_classes=info.num_classes,
-               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
-               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
+    return cls(generator=generator, head=MLPHead(m.head_dim), hp=hp,
+               **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 
   def gen_tx(self) -> optax.GradientTransformation:
     return optax.adam(self.hp.lr_g, b1=self.hp.betas[0], b2=self.hp.betas[1])

@@ -70,18 +70,10 @@ class DeepInversionHParams:
 
 @base.register("deepinversion")
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DeepInversionSynthesizer:
+class DeepInversionSynthesizer(base.Members):
   """Per-batch pixel inversion with the original DeepInversion loss."""
   uses_pool: ClassVar[bool] = True
-  teacher: nn.Module
-  student: nn.Module
   hp: DeepInversionHParams
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  padding: int
-  axis_name: str | None = parallel.AXIS
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
@@ -92,9 +84,8 @@ class DeepInversionSynthesizer:
         k=config.k, batch_size=config.batch_size, lr=s.lr_g, betas=tuple(s.deepinv_betas),
         bn=s.bn, oh=s.oh, tv=d.tv, tv_l2=d.tv_l2, l2=d.l2, jitter=d.jitter, flip=d.flip,
         js_T=d.js_T, student_bn=d.student_bn, unroll=unroll)
-    return cls(teacher=teacher, student=student, hp=hp, num_classes=info.num_classes,
-               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
-               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
+    return cls(hp=hp,
+               **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 
   def tx(self) -> optax.GradientTransformation:
     return optax.adam(self.hp.lr, b1=self.hp.betas[0], b2=self.hp.betas[1])

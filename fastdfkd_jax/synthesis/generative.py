@@ -93,18 +93,11 @@ def adversarial_loss(student_logits, teacher_logits, criterion: str,
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GenerativeSynthesizer:
+class GenerativeSynthesizer(base.Members):
   """Generator + frozen teacher/student + hyper-parameters; methods are pure."""
   uses_pool: ClassVar[bool] = False
   generator: nn.Module
-  teacher: nn.Module
-  student: nn.Module
   hp: GenerativeHParams
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  padding: int
-  axis_name: str | None = parallel.AXIS
 
   @property
   def g_steps(self) -> int:
@@ -126,9 +119,8 @@ class GenerativeSynthesizer:
         g_steps=config.k, kd_steps=s.kd_steps, batch_size=config.batch_size, nz=s.nz,
         lr_g=s.lr_g, betas=tuple(s.betas), adv=s.adv, bn=s.bn, oh=s.oh, act=s.act,
         balance=s.balance, criterion=config.kd.loss, unroll=unroll)
-    return cls(generator=generator, teacher=teacher, student=student, hp=hp,
-               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
-               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
+    return cls(generator=generator, hp=hp,
+               **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 
   def tx(self) -> optax.GradientTransformation:
     b1, b2 = self.hp.betas

@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from fastdfkd_jax import loops, models, parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import util as model_util
-from fastdfkd_jax.synthesis import losses
+from fastdfkd_jax.synthesis import base, losses
 
 
 @struct.dataclass
@@ -92,19 +92,11 @@ def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class InversionSynthesizer(abc.ABC):
+class InversionSynthesizer(base.Members, abc.ABC):
   """Generator + frozen teacher/student + hyper-parameters; methods are pure."""
   uses_pool: ClassVar[bool] = True
   generator: nn.Module
-  teacher: nn.Module
-  student: nn.Module
   hp: SynthesisHParams
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  padding: int
-  axis_name: str | None = parallel.AXIS
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
@@ -113,10 +105,8 @@ class InversionSynthesizer(abc.ABC):
     h, _, c = info.image_shape
     generator = models.get_model("generator", nz=config.synth.nz, ngf=config.synth.ngf,
                                  img_size=h, channels=c, axis_name=axis_name)
-    return cls(generator=generator, teacher=teacher, student=student,
-               hp=hparams_from_config(config, unroll), num_classes=info.num_classes,
-               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
-               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
+    return cls(generator=generator, hp=hparams_from_config(config, unroll),
+               **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 
   # ------------------------------------------------------- method hooks
   def gen_tx(self, lr: float) -> optax.GradientTransformation:
