@@ -78,7 +78,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 
-from fastdfkd_jax import parallel
+from fastdfkd_jax import loops, parallel
 
 
 @runtime_checkable
@@ -119,12 +119,31 @@ class Members:
   padding: int
   axis_name: str | None = parallel.AXIS
 
+  def _stripe(self, x: jax.Array) -> jax.Array:
+    """This device's stripe of a global-batch array (all of it without a data axis)."""
+    return x if self.axis_name is None else parallel.local_stripe(x, self.axis_name)
+
 
 def members(info, *, teacher, student, axis_name: str | None) -> dict:
   """The `Members` fields of a method built by `from_config` (`info`: the data set's)."""
   return dict(teacher=teacher, student=student, num_classes=info.num_classes,
               image_shape=tuple(info.image_shape), mean=tuple(info.mean),
               std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name)
+
+
+def scan_host_steps(synth, state, teacher_vars, student_vars, key: jax.Array,
+                    adv_weight: jax.Array):
+  """`synthesize` of a method with the `HostSteps` pieces, as one trace:
+  end(state, k x inner_step(begin(state, key))), the k steps a `lax.scan`
+  (straight-line with `synth.hp.unroll`)."""
+  carry, step_keys = synth.begin(state, key)
+
+  def body(carry, step_key):
+    return synth.inner_step(carry, step_key, state, teacher_vars, student_vars,
+                            adv_weight), None
+
+  carry, _ = loops.scan(body, carry, step_keys, synth.hp.unroll)
+  return synth.end(state, carry)
 
 
 @runtime_checkable

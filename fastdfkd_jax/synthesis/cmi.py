@@ -33,7 +33,7 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import errors, loops, models, parallel
+from fastdfkd_jax import errors, models, parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import generator as generator_lib
 from fastdfkd_jax.models import layers
@@ -155,17 +155,7 @@ class CMISynthesizer(base.Members):
   def synthesize(self, state: CMIState, teacher_vars, student_vars, key: jax.Array,
                  adv_weight: jax.Array):
     """One call: end(k x inner_step(begin)) (see the module docstring)."""
-    carry, step_keys = self.begin(state, key)
-
-    def body(carry, step_key):
-      return self.inner_step(carry, step_key, state, teacher_vars, student_vars,
-                             adv_weight), None
-
-    carry, _ = loops.scan(body, carry, step_keys, self.hp.unroll)
-    return self.end(state, carry)
-
-  def _stripe(self, x):
-    return x if self.axis_name is None else parallel.local_stripe(x, self.axis_name)
+    return base.scan_host_steps(self, state, teacher_vars, student_vars, key, adv_weight)
 
   def begin(self, state: CMIState, key: jax.Array):
     """Re-initialised generator, latents and targets: (CMICarry, step keys (k,))."""

@@ -21,14 +21,13 @@ the FastDFKD loss) stays for equal-loss ablations.
 import dataclasses
 from typing import Any, ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import loops, parallel
+from fastdfkd_jax import parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.synthesis import base, losses
 
@@ -97,17 +96,7 @@ class DeepInversionSynthesizer(base.Members):
   def synthesize(self, state: DeepInversionState, teacher_vars, student_vars,
                  key: jax.Array, adv_weight: jax.Array):
     """One call: end(k x inner_step(begin)) (see the module docstring)."""
-    carry, step_keys = self.begin(state, key)
-
-    def body(carry, step_key):
-      return self.inner_step(carry, step_key, state, teacher_vars, student_vars,
-                             adv_weight), None
-
-    carry, _ = loops.scan(body, carry, step_keys, self.hp.unroll)
-    return self.end(state, carry)
-
-  def _stripe(self, x):
-    return x if self.axis_name is None else parallel.local_stripe(x, self.axis_name)
+    return base.scan_host_steps(self, state, teacher_vars, student_vars, key, adv_weight)
 
   def begin(self, state: DeepInversionState, key: jax.Array):
     """Fresh pixels and targets: (DeepInversionCarry, step keys (k,))."""

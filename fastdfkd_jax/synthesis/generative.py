@@ -34,7 +34,7 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import loops, losses as kd_losses, models, parallel
+from fastdfkd_jax import losses as kd_losses, models, parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import layers, util as model_util
 from fastdfkd_jax.synthesis import base, losses
@@ -136,9 +136,6 @@ class GenerativeSynthesizer(base.Members):
                     opt_state=self.tx().init(params), calls=jnp.int32(0))
 
   # ------------------------------------------------------------ per step
-  def _stripe(self, x):
-    return x if self.axis_name is None else parallel.local_stripe(x, self.axis_name)
-
   def _render(self, params, batch_stats, key, n: int):
     """This device's stripe of G(z) for a global batch of n: (images in [0, 1], BN stats)."""
     z = self._stripe(jax.random.normal(key, (n, self.hp.nz)))
@@ -197,14 +194,7 @@ class GenerativeSynthesizer(base.Members):
   def synthesize(self, state: GenState, teacher_vars, student_vars, key: jax.Array,
                  adv_weight: jax.Array):
     """g_steps generator updates -> (state, the last update's images uint8, metrics)."""
-    carry, step_keys = self.begin(state, key)
-
-    def body(carry, step_key):
-      return self.inner_step(carry, step_key, state, teacher_vars, student_vars,
-                             adv_weight), None
-
-    carry, _ = loops.scan(body, carry, step_keys, self.hp.unroll)
-    return self.end(state, carry)
+    return base.scan_host_steps(self, state, teacher_vars, student_vars, key, adv_weight)
 
   # The pieces of a call, dispatched one by one from the host on XLA:CPU.
   def begin(self, state: GenState, key: jax.Array):

@@ -31,7 +31,7 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import loops, models, parallel
+from fastdfkd_jax import models, parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import base, losses
@@ -161,9 +161,6 @@ class InversionSynthesizer(base.Members, abc.ABC):
                       has_momentum=jnp.array(False), calls=jnp.int32(0))
 
   # ----------------------------------------------------------- per step
-  def _stripe(self, x):
-    return x if self.axis_name is None else parallel.local_stripe(x, self.axis_name)
-
   def loss_terms(self, x, targets, key, teacher_vars, student_vars, momentum,
                  has_momentum, adv_weight):
     """Synthesis loss of a batch of images x in [0,1] (this device's stripe).
@@ -198,14 +195,7 @@ class InversionSynthesizer(base.Members, abc.ABC):
     Returns:
       (new state, best images uint8 (B_local, H, W, C), metrics dict of scalars).
     """
-    carry, step_keys = self.begin(state, key)
-
-    def body(carry, step_key):
-      return self.inner_step(carry, step_key, state, teacher_vars, student_vars,
-                             adv_weight), None
-
-    carry, _ = loops.scan(body, carry, step_keys, self.hp.unroll)
-    return self.end(state, carry)
+    return base.scan_host_steps(self, state, teacher_vars, student_vars, key, adv_weight)
 
   # The three pieces of a call, also dispatched one by one from the host on
   # XLA:CPU (`Distiller.compile_synth`): one compiled inner step instead of k
