@@ -37,6 +37,10 @@ FIELD_RANGES = {
     "transfer.num_images": _POSITIVE, "transfer.diversity_images": _NON_NEGATIVE,
     "transfer.grid_images": _NON_NEGATIVE,
     "synth.act": _NON_NEGATIVE, "synth.balance": _NON_NEGATIVE, "synth.kd_steps": _POSITIVE,
+    "synth.meta_lr_g": _NON_NEGATIVE, "synth.meta_lr_z": _POSITIVE,
+    "synth.reinit_every": _NON_NEGATIVE, "synth.calls_per_epoch": _POSITIVE,
+    "synth.crop_scale": _POSITIVE, "synth.crop_ratio": _POSITIVE,
+    "kd.crop_scale": _POSITIVE, "kd.crop_ratio": _POSITIVE,
     "cmi.cr": _NON_NEGATIVE, "cmi.cr_T": _POSITIVE, "cmi.bank_size": _POSITIVE,
     "cmi.n_neg": _POSITIVE, "cmi.head_dim": _POSITIVE, "cmi.head_betas": _FRACTION,
     "cmi.local_scale": _POSITIVE, "cmi.local_ratio": _POSITIVE, "cmi.init_std": _POSITIVE,
@@ -74,6 +78,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("kd.loss", c.kd.loss, config_lib.KD_LOSSES)
   choice("synth.meta_grad", c.synth.meta_grad, config_lib.META_GRADS)
   choice("loop", c.loop, config_lib.LOOPS)
+  choice("synth.generator", c.synth.generator, config_lib.GENERATORS)
+  choice("synth.augment", c.synth.augment, config_lib.AUGMENTS)
+  choice("kd.augment", c.kd.augment, config_lib.AUGMENTS)
+  choice("synth.keep", c.synth.keep, config_lib.KEEP_IMAGES)
+  if c.kd.steps % c.synth.calls_per_epoch:
+    raise errors.UserError(f"config.kd.steps={c.kd.steps} must be a multiple of "
+                           f"synth.calls_per_epoch={c.synth.calls_per_epoch}")
   choice("dtype", c.dtype, config_lib.DTYPES)
   choice("inner_unroll", c.inner_unroll, config_lib.INNER_LOOPS)
   if c.mode == "distill" and not 0 <= c.warmup < c.epochs:

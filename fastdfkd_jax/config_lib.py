@@ -17,6 +17,9 @@ LOOPS = ("auto", "scan", "host", "fused")
 INNER_LOOPS = ("auto", "scan", "unroll", "host")
 DTYPES = ("float32", "bfloat16")
 KD_LOSSES = ("kl", "l1")
+AUGMENTS = ("crop", "resized_crop")
+KEEP_IMAGES = ("best", "last")
+GENERATORS = ("generator", "deep_generator")
 # The release's per-k synthesis step sizes: k -> (lr_g, lr_z) (reference doc, section 5).
 PAPER_STEP_LRS = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
 # The generator-vs-student baselines as the release's scripts/<method>_cifar.sh run them
@@ -145,6 +148,23 @@ def _synth_config() -> ml_collections.ConfigDict:
   s.act = 0.0
   s.balance = 0.0
   s.kd_steps = 5
+  # The ImageNet release (fast_meta_imagenet.py, datafree_kd_imagenet.py); the defaults
+  # keep the CIFAR behaviour. generator: 'generator' | 'deep_generator' (fast_meta,
+  # fast, deepinv). meta_lr_g: fast_meta's meta Adam lr (0: lr_g * k, the CIFAR
+  # release). meta_latent: the latent is meta-learned across calls with Adam(meta_lr_z).
+  # reinit_every: a fresh meta latent and meta optimizer at every such call (0: never).
+  s.generator = "generator"
+  s.meta_lr_g = 0.0
+  s.meta_latent = False
+  s.meta_lr_z = 5e-3
+  s.reinit_every = 0
+  # Synthesis calls per epoch (pool methods): the epoch's kd.steps are split evenly
+  # after each call (the release's ep_steps // kd_steps rounds).
+  s.calls_per_epoch = 1
+  s.augment = "crop"             # in the synthesis loss: 'crop' (pad, crop, flip) |
+  s.crop_scale = (0.75, 1.0)     # 'resized_crop': RandomResizedCrop(scale, ratio) + flip
+  s.crop_ratio = (0.75, 4 / 3)
+  s.keep = "best"                # the pool gets the lowest-loss step's images | 'last'
   return s
 
 
@@ -187,6 +207,9 @@ def _kd_config() -> ml_collections.ConfigDict:
   k.weight_decay = 1e-4
   k.temperature = 20.0
   k.loss = "kl"                  # 'kl' (at temperature) | 'l1' on logits (DFAD)
+  k.augment = "crop"             # KD batches: 'crop' (pad, crop, flip) | 'resized_crop'
+  k.crop_scale = (0.08, 1.0)     # resized_crop: torchvision's RandomResizedCrop defaults
+  k.crop_ratio = (0.75, 4 / 3)
   k.lr_min = 2e-4                # cosine eta_min
   k.cosine_epochs = 200          # cosine T_max, stepped per epoch after warmup
   # What KD trains on: 'synthetic' (the method), or the baselines 'real' (the real

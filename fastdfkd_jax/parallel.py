@@ -13,6 +13,7 @@ up to float32 reduction order.
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -84,6 +85,18 @@ def local_stripe(x: jax.Array, axis_name: str = AXIS, axis: int = 0) -> jax.Arra
 def shard(fn: Callable, mesh: Mesh, in_specs, out_specs) -> Callable:
   """`jax.shard_map` over the data axis (specs: P() replicated, P(AXIS) sharded)."""
   return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
+def gather_stripes(x: jax.Array, axis_name: str | None = AXIS) -> jax.Array:
+  """The global batch of per-device stripes x (B_local, ...), inside shard_map,
+  replicated (device-invariant: each stripe put in place, then a psum)."""
+  if axis_name is None:
+    return x
+  n = jax.lax.axis_size(axis_name)
+  full = jnp.zeros((x.shape[0] * n,) + x.shape[1:], x.dtype)
+  full = jax.lax.dynamic_update_slice_in_dim(
+      full, x, jax.lax.axis_index(axis_name) * x.shape[0], 0)
+  return jax.lax.psum(full, axis_name)
 
 
 def pmean(x, axis_name: str | None = AXIS):

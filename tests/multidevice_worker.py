@@ -73,9 +73,14 @@ def equivalence(out_path):
 def method(name, out_path):
   """Two host-dispatched synthesis calls of `name` (the second one reads CMI's bank)
   and its unrolled single-program call, on 1 vs 8 devices from the same keys; and the
-  scanned (TPU/GPU) call on 8 devices."""
+  scanned (TPU/GPU) call on 8 devices. 'fast_meta:imagenet': fast_meta with the
+  ImageNet options (meta latent, reinit at the second call, resized crop)."""
   c = tiny_config()
+  name, _, variant = name.partition(":")
   c.method, c.k = name, 2
+  if variant == "imagenet":
+    c.synth.meta_latent, c.synth.reinit_every, c.synth.meta_lr_g = True, 2, 1e-4
+    c.synth.augment, c.synth.keep = "resized_crop", "last"
   c.cmi.bank_size, c.cmi.n_neg, c.cmi.head_dim = 64, 24, 16
   c.deepinversion.tv, c.deepinversion.tv_l2, c.deepinversion.l2 = 1e-3, 1e-4, 1e-5
   info = data.get_info("digits")

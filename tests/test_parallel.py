@@ -65,7 +65,7 @@ def test_synthesis_kd_and_epoch_on_8_devices_equal_1_device(tmp_path):
       np.testing.assert_allclose(one, eight, rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("method", ["cmi", "deepinversion"])
+@pytest.mark.parametrize("method", ["cmi", "deepinversion", "fast_meta:imagenet"])
 def test_batchwise_methods_on_8_devices_equal_1_device(method, tmp_path):
   """Two calls (CMI's second reads the bank written by the first), host-dispatched and
   single-program, and the scanned call on 8 devices: state (bank, head), images and
@@ -92,7 +92,8 @@ def test_batchwise_methods_on_8_devices_equal_1_device(method, tmp_path):
 
 
 def _rel(a, b) -> float:
-  return float(np.linalg.norm((a - b).astype(np.float64)) / (np.linalg.norm(a) + 1e-12))
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + 1e-12))
 
 
 @pytest.fixture(scope="module")

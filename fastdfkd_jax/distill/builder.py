@@ -45,7 +45,7 @@ def choose(config: ml_collections.ConfigDict, distiller: Distiller) -> Structure
   if inner == "host" and not synthesis.host_steppable(distiller.synth):
     inner = "unroll"
   fused = (config.loop == "fused" and kd == "scan" and config.kd.source == "synthetic"
-           and distiller.synth.uses_pool)
+           and distiller.synth.uses_pool and config.synth.calls_per_epoch == 1)
   description = f"{loops.describe(config)} kd={kd} fused_epoch={fused}"
   return Structure(kd=kd, synth_inner=inner, fused=fused, description=description)
 

@@ -79,7 +79,7 @@ def kd_source(config, ds, info, mesh) -> KDSource:
     return KDSource(host_pool=pool_lib.HostPool.of(real), real=True)
   if (config.kd.source == "synthetic" and not config.pool.on_device
       and synthesis.get(config.method).uses_pool):
-    slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
+    slots = pool_lib.config_slots(config)
     return KDSource(host_pool=pool_lib.HostPool(slots, config.batch_size, info.image_shape))
   return KDSource()
 
@@ -108,7 +108,7 @@ def resume(config, mngr, state, source: KDSource):
 def _restore(config, mngr, step: int, state, source: KDSource) -> tuple[dict, dict]:
   """(meta, {'state', 'host_pool'}) of checkpoint `step`, its pool size checked."""
   meta = checkpoint.restore_meta(mngr, step)
-  slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
+  slots = pool_lib.config_slots(config)
   if synthesis.get(config.method).uses_pool and meta.get("pool_slots", slots) != slots:
     raise checkpoint.CheckpointError(
         f"the checkpoint's pool holds {meta['pool_slots']} synthesis batches but this "
@@ -210,15 +210,25 @@ def fused_epoch(run: Run, state, key, adv, counters: dict):
 
 def kd_chunk(run: Run) -> int:
   """KD updates per `Programs.kd` call: a round's kd_steps for a generator-vs-student
-  method, else the epoch's kd.steps."""
-  synth = run.distiller.synth
-  return run.config.kd.steps if synth.uses_pool or not run.synthetic else synth.kd_steps
+  method, else the epoch's kd.steps over its synth.calls_per_epoch."""
+  synth, config = run.distiller.synth, run.config
+  if not run.synthetic:
+    return config.kd.steps
+  return config.kd.steps // config.synth.calls_per_epoch if synth.uses_pool else synth.kd_steps
+
+
+def in_rounds(run: Run) -> bool:
+  """An epoch of several synthesis calls, each followed by kd_chunk KD updates."""
+  return run.synthetic and (not run.distiller.synth.uses_pool
+                            or run.config.synth.calls_per_epoch > 1)
 
 
 def generator_rounds(run: Run, state, key, adv, kd_phase: bool, counters: dict):
-  """A generator-vs-student epoch: kd.steps // kd_steps rounds of one synthesis call
-  (g_steps generator updates, timed) then, after warmup, kd_steps KD updates on fresh
-  generator samples (timed, synced) -> (state, metrics averaged over the rounds)."""
+  """An epoch in rounds: kd.steps // kd_chunk rounds of one synthesis call (timed)
+  then, after warmup, kd_chunk KD updates (timed, synced) -> (state, metrics averaged
+  over the rounds). A generator-vs-student method's call is g_steps generator updates
+  and its KD batches fresh generator samples; a pool method's (calls_per_epoch > 1)
+  call adds a batch to the pool the KD updates draw from."""
   n_kd = kd_chunk(run)
   k_synth, k_kd = jax.random.split(key)
   rows = []
@@ -245,7 +255,7 @@ def run_epoch(run: Run, state, epoch: int, counters: dict):
     state = state.replace(synth=run.reset_fn(state.synth, k_reset))
   adv = jnp.float32(config.synth.adv if epoch >= config.warmup else 0.0)
   kd_phase = epoch >= config.warmup
-  if run.synthetic and not run.distiller.synth.uses_pool:
+  if in_rounds(run):
     return generator_rounds(run, state, k_synth, adv, kd_phase, counters)
   if run.programs.structure.fused and kd_phase:
     return fused_epoch(run, state, key, adv, counters)
@@ -264,8 +274,8 @@ def count_epoch(run: Run, epoch: int, counters: dict) -> None:
   and the synthesis seconds of the synthesis-only (warmup) epochs."""
   config = run.config
   kd_phase = epoch >= config.warmup
-  if run.synthetic and run.distiller.synth.uses_pool:
-    counters["synth_images"] += config.batch_size      # the call's batch, into the pool
+  if run.synthetic and run.distiller.synth.uses_pool:   # each call's batch, into the pool
+    counters["synth_images"] += config.batch_size * config.synth.calls_per_epoch
   elif run.synthetic and kd_phase:                    # every KD batch is a fresh sample
     counters["synth_images"] += config.kd.steps * config.batch_size
   if kd_phase:
@@ -284,7 +294,7 @@ class Outputs:
 
 
 def _meta(config, info, epoch, counters, student_acc) -> dict:
-  slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
+  slots = pool_lib.config_slots(config)
   return checkpoint.model_meta(config.student.arch, info, "distill", **dict(
       counters, epoch=epoch, student_acc=student_acc, pool_slots=slots))
 

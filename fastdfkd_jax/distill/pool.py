@@ -30,11 +30,18 @@ class Pool:
   cursor: jax.Array   # int32: next slot to write
 
 
-def num_slots(capacity_images: int, synth_batch: int, epochs: int) -> int:
-  """Slots for a capacity in images (0: one slot per epoch, i.e. keep everything)."""
+def num_slots(capacity_images: int, synth_batch: int, calls: int) -> int:
+  """Slots for a capacity in images (0: one slot per synthesis call of the run's
+  `calls`, i.e. keep everything)."""
   if capacity_images <= 0:
-    return epochs
+    return calls
   return max(1, -(-capacity_images // synth_batch))
+
+
+def config_slots(config) -> int:
+  """The pool slots of a run: pool.capacity, or every call of epochs x calls_per_epoch."""
+  return num_slots(config.pool.capacity, config.batch_size,
+                   config.epochs * config.synth.calls_per_epoch)
 
 
 def add(pool: Pool, batch_uint8: jax.Array) -> Pool:

@@ -44,7 +44,7 @@ def init_state(distiller, config, info, teacher_vars, key) -> DistillState:
   state = DistillState(synth=synth_state, student=student, pool=None)
   state = parallel.put_replicated(state, mesh)
   if distiller.on_device_pool and config.kd.source == "synthetic":
-    slots = pool_lib.num_slots(config.pool.capacity, config.batch_size, config.epochs)
+    slots = pool_lib.config_slots(config)
     empty = np.zeros((slots, config.batch_size) + tuple(info.image_shape), np.uint8)
     state = state.replace(pool=put_pool(empty, 0, 0, mesh))
   return state

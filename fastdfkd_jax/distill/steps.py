@@ -43,6 +43,8 @@ class Distiller:
   on_device_pool: bool = True
   kd_source: str = "synthetic"   # 'synthetic' | 'real' (a fixed data pool) | 'noise'
   kd_loss: str = "kl"            # config.kd.loss
+  kd_augment: str = "crop"       # config.kd.augment
+  kd_crop: tuple | None = None   # (config.kd.crop_scale, crop_ratio) for resized_crop
 
   @property
   def from_generator(self) -> bool:
@@ -63,6 +65,9 @@ class Distiller:
   def _kd_update(self, student: train_state.TrainState, teacher_vars, images_u8, key):
     x, synth = augment.to_float(images_u8), self.synth
     if self.from_generator:   # the release feeds generator samples as they are
+      x = augment.normalize(x, synth.mean, synth.std)
+    elif self.kd_augment == "resized_crop":
+      x = augment.resized_crop_stripe(key, x, *self.kd_crop, self.axis)
       x = augment.normalize(x, synth.mean, synth.std)
     else:
       x = augment.augment_stripe(key, x, synth.mean, synth.std, synth.padding, self.axis)
@@ -220,4 +225,6 @@ def build(config: ml_collections.ConfigDict, info: data.DatasetInfo,
   return Distiller(synth=synth, student_model=student, tx=optim.kd_optimizer(config.kd),
                    kd_batch=config.batch_size, temperature=config.kd.temperature, mesh=mesh,
                    on_device_pool=config.pool.on_device and synth.uses_pool,
-                   kd_source=config.kd.source, kd_loss=config.kd.loss)
+                   kd_source=config.kd.source, kd_loss=config.kd.loss,
+                   kd_augment=config.kd.augment,
+                   kd_crop=(tuple(config.kd.crop_scale), tuple(config.kd.crop_ratio)))

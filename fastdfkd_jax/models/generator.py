@@ -58,6 +58,11 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
+  @property
+  def latent_shape(self) -> tuple[int]:
+    """Shape of one latent, (nz,)."""
+    return (self.nz,)
+
   @nn.compact
   def __call__(self, z, train: bool = True):
     init, c2 = self.img_size // 4, 2 * self.ngf

@@ -46,6 +46,9 @@ class SynthState:
   bn_momentum: Any         # [{'mean', 'var'}] per teacher BN layer
   has_momentum: jax.Array  # bool: buffers valid (False before the first call)
   calls: jax.Array         # int32: synthesis calls so far
+  latent: Any = None       # fast_meta with synth.meta_latent: the meta-learned latent
+                           # of the global batch (B,) + latent_shape, else None
+  latent_opt: Any = None   # its meta optimizer state (None without a meta latent)
 
 
 @struct.dataclass
@@ -62,6 +65,7 @@ class InnerCarry:
   last: Any                # teacher BN input stats of the latest step
   metrics: Any             # loss terms of the latest step
   targets: jax.Array       # * drawn labels (B_local,)
+  start: Any = None        # the global latent the call started from (meta latent only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,15 @@ class SynthesisHParams:
   deepinv_lr: float = 0.1
   deepinv_betas: tuple[float, float] = (0.5, 0.99)
   unroll: bool = False           # fully unroll the k-step scan (XLA:CPU)
+  meta_lr_g: float = 0.0         # fast_meta's meta Adam lr; 0: lr_g * k (the CIFAR release)
+  meta_latent: bool = False      # fast_meta: a meta-learned latent kept across calls
+  meta_lr_z: float = 5e-3        # its meta Adam lr
+  reinit_every: int = 0          # fast_meta: fresh meta latent and meta optimizer states
+                                 # at every reinit_every-th call (0: never)
+  augment: str = "crop"          # 'crop' (pad + crop + flip) | 'resized_crop'
+  crop_scale: tuple[float, float] = (0.75, 1.0)    # resized_crop: area fraction
+  crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # and aspect ratio
+  keep: str = "best"             # pool images: the lowest-loss step's or the last step's
 
 
 def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
@@ -88,7 +101,10 @@ def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
   return SynthesisHParams(
       k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g, lr_z=s.lr_z,
       bn=s.bn, oh=s.oh, bn_mmt=s.bn_mmt, betas=tuple(s.betas), meta_grad=s.meta_grad,
-      deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll)
+      deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll,
+      meta_lr_g=s.meta_lr_g, meta_latent=s.meta_latent, meta_lr_z=s.meta_lr_z,
+      reinit_every=s.reinit_every, augment=s.augment, crop_scale=tuple(s.crop_scale),
+      crop_ratio=tuple(s.crop_ratio), keep=s.keep)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,7 +119,7 @@ class InversionSynthesizer(base.Members, abc.ABC):
                   unroll: bool) -> "InversionSynthesizer":
     """The synthesizer of `config` (base.Synthesizer.from_config)."""
     h, _, c = info.image_shape
-    generator = models.get_model("generator", nz=config.synth.nz, ngf=config.synth.ngf,
+    generator = models.get_model(config.synth.generator, nz=config.synth.nz, ngf=config.synth.ngf,
                                  img_size=h, channels=c, axis_name=axis_name)
     return cls(generator=generator, hp=hparams_from_config(config, unroll),
                **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
@@ -125,9 +141,19 @@ class InversionSynthesizer(base.Members, abc.ABC):
   def _next_generator(self, state: SynthState, carry: InnerCarry):
     """(gen_params, opt_state) of the new state, from the finished inner loop."""
 
+  def _init_latent(self, key: jax.Array) -> tuple[Any, Any]:
+    """(latent, latent_opt) of a fresh state: none kept across calls."""
+    del key
+    return None, None
+
+  def _next_latent(self, state: SynthState, carry: InnerCarry) -> tuple[Any, Any]:
+    """(latent, latent_opt) of the new state, from the finished inner loop."""
+    del carry
+    return state.latent, state.latent_opt
+
   @property
   def latent_shape(self) -> tuple[int, ...]:
-    return (self.hp.nz,)
+    return tuple(self.generator.latent_shape)
 
   def latent_tx(self) -> optax.GradientTransformation:
     b1, b2 = self.hp.betas
@@ -149,16 +175,18 @@ class InversionSynthesizer(base.Members, abc.ABC):
     Host-side (outside shard_map): the teacher's BN layout is read with eval_shape.
     """
     gen_vars = model_util.init_variables(self.generator.clone(axis_name=None), key,
-                                         (self.hp.nz,))
+                                         tuple(self.generator.latent_shape))
     params = gen_vars["params"]
     teacher = self.teacher.clone(axis_name=None)
     stats = jax.eval_shape(lambda: teacher.apply(
         teacher_vars, jnp.zeros((2,) + self.image_shape), train=False,
         mutable=[losses.BN_STATS_COLLECTION])[1])
     momentum = losses.init_momentum(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats))
+    latent, latent_opt = self._init_latent(jax.random.fold_in(key, 1))
     return SynthState(gen_params=params, gen_batch_stats=gen_vars.get("batch_stats", {}),
                       opt_state=self.state_tx().init(params), bn_momentum=momentum,
-                      has_momentum=jnp.array(False), calls=jnp.int32(0))
+                      has_momentum=jnp.array(False), calls=jnp.int32(0), latent=latent,
+                      latent_opt=latent_opt)
 
   # ----------------------------------------------------------- per step
   def loss_terms(self, x, targets, key, teacher_vars, student_vars, momentum,
@@ -168,7 +196,7 @@ class InversionSynthesizer(base.Members, abc.ABC):
     Returns (loss, (this call's BN input stats, metrics dict)).
     """
     teacher_vars, student_vars = jax.lax.stop_gradient((teacher_vars, student_vars))
-    xa = augment.augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
+    xa = self.augment(key, x)
     t_logits, aux = self.teacher.apply(teacher_vars, xa, train=False,
                                        mutable=[losses.BN_STATS_COLLECTION])
     s_logits = self.student.apply(student_vars, xa, train=False)
@@ -180,6 +208,19 @@ class InversionSynthesizer(base.Members, abc.ABC):
     t_acc = parallel.pmean(jnp.mean(t_logits.argmax(-1) == targets), self.axis_name)
     return loss, (last, dict(loss_bn=l_bn, loss_oh=l_oh, loss_adv=l_adv,
                              teacher_target_acc=t_acc))
+
+  def augment(self, key, x):
+    """The synthesis augmentation of `hp.augment`, normalised (this device's stripe)."""
+    if self.hp.augment == "resized_crop":
+      x = augment.resized_crop_stripe(key, x, self.hp.crop_scale, self.hp.crop_ratio,
+                                      self.axis_name)
+      return augment.normalize(x, self.mean, self.std)
+    return augment.augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
+
+  def _start_latent(self, state: SynthState, key: jax.Array) -> jax.Array:
+    """The latents of the global batch a call starts from (fresh N(0, I) draws)."""
+    del state
+    return jax.random.normal(key, (self.hp.batch_size,) + tuple(self.latent_shape))
 
   # --------------------------------------------------------- synthesize
   def synthesize(self, state: SynthState, teacher_vars, student_vars, key: jax.Array,
@@ -206,7 +247,8 @@ class InversionSynthesizer(base.Members, abc.ABC):
     k_z, k_y, k_steps = jax.random.split(key, 3)
     b_global = hp.batch_size
     targets = self._stripe(jax.random.randint(k_y, (b_global,), 0, self.num_classes))
-    latent = self._stripe(jax.random.normal(k_z, (b_global,) + tuple(self.latent_shape)))
+    start = self._start_latent(state, k_z)
+    latent = self._stripe(start)
     gen_opt = self._begin_gen_opt(state)
     x_shape = (latent.shape[0],) + self.image_shape
     metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
@@ -218,7 +260,8 @@ class InversionSynthesizer(base.Members, abc.ABC):
         best_x=parallel.to_varying(jnp.zeros(x_shape, jnp.float32), self.axis_name),
         grad_sum=jax.tree.map(jnp.zeros_like, state.gen_params),
         last=jax.tree.map(jnp.zeros_like, state.bn_momentum),
-        metrics=jax.tree.map(jnp.float32, metric_zero), targets=targets)
+        metrics=jax.tree.map(jnp.float32, metric_zero), targets=targets,
+        start=start if self.hp.meta_latent else None)
     return carry, jax.random.split(k_steps, hp.k)
 
   def inner_step(self, carry: InnerCarry, step_key: jax.Array, state: SynthState,
@@ -236,7 +279,7 @@ class InversionSynthesizer(base.Members, abc.ABC):
 
     (loss, (x, gen_bs, last, metrics)), (g_fast, g_z) = jax.value_and_grad(
         objective, has_aux=True)((carry.fast, carry.latent))
-    better = loss < carry.best_loss
+    better = (loss < carry.best_loss) | (self.hp.keep == "last")
     upd_z, latent_opt = self.latent_tx().update(g_z, carry.latent_opt, carry.latent)
     fast, gen_opt, grad_sum = carry.fast, carry.gen_opt, carry.grad_sum
     gen_tx = self._inner_gen_tx()
@@ -253,11 +296,13 @@ class InversionSynthesizer(base.Members, abc.ABC):
   def end(self, state: SynthState, carry: InnerCarry):
     """Generator update and BN momentum update: (state, images uint8, metrics)."""
     params, opt_state = self._next_generator(state, carry)
+    latent, latent_opt = self._next_latent(state, carry)
     momentum = losses.update_momentum(state.bn_momentum, carry.last, state.has_momentum,
                                       self.hp.bn_mmt)
     new_state = SynthState(gen_params=params, gen_batch_stats=carry.gen_bs,
                            opt_state=opt_state, bn_momentum=momentum,
-                           has_momentum=jnp.array(True), calls=state.calls + 1)
+                           has_momentum=jnp.array(True), calls=state.calls + 1,
+                           latent=latent, latent_opt=latent_opt)
     metrics = dict(carry.metrics, best_loss=carry.best_loss)
     return new_state, augment.to_uint8(carry.best_x), metrics
 
@@ -271,4 +316,4 @@ class InversionSynthesizer(base.Members, abc.ABC):
         fast=P(), latent=P(axis), gen_opt=P(),
         latent_opt=jax.tree.map(lambda a: P(axis) if a.ndim else P(), opt),
         gen_bs=P(), best_loss=P(), best_x=P(axis), grad_sum=P(), last=P(), metrics=P(),
-        targets=P(axis))
+        targets=P(axis), start=P() if self.hp.meta_latent else None)
