@@ -73,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.pool = ml_collections.ConfigDict()
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
+  c.pool.memmap = False          # with on_device=False: the ring buffer memory-mapped in
+                                 # WORKDIR/pool.npy (referenced from the checkpoint)
   c.transfer = _transfer_config()
 
   # Loop structure, chosen in one place (loops, distill.builder): 'auto' = lax.scan on

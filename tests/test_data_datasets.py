@@ -8,18 +8,20 @@ from fastdfkd_jax import data, errors
 
 def test_info_table():
   assert set(data.DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10",
-                                "cifar100", "svhn_cropped"}
+                                "cifar100", "svhn_cropped", "imagenet", "imagenet_mini"}
   for name, info in data.DATASETS.items():
     assert info.name == name
     assert len(info.mean) == len(info.std) == info.image_shape[2]
-    assert info.crop_padding == (1 if name == "digits" else 4)
+    imagenet = name.startswith("imagenet")
+    assert info.crop_padding == (1 if name == "digits" else 0 if imagenet else 4)
+    assert info.resize == imagenet and info.streaming == (name == "imagenet")
   assert data.get_info("mnist").image_shape == (28, 28, 1)
   assert data.get_info("cifar100").num_classes == 100
 
 
 def test_unknown_name_lists_valid_names():
   with pytest.raises(errors.UserError) as e:
-    data.get_info("imagenet")
+    data.get_info("imagenet21k")
   for name in data.DATASETS:
     assert name in str(e.value)
   with pytest.raises(errors.UserError, match="cifar10"):

@@ -163,4 +163,4 @@ def test_kd_source_dataset_with_a_missing_set_is_a_user_error(tmp_path):
   c = config_lib.default_config()
   c.kd.source, c.kd.dataset_dir = "dataset", str(tmp_path)
   with pytest.raises(errors.UserError, match="no exported transfer set"):
-    loop.kd_source(c, None, data.get_info("digits"), None)
+    loop.kd_source(c, None, data.get_info("digits"), None, str(tmp_path))

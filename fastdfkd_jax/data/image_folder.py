@@ -1,7 +1,9 @@
 """Image-folder trees and `.tar.gz` / `.tgz` / `.tar` archives of them, with a decode cache.
 
 A tree is `<root>/train/<class>/*.{jpg,jpeg,png}` and `<root>/test/<class>/*`
-(possibly under one top-level folder). An archive of one is extracted once into
+(or `<root>/val/<class>/*`, the ImageNet layout; possibly under one top-level
+folder). A data set with `info.resize` takes images of any size through the
+ImageNet eval transform scaled to its size (`resize_center_crop`). An archive of one is extracted once into
 `<cache_root>/<stem>-<hash of its content>/tree` (into a temporary folder, then
 renamed: a failed extraction leaves nothing behind; a changed archive gets a
 new folder); a plain tree gets its own `<cache_root>/<name>-<short hash>/`
@@ -25,12 +27,14 @@ import numpy as np
 from absl import logging
 
 from fastdfkd_jax import errors
-from fastdfkd_jax.data.info import LAYOUT_HELP, SPLITS, DatasetInfo, Split
+from fastdfkd_jax.data.info import EVAL_RESIZE, LAYOUT_HELP, DatasetInfo, Split
 
 # Bump when the decoded `.npz` contents change meaning, so stale caches are ignored.
 _CACHE_VERSION = 1
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# Split folders of a tree; the test split is test/, or val/ where there is no test/.
+FOLDERS = ("train", "test", "val")
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -68,7 +72,7 @@ def archive_cache_dir(path: str, cache_dir: str | None = None) -> str:
 def _tree_cache_dir(root: str, cache_dir: str | None) -> str:
   """Cache folder of a plain image tree, keyed on its path and class folders."""
   parts: list[object] = [root]
-  for split in SPLITS:
+  for split in FOLDERS:
     split_dir = os.path.join(root, split)
     if os.path.isdir(split_dir):
       for cls in sorted(os.listdir(split_dir)):
@@ -83,7 +87,7 @@ def _tree_cache_dir(root: str, cache_dir: str | None) -> str:
 def find_tree_root(path: str) -> str | None:
   """`path` or its single sub-folder when it holds train/ or test/."""
   def is_root(p: str) -> bool:
-    return any(os.path.isdir(os.path.join(p, s)) for s in SPLITS)
+    return any(os.path.isdir(os.path.join(p, s)) for s in FOLDERS)
   if is_root(path):
     return path
   subdirs = [e for e in os.listdir(path)
@@ -248,7 +252,7 @@ def class_names(info: DatasetInfo, root: str) -> list[str]:
   carry those names.
   """
   names: set[str] = set()
-  for split in SPLITS:
+  for split in FOLDERS:
     split_dir = os.path.join(root, split)
     if os.path.isdir(split_dir):
       names.update(e for e in os.listdir(split_dir)
@@ -261,13 +265,36 @@ def class_names(info: DatasetInfo, root: str) -> list[str]:
   return sorted(names)
 
 
-def _decode_image(path: str, mode: str, hw: tuple[int, int]) -> np.ndarray:
+def split_folder(root: str, split: Split) -> str:
+  """The folder of `split` in the tree at `root`: test/, or val/ where test/ is absent."""
+  path = os.path.join(root, split)
+  if split == "test" and not os.path.isdir(path):
+    return os.path.join(root, "val")
+  return path
+
+
+def resize_center_crop(img, hw: tuple[int, int]):
+  """The ImageNet eval transform scaled to hw = (H, W): shorter side to
+  round(max(H, W) * 256 / 224) (bilinear), then the centre H x W crop (a PIL image)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  short = round(max(hw) * EVAL_RESIZE)
+  w, h = img.size
+  scale = short / min(w, h)
+  new = (max(hw[1], round(w * scale)), max(hw[0], round(h * scale)))
+  img = img.resize(new, Image.BILINEAR)
+  left, top = (new[0] - hw[1]) // 2, (new[1] - hw[0]) // 2
+  return img.crop((left, top, left + hw[1], top + hw[0]))
+
+
+def decode_image(path: str, mode: str, hw: tuple[int, int], resize: bool) -> np.ndarray:
+  """uint8 (H, W, channels of `mode`) of the file at `path` (`resize`: through
+  `resize_center_crop`, else its size must be hw)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as img:
       img.load()
-      array = np.asarray(img if img.mode == mode else img.convert(mode),
-                         dtype=np.uint8)
+      img = img if img.mode == mode else img.convert(mode)
+      array = np.asarray(resize_center_crop(img, hw) if resize else img, dtype=np.uint8)
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(f"Cannot decode image {path!r}: {e}") from e
   if array.shape[:2] != hw:
@@ -275,6 +302,38 @@ def _decode_image(path: str, mode: str, hw: tuple[int, int]) -> np.ndarray:
         f"Image {path!r} is {array.shape[1]}x{array.shape[0]} (WxH); "
         f"expected {hw[1]}x{hw[0]}.\n{LAYOUT_HELP}")
   return array
+
+
+def list_split(info: DatasetInfo, split: Split, root: str) -> tuple[list[str], np.ndarray]:
+  """(files, int32 labels (N,)) of `<root>/<split>/<class>/*.{jpg,jpeg,png}`, in class
+  order (`class_names`), files sorted within a class."""
+  folder = split_folder(root, split)
+  if not os.path.isdir(folder):
+    raise errors.UserError(
+        f"Image-folder tree {root!r} has no {split}/ folder (expected "
+        f"{folder!r}).\n{LAYOUT_HELP}")
+  classes = class_names(info, root)
+  if len(classes) != info.num_classes:
+    raise errors.UserError(
+        f"Image-folder tree {root!r} has {len(classes)} class folders "
+        f"({', '.join(classes[:12])}{'...' if len(classes) > 12 else ''}); "
+        f"dataset {info.name!r} has {info.num_classes} classes.\n{LAYOUT_HELP}")
+  files: list[str] = []
+  labels: list[int] = []
+  for label, cls in enumerate(classes):
+    cdir = os.path.join(folder, cls)
+    if not os.path.isdir(cdir):
+      continue
+    names = sorted(e for e in os.listdir(cdir)
+                   if e.lower().endswith(_IMAGE_EXTENSIONS)
+                   and not e.startswith("."))
+    files += [os.path.join(cdir, n) for n in names]
+    labels += [label] * len(names)
+  if not files:
+    raise errors.UserError(
+        f"Image-folder split {folder!r} holds no .jpg/.jpeg/.png images in "
+        f"its class folders.\n{LAYOUT_HELP}")
+  return files, np.asarray(labels, np.int32)
 
 
 def load_image_tree(info: DatasetInfo, split: Split,
@@ -285,39 +344,14 @@ def load_image_tree(info: DatasetInfo, split: Split,
     images: uint8 (N, H, W, C), converted to the data set's channel count.
     labels: int32 (N,), class index per `class_names`.
   """
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    raise errors.UserError(
-        f"Image-folder tree {root!r} has no {split}/ folder (expected "
-        f"{split_dir!r}).\n{LAYOUT_HELP}")
-  classes = class_names(info, root)
-  if len(classes) != info.num_classes:
-    raise errors.UserError(
-        f"Image-folder tree {root!r} has {len(classes)} class folders "
-        f"({', '.join(classes[:12])}{'...' if len(classes) > 12 else ''}); "
-        f"dataset {info.name!r} has {info.num_classes} classes.\n{LAYOUT_HELP}")
-  files: list[str] = []
-  labels: list[int] = []
-  for label, cls in enumerate(classes):
-    cdir = os.path.join(split_dir, cls)
-    if not os.path.isdir(cdir):
-      continue
-    names = sorted(e for e in os.listdir(cdir)
-                   if e.lower().endswith(_IMAGE_EXTENSIONS)
-                   and not e.startswith("."))
-    files += [os.path.join(cdir, n) for n in names]
-    labels += [label] * len(names)
-  if not files:
-    raise errors.UserError(
-        f"Image-folder split {split_dir!r} holds no .jpg/.jpeg/.png images in "
-        f"its class folders.\n{LAYOUT_HELP}")
+  files, labels = list_split(info, split, root)
   h, w, c = info.image_shape
   mode = {1: "L", 3: "RGB"}[c]
   images = np.empty((len(files), h, w, c), np.uint8)
 
   def decode_chunk(start: int, stop: int) -> None:
     for i in range(start, stop):
-      images[i] = _decode_image(files[i], mode, (h, w)).reshape(h, w, c)
+      images[i] = decode_image(files[i], mode, (h, w), info.resize).reshape(h, w, c)
 
   chunk = 2048
   workers = min(8, os.cpu_count() or 1)
@@ -329,4 +363,4 @@ def load_image_tree(info: DatasetInfo, split: Split,
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       for fut in [pool.submit(decode_chunk, s, e) for s, e in ranges]:
         fut.result()
-  return images, np.asarray(labels, np.int32)
+  return images, labels

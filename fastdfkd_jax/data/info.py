@@ -20,7 +20,8 @@ LAYOUT_HELP = (
     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
     "t10k-labels-idx1-ubyte.gz (gzipped or not), as MNIST / Fashion-MNIST ship;\n"
     "  (b) an image-folder tree <data_dir>/train/<class>/*.jpg|*.jpeg|*.png and "
-    "<data_dir>/test/<class>/* (possibly under one top-level folder);\n"
+    "<data_dir>/test/<class>/* or <data_dir>/val/<class>/* (the ImageNet layout; "
+    "possibly under one top-level folder);\n"
     "  (c) a .tar.gz / .tgz / .tar archive of such a tree (extracted once into a "
     "cache directory).")
 
@@ -37,6 +38,11 @@ class DatasetInfo:
     std: per-channel standard deviation of the [0, 1] pixels, length C.
     tfds_name: the TensorFlow Datasets name ('' where there is none).
     crop_padding: zero padding of the random-crop augmentation.
+    resize: images of any size are accepted and brought to image_shape by the
+      ImageNet eval transform scaled to the image size (shorter side resized to
+      round(H * 256 / 224), then the centre H x W crop); else a mismatch is refused.
+    streaming: the splits are decoded batch by batch in a background pipeline
+      (`streaming.py`), never held whole in memory.
   """
 
   name: str
@@ -46,11 +52,18 @@ class DatasetInfo:
   std: tuple[float, ...]
   tfds_name: str
   crop_padding: int
+  resize: bool = False
+  streaming: bool = False
 
   @property
   def channels(self) -> int:
     return self.image_shape[2]
 
+
+# torchvision's ImageNet constants (the release's NORMALIZE_DICT['imagenet']).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The ImageNet eval transform: resize the shorter side to 256, centre-crop 224.
+EVAL_RESIZE = 256 / 224
 
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info for info in (
@@ -65,6 +78,14 @@ DATASETS: dict[str, DatasetInfo] = {
                     (0.2675, 0.2565, 0.2761), "cifar100", 4),
         DatasetInfo("svhn_cropped", 10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
                     (0.198, 0.201, 0.197), "svhn_cropped", 4),
+        # ImageNet-1k at 224 px: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, or TFDS
+        # imagenet2012 (manual download), streamed.
+        DatasetInfo("imagenet", 1000, (224, 224, 3), IMAGENET_MEAN, IMAGENET_STD,
+                    "imagenet2012", 0, resize=True, streaming=True),
+        # A small ImageNet-layout set at 64 px (e.g. the procedural one of
+        # `procedural_folder.py`), decoded into memory: the CPU-sized ImageNet runs.
+        DatasetInfo("imagenet_mini", 10, (64, 64, 3), IMAGENET_MEAN, IMAGENET_STD, "",
+                    0, resize=True),
     )
 }
 

@@ -67,9 +67,9 @@ class KDSource:
     return self.saved_pool.state() if self.saved_pool else {}
 
 
-def kd_source(config, ds, info, mesh) -> KDSource:
+def kd_source(config, ds, info, mesh, workdir: str) -> KDSource:
   """The fixed-set pool (kd.source='real', or 'dataset': an exported transfer set) or
-  the host-memory synthetic pool."""
+  the host-memory synthetic pool (pool.memmap: in WORKDIR/pool.npy)."""
   if config.kd.source in ("real", "dataset"):
     images = (ds.train_images if config.kd.source == "real"
               else transfer_set.load_images(config.kd.dataset_dir, info.image_shape))
@@ -80,7 +80,9 @@ def kd_source(config, ds, info, mesh) -> KDSource:
   if (config.kd.source == "synthetic" and not config.pool.on_device
       and synthesis.get(config.method).uses_pool):
     slots = pool_lib.config_slots(config)
-    return KDSource(host_pool=pool_lib.HostPool(slots, config.batch_size, info.image_shape))
+    path = os.path.join(workdir, "pool.npy") if config.pool.memmap else None
+    return KDSource(host_pool=pool_lib.HostPool(slots, config.batch_size, info.image_shape,
+                                                path))
   return KDSource()
 
 
@@ -158,7 +160,7 @@ def setup(config, workdir: str, preemption) -> Run:
   reset_l0 = getattr(distiller.synth, "reset_first_layer", None)   # an optional hook
   return Run(config=config, workdir=workdir, info=info, ds=ds, mesh=mesh,
              distiller=distiller, teacher_vars=teacher_vars, teacher_arch=teacher_meta["arch"],
-             teacher_acc=teacher_acc, source=kd_source(config, ds, info, mesh),
+             teacher_acc=teacher_acc, source=kd_source(config, ds, info, mesh, workdir),
              reset_fn=None if reset_l0 is None else jax.jit(reset_l0))
 
 

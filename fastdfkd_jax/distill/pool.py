@@ -13,6 +13,7 @@ this samples the pool uniformly per position while every device reads only
 its own stripe: no cross-device gather, and 1 or 8 devices draw the same batch.
 """
 
+import os
 from typing import Any
 
 import jax
@@ -97,12 +98,25 @@ def sample(pool: Pool, key: jax.Array, n: int, axis_name: str | None = None) -> 
 class HostPool:
   """The same ring buffer in host memory, for pools that do not fit on device.
 
-  Holds the global (slots, B, H, W, C) array on the host; `sample` returns the
-  global batch as numpy (the caller shards it with `parallel.put_batch`).
+  Holds the global (slots, B, H, W, C) array on the host, or with `path` in a
+  memory-mapped `.npy` file there (pool.memmap: a 224 px pool larger than host
+  memory; the OS pages it); `sample` returns the global batch as numpy (the caller
+  shards it with `parallel.put_batch`). A memory-mapped pool is referenced from the
+  checkpoint, not copied into it: `state()` holds only the counters, and a resumed
+  run reopens the file (slots written after that checkpoint lie beyond `filled`, or,
+  once the ring has wrapped, hold newer images than the checkpoint's).
   """
 
-  def __init__(self, slots: int, batch: int, image_shape: tuple[int, ...]):
-    self.images = np.zeros((slots, batch) + tuple(image_shape), np.uint8)
+  def __init__(self, slots: int, batch: int, image_shape: tuple[int, ...],
+               path: str | None = None):
+    shape = (slots, batch) + tuple(image_shape)
+    self.path = path
+    if path is None:
+      self.images = np.zeros(shape, np.uint8)
+    else:
+      reuse = os.path.exists(path) and np.load(path, mmap_mode="r").shape == shape
+      self.images = np.lib.format.open_memmap(path, mode="r+" if reuse else "w+",
+                                              dtype=np.uint8, shape=shape)
     self.filled = 0
     self.cursor = 0
 
@@ -123,8 +137,15 @@ class HostPool:
     return self.images[slot, row]
 
   def state(self) -> dict[str, Any]:
-    return dict(images=self.images, filled=np.int32(self.filled), cursor=np.int32(self.cursor))
+    """What the checkpoint keeps: the counters, and the images unless memory-mapped."""
+    counters = dict(filled=np.array(self.filled, np.int32),
+                    cursor=np.array(self.cursor, np.int32))
+    if self.path is not None:
+      self.images.flush()
+      return counters
+    return dict(counters, images=self.images)
 
   def load(self, state: dict[str, Any]) -> None:
-    self.images = np.asarray(state["images"]).copy()
+    if self.path is None:
+      self.images = np.asarray(state["images"]).copy()
     self.filled, self.cursor = int(state["filled"]), int(state["cursor"])
