@@ -103,9 +103,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
                      "written by train_teacher or distill, or a release .pth)")
   try:
-    data.get_info(c.dataset.name)
+    info = data.get_info(c.dataset.name)
   except ValueError as e:
     raise errors.UserError(f"config.dataset.name={c.dataset.name!r}: {e}") from None
+  if info.streaming and c.kd.source == "real":
+    raise errors.UserError(f"kd.source='real' holds the whole training split in a pool; "
+                           f"dataset {info.name!r} is streamed, never held whole")
   archs = ([("model", c.model)] if c.mode not in ("distill", "synthesize")
            else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
   for field, arch in archs:

@@ -20,6 +20,11 @@ Where the data comes from (see `load_split`):
       (c) a `.tar.gz` / `.tgz` / `.tar` archive of such a tree, extracted once into
           a cache directory (`image_folder.py` for both).
     Decoded image-folder splits are cached as `.npz` files and reused.
+
+A streamed data set (`info.streaming`: imagenet) returns `streaming.StreamingSplit`
+images instead of arrays (decoded per batch in a background pipeline, never a
+whole split): from an image-folder tree at `data_dir`, or with `data_dir=''` from
+a prepared TFDS copy (`tfds.stream`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from fastdfkd_jax import errors
-from fastdfkd_jax.data import digits, idx, image_folder, tfds
+from fastdfkd_jax.data import digits, idx, image_folder, streaming, tfds
 from fastdfkd_jax.data.info import LAYOUT_HELP, SPLITS, DatasetInfo, Split, get_info
 
 
@@ -88,6 +93,8 @@ def load_split(name: str, split: Split, data_dir: str = "",
   info = get_info(name)
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}")
+  if info.streaming:
+    return _stream_split(info, split, data_dir)
   if name == "digits":
     images, labels = digits.load(split)
   elif not data_dir:
@@ -96,6 +103,21 @@ def load_split(name: str, split: Split, data_dir: str = "",
     images, labels = _load_local(info, split, data_dir, cache_dir)
   _check_arrays(info, images, labels, data_dir or info.tfds_name or name)
   return images, labels
+
+
+def _stream_split(info: DatasetInfo, split: Split,
+                  data_dir: str) -> tuple[streaming.StreamingSplit, np.ndarray]:
+  """A streamed split: an image-folder tree at `data_dir`, or TFDS for ''."""
+  if not data_dir:
+    return tfds.stream(info, split)
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  root = image_folder.find_tree_root(path) if os.path.isdir(path) else None
+  if root is None:
+    raise errors.UserError(
+        f"Data path {path!r} (dataset {info.name!r}, streamed) is not an image-folder "
+        f"tree train/<class>/*, val/<class>/* (archives are not streamed: extract it "
+        f"first).\n{LAYOUT_HELP}")
+  return streaming.from_tree(info, split, root)
 
 
 def _load_local(info: DatasetInfo, split: Split, data_dir: str,

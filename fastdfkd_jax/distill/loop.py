@@ -211,26 +211,18 @@ def fused_epoch(run: Run, state, key, adv, counters: dict):
 
 
 def kd_chunk(run: Run) -> int:
-  """KD updates per `Programs.kd` call: a round's kd_steps for a generator-vs-student
-  method, else the epoch's kd.steps over its synth.calls_per_epoch."""
+  """KD updates per `Programs.kd` call: kd.steps per synthesis call, or a round's."""
   synth, config = run.distiller.synth, run.config
-  if not run.synthetic:
-    return config.kd.steps
-  return config.kd.steps // config.synth.calls_per_epoch if synth.uses_pool else synth.kd_steps
-
-
-def in_rounds(run: Run) -> bool:
-  """An epoch of several synthesis calls, each followed by kd_chunk KD updates."""
-  return run.synthetic and (not run.distiller.synth.uses_pool
-                            or run.config.synth.calls_per_epoch > 1)
+  if not run.synthetic or synth.uses_pool:
+    return config.kd.steps // (config.synth.calls_per_epoch if run.synthetic else 1)
+  return synth.kd_steps
 
 
 def generator_rounds(run: Run, state, key, adv, kd_phase: bool, counters: dict):
-  """An epoch in rounds: kd.steps // kd_chunk rounds of one synthesis call (timed)
-  then, after warmup, kd_chunk KD updates (timed, synced) -> (state, metrics averaged
-  over the rounds). A generator-vs-student method's call is g_steps generator updates
-  and its KD batches fresh generator samples; a pool method's (calls_per_epoch > 1)
-  call adds a batch to the pool the KD updates draw from."""
+  """kd.steps // kd_chunk rounds of one synthesis call (timed) then, after warmup,
+  kd_chunk KD updates (timed, synced) -> (state, metrics averaged over the rounds): a
+  generator-vs-student epoch (g_steps updates, KD on fresh generator samples) or a
+  pool method's with synth.calls_per_epoch > 1."""
   n_kd = kd_chunk(run)
   k_synth, k_kd = jax.random.split(key)
   rows = []
@@ -257,7 +249,8 @@ def run_epoch(run: Run, state, epoch: int, counters: dict):
     state = state.replace(synth=run.reset_fn(state.synth, k_reset))
   adv = jnp.float32(config.synth.adv if epoch >= config.warmup else 0.0)
   kd_phase = epoch >= config.warmup
-  if in_rounds(run):
+  rounds = not run.distiller.synth.uses_pool or config.synth.calls_per_epoch > 1
+  if run.synthetic and rounds:
     return generator_rounds(run, state, k_synth, adv, kd_phase, counters)
   if run.programs.structure.fused and kd_phase:
     return fused_epoch(run, state, key, adv, counters)
