@@ -82,6 +82,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("synth.augment", c.synth.augment, config_lib.AUGMENTS)
   choice("kd.augment", c.kd.augment, config_lib.AUGMENTS)
   choice("synth.keep", c.synth.keep, config_lib.KEEP_IMAGES)
+  if c.pool.memmap and c.pool.on_device:
+    raise errors.UserError("config.pool.memmap=True memory-maps the host pool: set "
+                           "--config.pool.on_device=False with it")
   if c.kd.steps % c.synth.calls_per_epoch:
     raise errors.UserError(f"config.kd.steps={c.kd.steps} must be a multiple of "
                            f"synth.calls_per_epoch={c.synth.calls_per_epoch}")

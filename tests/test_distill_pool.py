@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fastdfkd_jax import config_lib
 from fastdfkd_jax.distill import pool as pool_lib
 
 SHAPE = (2, 2, 1)
@@ -181,3 +182,37 @@ def test_host_pool_of_a_fixed_set_samples_only_it():
   flat = full.reshape((12,) + SHAPE)
   for image in batch:
     assert any(np.array_equal(image, f) for f in flat)
+
+
+def test_memory_mapped_host_pool_samples_as_the_in_memory_one_and_reopens(tmp_path):
+  """pool.memmap: the same ring and draws as the in-memory pool; the checkpoint keeps
+  only the counters and a resumed pool reopens the file."""
+  path = str(tmp_path / "pool.npy")
+  mapped, plain = pool_lib.HostPool(3, 8, SHAPE, path), pool_lib.HostPool(3, 8, SHAPE)
+  rng = np.random.default_rng(0)
+  for _ in range(4):   # wraps once
+    batch = rng.integers(0, 256, (8,) + SHAPE).astype(np.uint8)
+    mapped.add(batch)
+    plain.add(batch)
+  assert isinstance(mapped.images, np.memmap)
+  np.testing.assert_array_equal(mapped.images, plain.images)
+  for seed in range(3):
+    key = jax.random.key(seed)
+    np.testing.assert_array_equal(mapped.sample(key, 8), plain.sample(key, 8))
+  state = mapped.state()
+  assert sorted(state) == ["cursor", "filled"]
+  resumed = pool_lib.HostPool(3, 8, SHAPE, path)
+  resumed.load(state)
+  assert (resumed.filled, resumed.cursor) == (3, 1)
+  np.testing.assert_array_equal(resumed.sample(jax.random.key(0), 16),
+                                plain.sample(jax.random.key(0), 16))
+  fresh = pool_lib.HostPool(2, 8, SHAPE, path)   # another shape: a new, empty file
+  assert fresh.images.shape == (2, 8) + SHAPE and not fresh.images.any()
+
+
+def test_config_slots_count_every_call():
+  c = config_lib.base_config()
+  c.epochs, c.batch_size, c.synth.calls_per_epoch = 4, 8, 10
+  assert pool_lib.config_slots(c) == 40
+  c.pool.capacity = 64
+  assert pool_lib.config_slots(c) == 8
