@@ -82,6 +82,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("synth.augment", c.synth.augment, config_lib.AUGMENTS)
   choice("kd.augment", c.kd.augment, config_lib.AUGMENTS)
   choice("synth.keep", c.synth.keep, config_lib.KEEP_IMAGES)
+  _validate_imagenet_options(c)
   if c.pool.memmap and c.pool.on_device:
     raise errors.UserError("config.pool.memmap=True memory-maps the host pool: set "
                            "--config.pool.on_device=False with it")
@@ -118,6 +119,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if arch not in models.list_models():
       raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
                        f"{', '.join(models.list_models())}")
+
+
+def _validate_imagenet_options(c: ml_collections.ConfigDict) -> None:
+  """The ImageNet synthesis options exist for the methods that read them."""
+  defaults = (("meta_latent", False), ("reinit_every", 0), ("meta_lr_g", 0.0))
+  meta = [f"synth.{f}={c.synth[f]!r}" for f, off in defaults if c.synth[f] != off]
+  if meta and c.method != "fast_meta":
+    raise errors.UserError(f"{', '.join(meta)} apply to method=fast_meta only, not "
+                           f"{c.method!r}")
+  if c.synth.generator != "generator" and c.method not in ("fast_meta", "fast", "deepinv"):
+    raise errors.UserError(f"synth.generator={c.synth.generator!r} applies to fast_meta, "
+                           f"fast and deepinv; method {c.method!r} builds its own generator")
 
 
 def check_types(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict,

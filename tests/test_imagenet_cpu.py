@@ -92,3 +92,36 @@ def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkey
   assert np.isfinite(summary["student_acc"])
   pool = np.load(os.path.join(workdir, "pool.npy"), mmap_mode="r")
   assert pool.shape == (6, 16, 32, 32, 3) and pool[5].any()   # every call's batch kept
+
+
+def test_imagenet_options_need_their_method():
+  from fastdfkd_jax import config_checks, config_lib, errors
+  c = config_lib.default_config()
+  c.method, c.synth.meta_latent = "fast", True
+  with pytest.raises(errors.UserError, match="fast_meta only"):
+    config_checks.validate(c)
+  c = config_lib.default_config()
+  c.method, c.synth.generator = "cmi", "deep_generator"
+  with pytest.raises(errors.UserError, match="builds its own generator"):
+    config_checks.validate(c)
+  c = config_lib.default_config()
+  c.synth.calls_per_epoch = 7   # kd.steps 30
+  with pytest.raises(errors.UserError, match="multiple of"):
+    config_checks.validate(c)
+
+
+def test_make_imagenet_folder_tool(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location(
+      "make_imagenet_folder",
+      os.path.join(os.path.dirname(__file__), "..", "tools", "make_imagenet_folder.py"))
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  assert tool.main([str(tmp_path), "--classes", "2", "--train", "3", "--val", "1",
+                    "--size", "16"]) == 0
+  assert "wrote 6 train and 2 val images" in capsys.readouterr().out
+  assert sorted(os.listdir(tmp_path / "train")) == ["n00000000", "n00000001"]
+  assert sorted(os.listdir(tmp_path / "val" / "n00000001")) == ["ILSVRC2012_val_00000002.JPEG"]
+  again = tmp_path / "again"
+  tool.main([str(again), "--classes", "2", "--train", "3", "--val", "1", "--size", "16"])
+  first = (tmp_path / "train" / "n00000001" / "n00000001_2.JPEG").read_bytes()
+  assert (again / "train" / "n00000001" / "n00000001_2.JPEG").read_bytes() == first
