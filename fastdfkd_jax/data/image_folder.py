@@ -4,10 +4,10 @@ A tree is `<root>/train/<class>/*.{jpg,jpeg,png}` and `<root>/test/<class>/*`
 (or `<root>/val/<class>/*`, the ImageNet layout; possibly under one top-level
 folder). A data set with `info.resize` takes images of any size through the
 ImageNet eval transform scaled to its size (`resize_center_crop`). An archive of
-one is extracted once into `<cache_root>/<stem>-<hash of its content>/tree` (into a temporary folder, then
-renamed: a failed extraction leaves nothing behind; a changed archive gets a
-new folder); a plain tree gets its own `<cache_root>/<name>-<short hash>/`
-folder. Decoded splits are cached there as
+one is extracted once into `<cache_root>/<stem>-<hash of its content>/tree` (into a
+temporary folder, then renamed: a failed extraction leaves nothing behind; a
+changed archive gets a new folder); a plain tree gets its own
+`<cache_root>/<name>-<short hash>/` folder. Decoded splits are cached there as
 `<dataset>-<split>-<H>x<W>x<C>-v<version>.npz` and reused. A cached `.npz` that
 does not load or does not fit the data set, or an extracted tree that no longer
 decodes, is logged and rebuilt.
