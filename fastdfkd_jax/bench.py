@@ -54,6 +54,10 @@ flags.DEFINE_string("profile_dir", "", "If set, one extra call per measurement i
                     "with jax.profiler.trace into PROFILE_DIR/<what> (not timed).")
 flags.DEFINE_string("torch_reference", "", "Path of torch_reference.py: also time the "
                     "PyTorch reference (synth, kd) and print a comparison line.")
+flags.DEFINE_string("torch_python", "", "Interpreter with torch for --torch_reference "
+                    "(default: this one; e.g. a Python 3.11 venv with the CPU torch wheel).")
+flags.DEFINE_list("torch_amp", ["none"], "The reference's --amp settings to time side by "
+                  "side: none (float32), bf16 (bfloat16 autocast).")
 flags.DEFINE_integer("peak_matmul_size", 0, "Square matmul size for the peak FLOP/s "
                      "estimate (0: 2048 on CPU, 8192 on accelerators; <0: skip).")
 flags.DEFINE_string("json_out", "", "If set, JSON lines are also appended to this file.")
@@ -309,7 +313,8 @@ class Bench:
 # ------------------------------------------------------------------ driver
 def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps: int = 400,
         profile_dir: str = "", torch_reference: str = "", peak_matmul_size: int = 0,
-        emit: Callable[[dict], None] | None = None, warmup_calls: int = 1) -> list[dict]:
+        emit: Callable[[dict], None] | None = None, warmup_calls: int = 1,
+        torch_python: str = "", torch_amp=("none",)) -> list[dict]:
   """Runs the measurements; returns (and emits) one dict per JSON line."""
   import jax
   from fastdfkd_jax import config_checks, parallel
@@ -317,6 +322,9 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
   for w in what:
     if w not in WHATS:
       raise errors.UserError(f"--what={w!r}: choose from {', '.join(WHATS)}")
+  bad_amp = [a for a in torch_amp if a not in ("none", "bf16")]
+  if bad_amp:
+    raise errors.UserError(f"--torch_amp={','.join(bad_amp)}: choose from none, bf16")
   if repeats < 1 or kd_steps < 1 or epoch_kd_steps < 1 or warmup_calls < 0:
     raise errors.UserError("--repeats, --kd_steps and --epoch_kd_steps must be >= 1, "
                            "--warmup_calls >= 0")
@@ -351,8 +359,9 @@ def run(config, what=WHATS, repeats: int = 5, kd_steps: int = 20, epoch_kd_steps
       row["implied_by"] = "epoch"
     emit(row)
     rows.append(row)
-    if torch_reference and w in what:
-      cmp_row = bench_torch.torch_compare(row, torch_reference, config, kd_steps, repeats)
+    for amp in (torch_amp if torch_reference and w in what else ()):
+      cmp_row = bench_torch.torch_compare(row, torch_reference, config, kd_steps, repeats,
+                                          python=torch_python, amp=amp)
       if cmp_row is not None:
         emit(cmp_row)
         rows.append(cmp_row)
@@ -375,7 +384,7 @@ def main(argv):
     with cli.user_errors():
       run(FLAGS.config, FLAGS.what, FLAGS.repeats, FLAGS.kd_steps, FLAGS.epoch_kd_steps,
           FLAGS.profile_dir, FLAGS.torch_reference, FLAGS.peak_matmul_size, emit,
-          FLAGS.warmup_calls)
+          FLAGS.warmup_calls, FLAGS.torch_python, FLAGS.torch_amp)
   finally:
     if out:
       out.close()

@@ -17,8 +17,13 @@ def torch_archs_ok(name: str) -> bool:
 
 
 def torch_compare(row: dict, path: str, config, kd_steps: int, repeats: int,
-                  runner: Callable = subprocess.run) -> dict | None:
-  """Runs torch_reference.py for the same measurement; the comparison line (or None)."""
+                  runner: Callable = subprocess.run, python: str = "",
+                  amp: str = "none") -> dict | None:
+  """Runs torch_reference.py for the same measurement; the comparison line (or None).
+
+  `python`: the interpreter that has torch (default: this one); `amp`: the
+  reference's `--amp` (none = float32, bf16 = PyTorch's bfloat16 autocast).
+  """
   what = row["what"]
   if what not in ("synth", "kd"):
     return None
@@ -38,9 +43,9 @@ def torch_compare(row: dict, path: str, config, kd_steps: int, repeats: int,
                  f"ngf={config.synth.ngf}")
   if what == "synth" and config.method != "fast_meta":
     notes.append(f"torch reference runs fast_meta, jax {config.method}")
-  cmd = [sys.executable, path, what, "--teacher", row["teacher"], "--student", row["student"],
+  cmd = [python or sys.executable, path, what, "--teacher", row["teacher"], "--student", row["student"],
          "--k", str(row["k"]), "--batch", str(row["batch"]), "--steps", str(kd_steps),
-         "--repeats", str(repeats)]
+         "--repeats", str(repeats), "--amp", amp]
   logging.info("torch reference: %s", " ".join(cmd))
   proc = runner(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
@@ -58,6 +63,7 @@ def torch_compare(row: dict, path: str, config, kd_steps: int, repeats: int,
              jax_images_per_s=row["images_per_s"],
              torch_images_per_s=float(ref["images_per_s"]),
              jax_device_kind=row["device_kind"], jax_loop=row["loop"],
+             jax_dtype=row.get("dtype"), torch_amp=amp,
              torch_version=ref.get("torch"), torch_threads=ref.get("threads"))
   if notes:
     out["notes"] = notes

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from fastdfkd_jax import config_checks, errors
+from fastdfkd_jax import config_checks, errors, xla_env
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
 CONFIG_HELP = "A configs/*.py file (optionally :ARG); default: the embedded digits run."
@@ -45,7 +45,8 @@ def parse_flags(argv: Sequence[str],
 
   Checks the `--config.X` names against the config's fields first (an unknown
   one names the nearest valid fields), then defines `--config` (default: the
-  embedded default config) and parses argv. A bad flag, a config file that does
+  embedded default config) and parses argv, then sets the XLA flags the config
+  asks for (`xla_env.apply`, before any backend starts). A bad flag, a config file that does
   not load or an unknown field exits 2 with one line. `flag_values`: where the
   flags live (tests parse into a fresh `flags.FlagValues`).
   """
@@ -62,5 +63,6 @@ def parse_flags(argv: Sequence[str],
     except OSError as e:
       raise errors.UserError(f"--config: cannot load the config file: "
                              f"{errors.one_line(str(e.__cause__ or e))}") from None
+    xla_env.apply(flag_values.config)
     return rest
 

@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   # step); 'auto' = 'host' on CPU, 'scan' on TPU/GPU (see loops.inner_structure).
   c.inner_unroll = "auto"
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32
+  # bfloat16 on CPU: the project sets XLA's oneDNN custom-call flag (xla_env.py) so
+  # the CPU's bfloat16 units run the convolutions; False leaves XLA_FLAGS alone.
+  c.cpu_onednn = True
 
   c.eval_every = 1
   # BN running statistics recomputed from the final weights before the last evaluation

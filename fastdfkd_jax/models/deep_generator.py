@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.generator import torch_bias_init, torch_kernel_init, upsample2
 from fastdfkd_jax.models.layers import BatchNorm
 
@@ -57,7 +58,7 @@ class DeepGenerator(nn.Module):
   def __call__(self, z, train: bool = True):
     bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
                                 axis_name=self.axis_name, name=name)
-    conv = lambda feats, cin, bias, name: nn.Conv(
+    conv = lambda feats, cin, bias, name: Conv(
         feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
         kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * cin),
         dtype=self.dtype, name=name)

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm
 from fastdfkd_jax.models.resnet_imagenet import Bottleneck
 
@@ -41,10 +42,10 @@ MOBILENET_LOW_LEVEL = 4  # features[0:4] are the low-level stage
 
 def conv(feats: int, k: int, name: str, dtype: Any, stride: int = 1, dilation: int = 1,
          padding: int | None = None, groups: int = 1, bias: bool = False,
-         init=backbone_init) -> nn.Conv:
+         init=backbone_init) -> Conv:
   """PyTorch-style Conv2d: symmetric padding (default dilation * (k - 1) // 2)."""
   p = dilation * (k - 1) // 2 if padding is None else padding
-  return nn.Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
+  return Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
                  kernel_dilation=(dilation, dilation), feature_group_count=groups,
                  use_bias=bias, kernel_init=init, dtype=dtype, name=name)
 

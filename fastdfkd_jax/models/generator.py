@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm
 
 # PyTorch's default Linear/Conv init: kaiming_uniform(a=sqrt(5)) on the weight,
@@ -68,7 +69,7 @@ class Generator(nn.Module):
     init, c2 = self.img_size // 4, 2 * self.ngf
     bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
                                 axis_name=self.axis_name, name=name)
-    conv = lambda feats, cin, bias, name: nn.Conv(
+    conv = lambda feats, cin, bias, name: Conv(
         feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
         kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * cin),
         dtype=self.dtype, name=name)

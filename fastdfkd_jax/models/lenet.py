@@ -20,6 +20,7 @@ import flax.linen as nn
 
 from fastdfkd_jax import errors
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import conv_init, sow_features
 
 
@@ -39,10 +40,10 @@ class LeNet5(nn.Module):
           f"LeNet5 needs inputs of at least 16x16, got {x.shape[1:3]}")
     c1, c2, f1, f2 = (int(round(c * self.width)) for c in (6, 16, 120, 84))
     x = x.astype(self.dtype)
-    x = nn.Conv(c1, (5, 5), padding="VALID", kernel_init=conv_init,
+    x = Conv(c1, (5, 5), padding="VALID", kernel_init=conv_init,
                 dtype=self.dtype, name="conv1")(x)
     x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-    x = nn.Conv(c2, (5, 5), padding="VALID", kernel_init=conv_init,
+    x = Conv(c2, (5, 5), padding="VALID", kernel_init=conv_init,
                 dtype=self.dtype, name="conv2")(x)
     x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)

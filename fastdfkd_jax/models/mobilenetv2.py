@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 
 # torchvision's inverted residual setting: expansion t, width c, repeats n, stride s.
@@ -44,7 +45,7 @@ class _Layers:
 
   def conv(self, feats, k, stride, name, groups=1):
     p = (k - 1) // 2
-    return nn.Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
+    return Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
                    feature_group_count=groups, use_bias=False, kernel_init=conv_init,
                    dtype=self.module.dtype, name=name)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 from fastdfkd_jax.models.resnet_cifar import BasicBlock
 
@@ -37,7 +38,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
-    x = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+    x = Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = BatchNorm(use_running_average=not train, dtype=self.dtype,
                   axis_name=self.axis_name, name="bn1")(x)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 
 
@@ -43,7 +44,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
                                 axis_name=self.axis_name, name=name)
-    conv = lambda feats, k, s, p, name: nn.Conv(
+    conv = lambda feats, k, s, p, name: Conv(
         feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
         kernel_init=conv_init, dtype=self.dtype, name=name)
     y = conv(self.features, 3, self.stride, 1, "conv1")(x)
@@ -70,7 +71,7 @@ class CifarResNet(nn.Module):
       raise ValueError(f"depth must be 6n+2, got {self.depth}")
     n = (self.depth - 2) // 6
     x = x.astype(self.dtype)
-    x = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+    x = Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = BatchNorm(use_running_average=not train, dtype=self.dtype,
                   axis_name=self.axis_name, name="bn1")(x)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.generator import torch_bias_init, torch_kernel_init
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 from fastdfkd_jax.models.resnet_cifar import BasicBlock
@@ -50,7 +51,7 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool = False):
     bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
                                 axis_name=self.axis_name, name=name)
-    conv = lambda feats, k, s, p, name, d=1: nn.Conv(
+    conv = lambda feats, k, s, p, name, d=1: Conv(
         feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), kernel_dilation=(d, d),
         use_bias=False, kernel_init=conv_init, dtype=self.dtype, name=name)
     out, d = 4 * self.features, self.dilation
@@ -74,7 +75,7 @@ class ImageNetResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
-    x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+    x = Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = BatchNorm(use_running_average=not train, dtype=self.dtype,
                   axis_name=self.axis_name, name="bn1")(x)

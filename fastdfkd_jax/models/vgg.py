@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 
 CFG = {
@@ -45,7 +46,7 @@ class VGG(nn.Module):
     x = x.astype(self.dtype)
     for b, block in enumerate(self.cfg):
       for k, feats in enumerate(block):
-        x = nn.Conv(feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
+        x = Conv(feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
                     kernel_init=conv_init, dtype=self.dtype,
                     name=f"block{b}_{3 * k}")(x)
         x = BatchNorm(use_running_average=not train, dtype=self.dtype,

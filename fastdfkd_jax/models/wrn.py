@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
 
 
-def _conv(feats: int, k: int, s: int, p: int, dtype: Any, name: str) -> nn.Conv:
-  return nn.Conv(feats, (k, k), strides=(s, s), padding=((p, p), (p, p)),
+def _conv(feats: int, k: int, s: int, p: int, dtype: Any, name: str) -> Conv:
+  return Conv(feats, (k, k), strides=(s, s), padding=((p, p), (p, p)),
                  use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
 
 

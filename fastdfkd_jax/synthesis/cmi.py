@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 from fastdfkd_jax import errors, models, parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import generator as generator_lib
-from fastdfkd_jax.models import layers
+from fastdfkd_jax.models import layers, util as model_util
 from fastdfkd_jax.synthesis import base, losses
 
 
@@ -122,7 +122,8 @@ class CMISynthesizer(base.Members):
           f"({m.bank_size}) and 0 < cmi.n_neg ({m.n_neg}) <= cmi.bank_size")
     h, _, c = info.image_shape
     generator = models.get_model("generator", nz=s.nz, ngf=s.ngf, img_size=h, channels=c,
-                                 axis_name=axis_name)
+                                 axis_name=axis_name,
+                                 dtype=model_util.activation_dtype(config.dtype))
     hp = CMIHParams(
         k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g,
         betas=tuple(s.betas), bn=s.bn, oh=s.oh, cr=m.cr, cr_T=m.cr_T,

@@ -114,7 +114,8 @@ class GenerativeSynthesizer(base.Members):
     s = config.synth
     h, _, c = info.image_shape
     generator = models.get_model("generator", nz=s.nz, ngf=s.ngf, img_size=h, channels=c,
-                                 axis_name=axis_name)
+                                 axis_name=axis_name,
+                                 dtype=model_util.activation_dtype(config.dtype))
     hp = GenerativeHParams(
         g_steps=config.k, kd_steps=s.kd_steps, batch_size=config.batch_size, nz=s.nz,
         lr_g=s.lr_g, betas=tuple(s.betas), adv=s.adv, bn=s.bn, oh=s.oh, act=s.act,

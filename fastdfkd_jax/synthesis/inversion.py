@@ -119,8 +119,10 @@ class InversionSynthesizer(base.Members, abc.ABC):
                   unroll: bool) -> "InversionSynthesizer":
     """The synthesizer of `config` (base.Synthesizer.from_config)."""
     h, _, c = info.image_shape
-    generator = models.get_model(config.synth.generator, nz=config.synth.nz, ngf=config.synth.ngf,
-                                 img_size=h, channels=c, axis_name=axis_name)
+    generator = models.get_model(config.synth.generator, nz=config.synth.nz,
+                                 ngf=config.synth.ngf, img_size=h, channels=c,
+                                 axis_name=axis_name,
+                                 dtype=model_util.activation_dtype(config.dtype))
     return cls(generator=generator, hp=hparams_from_config(config, unroll),
                **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 

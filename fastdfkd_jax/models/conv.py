@@ -1,0 +1,89 @@
+"""`Conv`: `flax.linen.Conv` whose bfloat16 input gradient runs on oneDNN on CPU.
+
+Synthesis differentiates the frozen teacher and student with respect to their
+*input*, so on CPU its time goes to input-gradient convolutions. XLA writes
+the input gradient of a stride-1 convolution as a convolution with the kernel
+`reverse`d, and XLA:CPU's oneDNN rewriter
+(`--xla_cpu_experimental_onednn_custom_call`, which the project sets for
+bfloat16 runs on CPU: `fastdfkd_jax.backend`) refuses a convolution whose kernel
+is a `reverse` (`OneDnnConvolutionRewriter::ShouldRewrite`); those convolutions
+fall back to float32 Eigen/YNN code, and the bfloat16 speed-up of the forward
+pass never reaches the gradient (docs/BENCHMARKS.md, "CPU speed work").
+
+Here the input gradient of a bfloat16, stride-1, undilated, ungrouped
+convolution on CPU is the *forward* convolution of the output gradient with
+the spatially flipped, in/out-transposed kernel, the flip hidden from XLA's
+algebraic simplifier by an `optimization_barrier` so the rewriter accepts it.
+The weight gradient is XLA's own. Mathematically this is the same gradient;
+float32 convolutions and every other backend keep `lax.conv_general_dilated`
+untouched (bit-identical to `nn.Conv`).
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import flax.linen as nn
+
+_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def _pads(padding, kernel: Sequence[int]):
+  if isinstance(padding, str):
+    return None if padding != "VALID" else [(0, 0)] * len(kernel)
+  pads = [tuple(p) for p in padding]
+  ok = all(0 <= lo <= k - 1 and 0 <= hi <= k - 1 for (lo, hi), k in zip(pads, kernel))
+  return pads if ok else None
+
+
+def _plain(x, w, pads):
+  return lax.conv_general_dilated(x, w, (1,) * (x.ndim - 2), pads,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_fwd(x, w, pads):
+  return _plain(x, w, pads), (x, w)
+
+
+def _conv_bwd(pads, res, g):
+  x, w = res
+  kernel = w.shape[:-2]
+  spatial = tuple(range(len(kernel)))
+  flipped = jnp.swapaxes(jnp.flip(w, spatial), -1, -2)
+  flipped = lax.optimization_barrier(flipped)   # keeps the flip out of the conv's operand
+  back = [(k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(pads, kernel)]
+  dx = _plain(g.astype(x.dtype), flipped, back)
+  _, weight_vjp = jax.vjp(lambda w_: _plain(x, w_, pads), w)
+  return dx, weight_vjp(g)[0]
+
+
+_conv_fwd_grad = jax.custom_vjp(_plain, nondiff_argnums=(2,))
+_conv_fwd_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated`, with the forward-form input gradient where it pays."""
+  kernel = rhs.shape[:-2]
+  ones = (1,) * len(kernel)
+  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  pads = _pads(padding, kernel)
+  if (lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16
+      and jax.default_backend() == "cpu" and len(kernel) == 2 and dims == _NHWC
+      and tuple(window_strides) == ones and tuple(lhs_dilation or ones) == ones
+      and tuple(rhs_dilation or ones) == ones and feature_group_count == 1
+      and batch_group_count == 1 and precision is None
+      and preferred_element_type is None and pads is not None):
+    return _conv_fwd_grad(lhs, rhs, tuple(pads))
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                  rhs_dilation, dimension_numbers, feature_group_count,
+                                  batch_group_count, precision, preferred_element_type)
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` (same parameters and names) using `conv_general_dilated` above."""
+
+  conv_general_dilated: object = conv_general_dilated
