@@ -30,6 +30,7 @@ def main(argv) -> int:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config(setting)
+  c.dtype = dtype
   info = data.get_info(c.dataset.name)
   act = model_util.activation_dtype(dtype)
   teacher = models.get_model(c.teacher.arch, info.num_classes, dtype=act, axis_name=None)
