@@ -74,9 +74,11 @@ def _restore_on_host(mngr, step: int) -> dict:
       state=ocp.args.StandardRestore(abstract))).state
 
 
-def restore_pool(workdir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def restore_pool(workdir: str,
+                 calls_per_epoch: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
   """(images (N, H, W, C) uint8, synthesis call of each (N,), checkpoint meta) of the
-  pool in WORKDIR's latest checkpoint, oldest call first."""
+  pool in WORKDIR's latest checkpoint (a memory-mapped pool: WORKDIR/pool.npy, the
+  checkpoint holding its counters), oldest call first."""
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), create=False)
   step = mngr.latest_step()
   if step is None:
@@ -88,10 +90,11 @@ def restore_pool(workdir: str) -> tuple[np.ndarray, np.ndarray, dict]:
     raise errors.UserError(
         f"the run in {workdir} keeps no synthetic pool (kd.source is not 'synthetic', or "
         "its method trains a generator against the student without a pool)")
-  images = np.asarray(pool["images"])
+  images = (np.asarray(pool["images"]) if "images" in pool
+            else np.load(os.path.join(workdir, "pool.npy"), mmap_mode="r"))
   slots, filled, cursor = len(images), int(pool["filled"]), int(pool["cursor"])
   order = [(cursor - filled + i) % slots for i in range(filled)]   # oldest first
-  calls = meta["epoch"] + 1 - filled + np.arange(filled, dtype=np.int32)
+  calls = (meta["epoch"] + 1) * calls_per_epoch - filled + np.arange(filled, dtype=np.int32)
   per_call = images.shape[1]
   return (images[order].reshape((-1,) + images.shape[2:]),
           np.repeat(calls, per_call).astype(np.int32), meta)
@@ -202,7 +205,7 @@ def export(workdir: str, out: str, fmt: str) -> dict:
   per-class grids; returns the summary."""
   config = run_config(workdir)
   info = data.get_info(config.dataset.name)
-  images, calls, meta = restore_pool(workdir)
+  images, calls, meta = restore_pool(workdir, config.synth.calls_per_epoch)
   if config.mode == "synthesize":
     images, calls = images[:config.transfer.num_images], calls[:config.transfer.num_images]
   model, variables, arch = _teacher(config, workdir, info)

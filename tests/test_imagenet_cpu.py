@@ -92,6 +92,11 @@ def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkey
   assert np.isfinite(summary["student_acc"])
   pool = np.load(os.path.join(workdir, "pool.npy"), mmap_mode="r")
   assert pool.shape == (6, 16, 32, 32, 3) and pool[5].any()   # every call's batch kept
+  from fastdfkd_jax import export
+  images, calls, _ = export.restore_pool(workdir, c.synth.calls_per_epoch)
+  assert images.shape == (6 * 16, 32, 32, 3)
+  np.testing.assert_array_equal(calls, np.repeat(np.arange(6), 16))
+  np.testing.assert_array_equal(images[-16:], pool[5])
 
 
 def test_imagenet_options_need_their_method():
