@@ -4,9 +4,9 @@ The host loop only dispatches the programs of `builder.build_programs`, logs,
 evaluates and checkpoints. Every synthesis call is its own dispatch, timed
 blocked on its outputs (`synth_seconds`), KD is timed separately; with
 `loop=fused` an epoch is one dispatch and synth_seconds is estimated from the
-timed synthesis-only (warmup) epochs. A generator-vs-student method's epoch is
-kd.steps // kd_steps rounds of one synthesis call (its g_steps generator updates,
-timed) and kd_steps KD updates on fresh generator samples (`generator_rounds`).
+timed synthesis-only (warmup) epochs. An epoch in rounds (`generator_rounds`):
+a generator-vs-student method's kd.steps // kd_steps synthesis calls, each followed
+by kd_steps KD updates on fresh generator samples, or synth.calls_per_epoch > 1 pool calls.
 """
 
 import dataclasses

@@ -66,7 +66,8 @@ Required of generator-vs-student methods (`GeneratorVsStudent`)
 What the run loop calls, per epoch
   Pool methods: `reset_first_layer` (at its epoch, where the method has it), one
   `synthesize` (or `begin`, k x `inner_step`, `end` where `host_steppable`), the
-  images into the pool, then after warmup kd.steps KD updates on pool batches.
+  images into the pool, then after warmup kd.steps KD updates on pool batches; with
+  config.synth.calls_per_epoch = n > 1, n rounds of one call and kd.steps / n updates.
   Generator-vs-student methods: kd.steps // kd_steps rounds of `synthesize` (or
   g_steps x `generator_step`) followed by kd_steps KD updates, each on
   `sample(state, key, kd_batch)`; no pool is allocated or checkpointed

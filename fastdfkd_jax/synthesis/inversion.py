@@ -6,9 +6,11 @@ is per-device code (run inside `shard_map` over the data axis) that:
      for the global batch and keeps this device's stripe;
   2. runs k inner Adam steps on the trainables (the fast generator params theta'
      and the latents) as a `lax.scan` (fully unrolled where `hp.unroll`): render
-     -> augmentation -> frozen teacher & student (eval-mode BN) ->
+     -> augmentation (`hp.augment`: pad-crop-flip, or RandomResizedCrop-flip) ->
+     frozen teacher & student (eval-mode BN) ->
      bn*L_BN + oh*CE + adv*L_adv;
-  3. keeps the lowest-loss batch inside the scan (no host sync);
+  3. keeps the lowest-loss batch inside the scan (no host sync; `hp.keep='last'`:
+     the last step's, as the ImageNet release);
   4. lets the method update its generator from the inner loop (`_next_generator`)
      and updates the BN momentum buffers with the last inner step's statistics.
 Only theta' and the latents are differentiated: teacher and student variables are
@@ -17,7 +19,9 @@ constants (`stop_gradient`), so no weight gradient is computed.
 A method subclasses it and says how its generator enters and leaves the inner
 loop (`state_tx`, `_begin_gen_opt`, `_next_generator`), and, to optimise
 something other than a generator's latents, how images are rendered
-(`latent_shape`, `latent_tx`, `_inner_gen_tx`, `render`).
+(`latent_shape`, `latent_tx`, `_inner_gen_tx`, `render`), and, to keep its latent
+across calls, where a call's latent starts and how it is updated (`_init_latent`,
+`_start_latent`, `_next_latent`: fast_meta's meta latent).
 """
 
 import abc
