@@ -9,6 +9,8 @@ reads it. Modules:
   idx.py           MNIST-style IDX files.
   image_folder.py  image-folder trees and archives of them, with a decode cache.
   tfds.py          TensorFlow Datasets (imported only when used).
+  streaming.py     splits decoded per batch in a background pipeline (imagenet).
+  procedural_folder.py  a procedural ImageNet-layout image folder (offline).
   augment.py       crop / flip / normalise, device-count invariant under shard_map.
   transfer_set.py  exported synthetic transfer sets: layouts, writer, reader.
 """
