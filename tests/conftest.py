@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +24,23 @@ def load_config_file(name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config() if arg is None else module.get_config(arg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache per test process, for the subprocesses it starts.
+
+  The end-to-end tests start `python -m fastdfkd_jax.main` and the workers dozens of
+  times on the same tiny settings; each compiled the same programs again (about half
+  of a tiny run's CPU time). Set in os.environ, which every subprocess inherits (jax
+  reads it at import, so this process's jax, imported at collection, keeps compiling
+  as before). A cached executable is the one the compile gives: results do not change.
+  """
+  cache = str(tmp_path_factory.getbasetemp() / "jax_cache")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_COMPILATION_CACHE_DIR", cache)
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield cache
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +98,19 @@ def digits_teacher(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("digits_teacher"))
   summary = runner.run(c, workdir)
   return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def cli_teacher(tmp_path_factory):
+  """A resnet8 digits teacher trained by the CLI (`python -m fastdfkd_jax.main
+  --config=configs/teacher.py:digits`, 3 epochs), once per test process: the teacher
+  of the end-to-end runs of test_runs and test_reliability. Returns its workdir."""
+  work = tmp_path_factory.mktemp("cli_teacher")
+  proc = subprocess.run(
+      [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={work}",
+       f"--config={os.path.join(CONFIGS, 'teacher.py')}:digits", "--config.epochs=3",
+       "--config.model=resnet8"],
+      env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return str(work)

@@ -32,19 +32,45 @@ def tiny_config():
   return c
 
 
+def _flat(prefix, tree) -> dict:
+  """{prefix + path: array} of a pytree's leaves."""
+  return {prefix + jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _save(out_path, results):
+  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+
+
+def _one_vs_eight(c, out_path, on_devices, first_images):
+  """`on_devices(d, t, st) -> {name: array}` on 1 and on 8 devices from the same teacher
+  and keys, plus the scanned (TPU/GPU) synthesis call under shard_map on 8 devices,
+  compared with the 1-device host-dispatched images `first_images`; saved to out_path."""
+  info = data.get_info("digits")
+  teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
+                                     info.image_shape)
+
+  def build(devices):
+    mesh = parallel.make_mesh(devices)
+    d = steps.build(c, info, "resnet8", mesh)
+    t = parallel.put_replicated(teacher_vars, mesh)
+    return d, t, state_lib.init_state(d, c, info, t, jax.random.key(0))
+
+  results = {n: on_devices(*build(jax.devices()[:n])) for n in (1, 8)}
+  c.inner_unroll = "scan"
+  d, t, st = build(jax.devices())
+  _, images, _ = d.jit_synth(st)(st, t, jax.random.key(10), jnp.float32(1.1))
+  results[8]["scanned_images"] = np.asarray(images)
+  results[1]["scanned_images"] = results[1][first_images]
+  _save(out_path, results)
+
+
 def equivalence(out_path):
   """Synthesis, KD and a fused epoch on 1 vs 8 devices from the same keys."""
   c = tiny_config()
   c.kd.lr = 0.1
-  info = data.get_info("digits")
-  teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
-                                     info.image_shape)
-  results = {}
-  for n in (1, 8):
-    mesh = parallel.make_mesh(jax.devices()[:n])
-    d = steps.build(c, info, "resnet8", mesh)
-    t = parallel.put_replicated(teacher_vars, mesh)
-    st = state_lib.init_state(d, c, info, t, jax.random.key(0))
+
+  def on_devices(d, t, st):
     # CPU default: host-dispatched inner steps (begin / k x inner / end).
     synth = d.compile_synth(st, t, jax.random.key(10), jnp.float32(1.1), host_inner=True)
     kd = d.jit_kd_steps(st, 1, unroll=True)
@@ -52,22 +78,10 @@ def equivalence(out_path):
     st, images, m_synth = synth(st, t, jax.random.key(10), jnp.float32(1.1))
     st, m_kd = kd(st, t, jax.random.key(11))
     st, m_epoch = epoch(st, t, jax.random.key(12), jnp.float32(1.1))
-    flat = {"images": np.asarray(images), "pool": np.asarray(st.pool.images)}
-    leaves = jax.tree_util.tree_leaves_with_path((st.synth, st.student,
-                                                  m_synth, m_kd, m_epoch))
-    for path, leaf in leaves:
-      flat["tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
-    results[n] = flat
-  # The scanned (TPU/GPU) inner loop under shard_map on 8 devices gives the same call.
-  c.inner_unroll = "scan"
-  mesh = parallel.make_mesh()
-  d = steps.build(c, info, "resnet8", mesh)
-  t = parallel.put_replicated(teacher_vars, mesh)
-  st = state_lib.init_state(d, c, info, t, jax.random.key(0))
-  st, images, _ = d.jit_synth(st)(st, t, jax.random.key(10), jnp.float32(1.1))
-  results[8]["scanned_images"] = np.asarray(images)
-  results[1]["scanned_images"] = results[1]["images"]
-  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+    return {"images": np.asarray(images), "pool": np.asarray(st.pool.images),
+            **_flat("tree", (st.synth, st.student, m_synth, m_kd, m_epoch))}
+
+  _one_vs_eight(c, out_path, on_devices, "images")
 
 
 def method(name, out_path):
@@ -83,15 +97,8 @@ def method(name, out_path):
     c.synth.augment, c.synth.keep = "resized_crop", "last"
   c.cmi.bank_size, c.cmi.n_neg, c.cmi.head_dim = 64, 24, 16
   c.deepinversion.tv, c.deepinversion.tv_l2, c.deepinversion.l2 = 1e-3, 1e-4, 1e-5
-  info = data.get_info("digits")
-  teacher_vars = util.init_variables(models.get_model("resnet8", 10), jax.random.key(1),
-                                     info.image_shape)
-  results = {}
-  for n in (1, 8):
-    mesh = parallel.make_mesh(jax.devices()[:n])
-    d = steps.build(c, info, "resnet8", mesh)
-    t = parallel.put_replicated(teacher_vars, mesh)
-    st = state_lib.init_state(d, c, info, t, jax.random.key(0))
+
+  def on_devices(d, t, st):
     flat = {}
     for host in (True, False):
       synth = d.compile_synth(st, t, jax.random.key(10), jnp.float32(1.1), host_inner=host)
@@ -100,19 +107,10 @@ def method(name, out_path):
         s, images, metrics = synth(s, t, jax.random.key(10 + call), jnp.float32(1.1))
         tag = f"host{int(host)}/call{call}"
         flat[f"{tag}/images"] = np.asarray(images)
-        for path, leaf in jax.tree_util.tree_leaves_with_path((s.synth, metrics)):
-          flat[f"{tag}/tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
-    results[n] = flat
-  # The scanned (TPU/GPU) call under shard_map on 8 devices: the first call's images.
-  c.inner_unroll = "scan"
-  mesh = parallel.make_mesh()
-  d = steps.build(c, info, "resnet8", mesh)
-  t = parallel.put_replicated(teacher_vars, mesh)
-  st = state_lib.init_state(d, c, info, t, jax.random.key(0))
-  _, images, _ = d.jit_synth(st)(st, t, jax.random.key(10), jnp.float32(1.1))
-  results[8]["scanned_images"] = np.asarray(images)
-  results[1]["scanned_images"] = results[1]["host1/call0/images"]
-  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+        flat.update(_flat(f"{tag}/tree", (s.synth, metrics)))
+    return flat
+
+  _one_vs_eight(c, out_path, on_devices, "host1/call0/images")
 
 
 def teacher(out_path, steps=3, batch=32):
@@ -134,10 +132,8 @@ def teacher(out_path, steps=3, batch=32):
                                           mesh, axis=1)
       state, metrics = step(state, images, labels, jax.random.key(100 + i))
       flat.update({f"step{i}/{k}": np.asarray(v) for k, v in metrics.items()})
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state.variables):
-      flat["tree" + jax.tree_util.keystr(path)] = np.asarray(leaf)
-    results[n] = flat
-  np.savez(out_path, **{f"d{n}/{k}": v for n, flat in results.items() for k, v in flat.items()})
+    results[n] = {**flat, **_flat("tree", state.variables)}
+  _save(out_path, results)
 
 
 def run(workdir, epochs, teacher_dir=""):

@@ -25,31 +25,14 @@ import jax  # noqa: E402
 from fastdfkd_jax import checkpoint, errors, import_torch  # noqa: E402
 from fastdfkd_jax.models import get_model  # noqa: E402
 from fastdfkd_jax.teacher import loader  # noqa: E402
+from torch_testlib import (  # noqa: E402
+    BasicBlock, assert_close, flax_logits, randomize, torch_logits)
 
 torch.set_num_threads(2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------ release-layout torch models
-class TinyBlock(nn.Module):
-  """Tiny ResNet block: conv1, bn1, conv2, bn2, downsample.{0,1}."""
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.downsample = None
-    if stride != 1 or cin != cout:
-      self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
-
-  def forward(self, x):
-    y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-    return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
 class TinyResNet(nn.Module):
   def __init__(self, depth, num_classes, cin):
     super().__init__()
@@ -60,7 +43,7 @@ class TinyResNet(nn.Module):
     for s, width in enumerate((16, 32, 64), start=1):
       blocks = []
       for i in range(n):
-        blocks.append(TinyBlock(c, width, 2 if (s > 1 and i == 0) else 1))
+        blocks.append(BasicBlock(c, width, 2 if (s > 1 and i == 0) else 1))
         c = width
       setattr(self, f"layer{s}", nn.Sequential(*blocks))
     self.fc = nn.Linear(64, num_classes)
@@ -69,25 +52,6 @@ class TinyResNet(nn.Module):
     x = F.relu(self.bn1(self.conv1(x)))
     x = self.layer3(self.layer2(self.layer1(x)))
     return self.fc(x.mean((2, 3)))
-
-
-class Block18(nn.Module):
-  """resnet18/34 block: conv1, bn1, conv2, bn2, shortcut.{0,1} (empty Sequential if identity)."""
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.shortcut = nn.Sequential()
-    if stride != 1 or cin != cout:
-      self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                    nn.BatchNorm2d(cout))
-
-  def forward(self, x):
-    y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-    return F.relu(y + self.shortcut(x))
 
 
 class ResNet18(nn.Module):
@@ -99,7 +63,7 @@ class ResNet18(nn.Module):
     for s, (n, width) in enumerate(zip(num_blocks, (64, 128, 256, 512)), start=1):
       blocks = []
       for i in range(n):
-        blocks.append(Block18(c, width, 2 if (s > 1 and i == 0) else 1))
+        blocks.append(BasicBlock(c, width, 2 if (s > 1 and i == 0) else 1, "shortcut"))
         c = width
       setattr(self, f"layer{s}", nn.Sequential(*blocks))
     self.linear = nn.Linear(512, num_classes)
@@ -242,38 +206,6 @@ def make_torch(arch, num_classes, input_shape):
   if arch.startswith("lenet5"):
     return LeNet5(num_classes, c, (h, w), 0.5 if arch == "lenet5_half" else 1.0)
   raise ValueError(arch)
-
-
-def randomize(module, seed):
-  """Random weights (default init) and random BN affine + running statistics."""
-  torch.manual_seed(seed)
-  for m in module.modules():
-    if hasattr(m, "reset_parameters") and not isinstance(m, nn.BatchNorm2d):
-      m.reset_parameters()
-  with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0.0, 0.2)
-        m.running_mean.normal_(0.0, 0.2)
-        m.running_var.uniform_(0.5, 2.0)
-        m.num_batches_tracked.fill_(123)
-  return module.eval()
-
-
-def torch_logits(module, x_nhwc):
-  with torch.no_grad():
-    return module(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
-
-
-def flax_logits(arch, num_classes, variables, x_nhwc):
-  model = get_model(arch, num_classes)
-  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x_nhwc))
-
-
-def assert_close(got, want):
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  assert np.abs(want).max() > 1e-2  # a non-trivial comparison
 
 
 def wrap(sd, how):

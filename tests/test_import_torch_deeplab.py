@@ -29,6 +29,7 @@ from fastdfkd_jax import import_torch  # noqa: E402
 from fastdfkd_jax.models import get_model  # noqa: E402
 from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
 from test_deeplab import PARAMS  # noqa: E402
+from torch_testlib import assert_close, flax_logits, randomize, torch_logits  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -170,24 +171,6 @@ class DeepLabV3(nn.Module):
     return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _randomise(net, seed):
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in net.state_dict().items():
-      if name.endswith("num_batches_tracked"):
-        continue
-      if name.endswith("running_var"):
-        t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-      elif name.endswith(("running_mean", "bias")):
-        t.copy_(0.1 * torch.randn(t.shape, generator=gen))
-      elif t.ndim == 1:  # BN weight
-        t.copy_(0.8 + 0.4 * torch.rand(t.shape, generator=gen))
-      else:
-        fan_in = t[0].numel()
-        t.copy_(torch.randn(t.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
-  return net.eval()
-
-
 @pytest.mark.parametrize("backbone", ["resnet50", "mobilenetv2"])
 @pytest.mark.parametrize("num_classes", [13, 21])
 def test_param_count_equals_release_structure(backbone, num_classes):
@@ -208,15 +191,11 @@ def test_param_count_equals_release_structure(backbone, num_classes):
     ("deeplabv3_mobilenet", 16, 61)])
 def test_logits_match_release_structure(arch, output_stride, size):
   backbone = "resnet50" if arch == "deeplabv3_resnet50" else "mobilenetv2"
-  net = _randomise(DeepLabV3(backbone, 13, output_stride), seed=size)
-  x = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
-  with torch.no_grad():
-    want = net(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+  net = randomize(DeepLabV3(backbone, 13, output_stride), seed=size)
+  x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
+  want = torch_logits(net, x).transpose(0, 2, 3, 1)
   variables = import_torch.convert_state_dict(net.state_dict(), arch, 13, (size, size, 3),
                                               output_stride=output_stride)
-  model = get_model(arch, 13, output_stride=output_stride)
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, x.transpose(0, 2, 3, 1)))
+  got = flax_logits(arch, 13, variables, x, output_stride=output_stride)
   assert got.shape == (1, size, size, 13)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  assert np.abs(want).max() > 1e-2
+  assert_close(got, want)

@@ -24,6 +24,8 @@ import jax  # noqa: E402
 
 from fastdfkd_jax import errors, import_torch  # noqa: E402
 from fastdfkd_jax.models import get_model  # noqa: E402
+from torch_testlib import (  # noqa: E402
+    BasicBlock, assert_close, flax_logits, nchw, projection, randomize, torch_logits)
 
 torch.set_num_threads(2)
 
@@ -33,23 +35,6 @@ TORCHVISION_PARAMS = {"resnet18_imagenet": 11_689_512, "resnet50_imagenet": 25_5
 
 
 # ------------------------------------------------------------ torchvision-layout torch models
-class BasicBlock(nn.Module):
-  expansion = 1
-
-  def __init__(self, cin, planes, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.relu = nn.ReLU()
-    self.downsample = _downsample(cin, planes, stride)
-
-  def forward(self, x):
-    y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-    return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
 class Bottleneck(nn.Module):
   expansion = 4
 
@@ -62,19 +47,13 @@ class Bottleneck(nn.Module):
     self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
     self.bn3 = nn.BatchNorm2d(4 * planes)
     self.relu = nn.ReLU()
-    self.downsample = _downsample(cin, 4 * planes, stride)
+    self.downsample = projection(cin, 4 * planes, stride)
 
   def forward(self, x):
     y = self.relu(self.bn1(self.conv1(x)))
     y = self.relu(self.bn2(self.conv2(y)))
     y = self.bn3(self.conv3(y))
     return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-def _downsample(cin, cout, stride):
-  if stride == 1 and cin == cout:
-    return None
-  return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
 class ResNet(nn.Module):
@@ -163,23 +142,6 @@ def make_torch(arch, num_classes):
   raise ValueError(arch)
 
 
-def randomize(module, seed):
-  """Random weights (default init) and random BN affine + running statistics; eval mode."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0.0, 0.2)
-        m.running_mean.normal_(0.0, 0.2)
-        m.running_var.uniform_(0.5, 2.0)
-  return module.eval()
-
-
-def _nchw(x_nhwc):
-  return torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
-
-
 # ------------------------------------------------------------ tests
 @pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
 def test_torch_reference_has_torchvision_layout(arch):
@@ -198,12 +160,7 @@ def test_logits_match_torchvision_layout(arch):
   sd = {"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
   variables = import_torch.convert_state_dict(sd, arch, 10, (32, 32, 3))
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-  model = get_model(arch, 10)
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-  with torch.no_grad():
-    want = net(_nchw(x)).numpy()
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  assert np.abs(want).max() > 1e-2  # a non-trivial comparison
+  assert_close(flax_logits(arch, 10, variables, x), torch_logits(net, x))
 
 
 def test_wrong_imagenet_arch_lists_the_keys():
@@ -227,11 +184,11 @@ def test_deep_generator_matches_release(img_size, channels):
   z = np.random.default_rng(1).normal(size=(2, s, s, nz)).astype(np.float32)
   got = np.asarray(model.apply(variables, z, train=False))
   with torch.no_grad():
-    want = net(_nchw(z)).numpy().transpose(0, 2, 3, 1)
+    want = net(nchw(z)).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   got_train, _ = model.apply(variables, z, train=True, mutable=["batch_stats"])
   with torch.no_grad():
-    want_train = net.train()(_nchw(z)).numpy().transpose(0, 2, 3, 1)
+    want_train = net.train()(nchw(z)).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(np.asarray(got_train), want_train, rtol=1e-4, atol=1e-5)
   assert want.shape == (2, img_size, img_size, channels) and want_train.std() > 1e-3
 

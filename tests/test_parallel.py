@@ -97,27 +97,58 @@ def _rel(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def eight_device_run(tmp_path_factory):
-  """A short digits run (teacher trained first) on 8 devices."""
+def teacher(digits_teacher):
+  """The session's resnet8 digits teacher (conftest.py); teacher training on 8 devices is
+  checked by test_teacher_train (steps) and the embedded default's run (end to end)."""
+  return digits_teacher[0]
+
+
+@pytest.fixture(scope="module")
+def eight_device_run(teacher, tmp_path_factory):
+  """A short digits run on 8 devices."""
   workdir = tmp_path_factory.mktemp("run8")
-  return workdir, _summary(_run(["run", str(workdir), "4"]))
+  return workdir, _summary(_run(["run", str(workdir), "4", teacher]))
 
 
-def test_end_to_end_8_devices_matches_1_device(eight_device_run, tmp_path):
-  workdir8, s8 = eight_device_run
-  s1 = _summary(_run(["run", str(tmp_path), "4", str(workdir8 / "teacher")], devices=1))
-  assert s8["num_devices"] == 8 and s1["num_devices"] == 1
-  assert abs(s8["teacher_acc"] - s1["teacher_acc"]) < 1e-6
-  assert abs(s8["student_acc"] - s1["student_acc"]) <= 2.0
+def _embedded_default(workdir, devices: int, log) -> subprocess.Popen:
+  """The README's first command, `python -m fastdfkd_jax.main --workdir=W` (the embedded
+  default: a resnet20 digits teacher trained first, then FastDFKD), on `devices` CPU
+  devices, its output to the file `log`; no other JAX/XLA setting of this process
+  reaches it."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return subprocess.Popen([sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}"],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def test_checkpoint_saved_on_8_devices_resumes_on_1(eight_device_run, tmp_path):
+def test_embedded_default_on_8_devices_matches_1_device(tmp_path):
+  """Device-count invariance as a new user meets it: the embedded default on 8 forced CPU
+  devices ends with the teacher and the student of the 1-device run, within 0.5 point.
+  (Measured: teacher 97.22 % on both, student 94.44 % on 1 device, 94.17 % on 8.)"""
+  logs = {n: open(tmp_path / f"devices{n}.log", "w") for n in (1, 8)}
+  procs = {n: _embedded_default(tmp_path / f"devices{n}", n, logs[n]) for n in (1, 8)}
+  summaries = {}
+  for n, proc in procs.items():
+    proc.wait(timeout=3600)
+    logs[n].close()
+    assert proc.returncode == 0, (tmp_path / f"devices{n}.log").read_text()[-4000:]
+    with open(tmp_path / f"devices{n}" / "summary.json") as f:
+      summaries[n] = json.load(f)
+  one, eight = summaries[1], summaries[8]
+  assert (one["num_devices"], eight["num_devices"]) == (1, 8)
+  for key in ("teacher_acc", "student_acc"):
+    assert abs(one[key] - eight[key]) <= 0.5, (key, one[key], eight[key])
+
+
+def test_checkpoint_saved_on_8_devices_resumes_on_1(eight_device_run, teacher, tmp_path):
   workdir8, s8 = eight_device_run
   # Copy the 8-device workdir and continue it for one more epoch on 1 device.
   import shutil
   resumed = tmp_path / "resumed"
   shutil.copytree(workdir8, resumed)
-  s = _summary(_run(["run", str(resumed), "5"], devices=1))
+  s = _summary(_run(["run", str(resumed), "5", teacher], devices=1))
   rows = [json.loads(l) for l in open(resumed / "metrics.jsonl")]
   assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
   # The 8-device history is kept as it was; the 1-device epoch continues it. (This tiny
@@ -129,11 +160,10 @@ def test_checkpoint_saved_on_8_devices_resumes_on_1(eight_device_run, tmp_path):
   assert s["student_acc"] == rows[-1]["student_acc"]
 
 
-def test_checkpoint_saved_on_1_device_resumes_on_8(eight_device_run, tmp_path):
-  workdir8, _ = eight_device_run
+def test_checkpoint_saved_on_1_device_resumes_on_8(teacher, tmp_path):
   work = tmp_path / "one"
-  _run(["run", str(work), "2", str(workdir8 / "teacher")], devices=1)
-  s = _summary(_run(["run", str(work), "3", str(workdir8 / "teacher")], devices=8))
+  _run(["run", str(work), "2", teacher], devices=1)
+  s = _summary(_run(["run", str(work), "3", teacher], devices=8))
   rows = [json.loads(l) for l in open(work / "metrics.jsonl")]
   assert [r["epoch"] for r in rows] == [0, 1, 2]
   assert s["num_devices"] == 8
@@ -145,9 +175,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_8_devices(eight_device_run, tmp_path):
-  workdir8, _ = eight_device_run
-  teacher = str(workdir8 / "teacher")
+def test_two_processes_match_one_process_8_devices(teacher, tmp_path):
   single = _summary(_run(["run", str(tmp_path / "single"), "3", teacher]))
   port = _free_port()
   procs = [subprocess.Popen(

@@ -44,12 +44,9 @@ def _accuracies(workdir):
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-  work = tmp_path_factory.mktemp("teacher")
-  proc = _main(work, "--config=configs/teacher.py:digits", "--config.epochs=3",
-               "--config.model=resnet8")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return str(work)
+def teacher(cli_teacher):
+  """The CLI-trained resnet8 digits teacher (conftest.py), shared with test_reliability."""
+  return cli_teacher
 
 
 @pytest.fixture(scope="module")

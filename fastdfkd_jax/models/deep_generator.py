@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
-from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.generator import torch_bias_init, torch_kernel_init, upsample2
-from fastdfkd_jax.models.layers import BatchNorm
+from fastdfkd_jax.models.generator import (
+    torch_bias_init, torch_conv3x3, torch_kernel_init, upsample_conv_bn)
 
 # Spatial size of the output over that of the latent (four x2 upsamplings).
 UPSCALE = 16
@@ -56,25 +55,16 @@ class DeepGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, z, train: bool = True):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
-    conv = lambda feats, cin, bias, name: Conv(
-        feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
-        kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * cin),
-        dtype=self.dtype, name=name)
     # The unused `l1`: applied to an empty batch, which creates its parameters
     # and computes nothing.
     l1_units = self.ngf * (self.img_size // 32) ** 2
     nn.Dense(l1_units, kernel_init=torch_kernel_init, bias_init=torch_bias_init(self.nz),
              name="l1")(jnp.zeros((0, self.nz), self.dtype))
     widths = (2 * self.ngf, 2 * self.ngf, self.ngf, self.ngf, self.ngf)
-    x, cin = z.astype(self.dtype), self.nz
+    x = z.astype(self.dtype)
     for k, feats in enumerate(widths):
-      if k:
-        x = upsample2(x)
-      x = nn.leaky_relu(bn(f"bn{k}")(conv(feats, cin, False, f"conv{k}")(x)), 0.2)
-      cin = feats
-    x = conv(self.channels, cin, True, f"conv{len(widths)}")(x)
+      x = upsample_conv_bn(self, x, feats, train, k, upsample=k > 0)
+    x = torch_conv3x3(self, x, self.channels, True, f"conv{len(widths)}")
     return nn.sigmoid(x.astype(jnp.float32))
 
 

@@ -37,7 +37,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.deeplab_backbones import MobileNetV2Backbone, ResNet50Backbone, conv
-from fastdfkd_jax.models.layers import BatchNorm
+from fastdfkd_jax.models.layers import batch_norm
 
 ASPP_CHANNELS = 256
 ASPP_DROPOUT = 0.1
@@ -66,13 +66,11 @@ class DeepLabHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
     c = ASPP_CHANNELS
     x = ASPP(self.rates, self.dropout_rate, self.dtype, self.axis_name,
              name="classifier_0")(x, train)
     x = conv(c, 3, "classifier_1", self.dtype, init=head_init)(x)
-    x = nn.relu(bn("classifier_2")(x))
+    x = nn.relu(batch_norm(self, train, "classifier_2")(x))
     return conv(self.num_classes, 1, "classifier_4", self.dtype, bias=True,
                 init=head_init)(x)
 
@@ -87,20 +85,18 @@ class ASPP(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
     c = ASPP_CHANNELS
-    branches = [nn.relu(bn("convs_0_1")(conv(c, 1, "convs_0_0", self.dtype,
-                                               init=head_init)(x)))]
+    y = conv(c, 1, "convs_0_0", self.dtype, init=head_init)(x)
+    branches = [nn.relu(batch_norm(self, train, "convs_0_1")(y))]
     for b, rate in enumerate(self.rates, start=1):
       y = conv(c, 3, f"convs_{b}_0", self.dtype, dilation=rate, init=head_init)(x)
-      branches.append(nn.relu(bn(f"convs_{b}_1")(y)))
+      branches.append(nn.relu(batch_norm(self, train, f"convs_{b}_1")(y)))
     pooled = x.mean(axis=(1, 2), keepdims=True)
     pooled = conv(c, 1, "convs_4_1", self.dtype, init=head_init)(pooled)
-    pooled = nn.relu(bn("convs_4_2")(pooled))
+    pooled = nn.relu(batch_norm(self, train, "convs_4_2")(pooled))
     branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (c,)))
     y = conv(c, 1, "project_0", self.dtype, init=head_init)(jnp.concatenate(branches, -1))
-    y = nn.relu(bn("project_1")(y))
+    y = nn.relu(batch_norm(self, train, "project_1")(y))
     deterministic = not (train and self.has_rng("dropout"))
     return nn.Dropout(self.dropout_rate, deterministic=deterministic)(y)
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm
+from fastdfkd_jax.models.layers import batch_norm
 from fastdfkd_jax.models.resnet_imagenet import Bottleneck
 
 # Kaiming-normal (fan_out), the release's backbone initialisation.
@@ -60,8 +60,7 @@ class ResNet50Backbone(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = conv(64, 7, "conv1", self.dtype, stride=2)(x)
-    x = BatchNorm(use_running_average=not train, dtype=self.dtype,
-                  axis_name=self.axis_name, name="bn1")(x)
+    x = batch_norm(self, train, "bn1")(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     dilation = 1
     dilate = (False,) + tuple(self.replace_stride_with_dilation)
@@ -88,19 +87,19 @@ class InvertedResidual(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
     d = self.dilation
     y = jnp.pad(x, ((0, 0), (d, d), (d, d), (0, 0)))
     hidden = int(round(x.shape[-1] * self.expand_ratio))
     k = 0
     if self.expand_ratio != 1:
-      y = nn.relu6(bn("conv_0_1")(conv(hidden, 1, "conv_0_0", self.dtype)(y)))
+      y = conv(hidden, 1, "conv_0_0", self.dtype)(y)
+      y = nn.relu6(batch_norm(self, train, "conv_0_1")(y))
       k = 1
     y = conv(hidden, 3, f"conv_{k}_0", self.dtype, self.stride, d, padding=0,
              groups=hidden)(y)
-    y = nn.relu6(bn(f"conv_{k}_1")(y))
-    y = bn(f"conv_{k + 2}")(conv(self.features, 1, f"conv_{k + 1}", self.dtype)(y))
+    y = nn.relu6(batch_norm(self, train, f"conv_{k}_1")(y))
+    y = conv(self.features, 1, f"conv_{k + 1}", self.dtype)(y)
+    y = batch_norm(self, train, f"conv_{k + 2}")(y)
     if self.stride == 1 and x.shape[-1] == self.features:
       return x + y
     return y
@@ -133,8 +132,7 @@ class _Stage(nn.Module):
     j = 0
     if self.stem:
       x = conv(MOBILENET_STEM, 3, "0_0", self.dtype, stride=2, padding=0)(x)
-      x = nn.relu6(BatchNorm(use_running_average=not train, dtype=self.dtype,
-                             axis_name=self.axis_name, name="0_1")(x))
+      x = nn.relu6(batch_norm(self, train, "0_1")(x))
       j = 1
     for c, stride, dilation, t in self.blocks:
       x = InvertedResidual(c, stride, dilation, t, self.dtype, self.axis_name,

@@ -27,7 +27,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm
+from fastdfkd_jax.models.layers import batch_norm
 
 # PyTorch's default Linear/Conv init: kaiming_uniform(a=sqrt(5)) on the weight,
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the bias.
@@ -49,6 +49,25 @@ def upsample2(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def torch_conv3x3(module: nn.Module, x: jax.Array, feats: int, bias: bool,
+                  name: str) -> jax.Array:
+  """The release generators' 3x3 conv (padding 1, PyTorch's default init) `name`
+  inside `module`, in its dtype, applied to x."""
+  return Conv(feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
+                 kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * x.shape[-1]),
+                 dtype=module.dtype, name=name)(x)
+
+
+def upsample_conv_bn(module: nn.Module, x: jax.Array, feats: int, train: bool, k: int,
+                     upsample: bool = True) -> jax.Array:
+  """One block of the release's generators inside `module`: [nearest upsample x2 ->]
+  conv3x3 `conv{k}` (no bias) -> BN `bn{k}` -> LeakyReLU(0.2)."""
+  if upsample:
+    x = upsample2(x)
+  x = torch_conv3x3(module, x, feats, False, f"conv{k}")
+  return nn.leaky_relu(batch_norm(module, train, f"bn{k}")(x), 0.2)
+
+
 class Generator(nn.Module):
   """FastDFKD generator. z (N, nz) -> images (N, img_size, img_size, channels)."""
 
@@ -59,30 +78,18 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
-  @property
-  def latent_shape(self) -> tuple[int]:
-    """Shape of one latent, (nz,)."""
-    return (self.nz,)
-
   @nn.compact
   def __call__(self, z, train: bool = True):
     init, c2 = self.img_size // 4, 2 * self.ngf
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
-    conv = lambda feats, cin, bias, name: Conv(
-        feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
-        kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * cin),
-        dtype=self.dtype, name=name)
     x = nn.Dense(c2 * init * init, dtype=self.dtype,
                  kernel_init=torch_kernel_init,
                  bias_init=torch_bias_init(self.nz), name="l1")(
                      z.astype(self.dtype))
     x = x.reshape(z.shape[0], init, init, c2)
-    x = upsample2(bn("bn0")(x))
-    x = nn.leaky_relu(bn("bn1")(conv(c2, c2, False, "conv1")(x)), 0.2)
-    x = upsample2(x)
-    x = nn.leaky_relu(bn("bn2")(conv(self.ngf, c2, False, "conv2")(x)), 0.2)
-    x = conv(self.channels, self.ngf, True, "conv3")(x)
+    x = batch_norm(self, train, "bn0")(x)
+    x = upsample_conv_bn(self, x, c2, train, 1)
+    x = upsample_conv_bn(self, x, self.ngf, train, 2)
+    x = torch_conv3x3(self, x, self.channels, True, "conv3")
     return nn.sigmoid(x.astype(jnp.float32))
 
 

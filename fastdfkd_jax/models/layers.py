@@ -63,6 +63,16 @@ class BatchNorm(nn.BatchNorm):
     return y
 
 
+def batch_norm(module: nn.Module, train: bool, name: str) -> BatchNorm:
+  """The zoo's BN layer `name` inside `module`, with the module's `dtype` and `axis_name`.
+
+  Normalises with the batch statistics (and updates the running ones) when `train`,
+  with the running statistics otherwise.
+  """
+  return BatchNorm(use_running_average=not train, dtype=module.dtype,
+                   axis_name=module.axis_name, name=name)
+
+
 def input_moments(x: jax.Array, axis_name: str | None = None):
   """Per-channel mean and biased variance over all but the last axis, in float32.
 

@@ -29,7 +29,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
+from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
 # torchvision's inverted residual setting: expansion t, width c, repeats n, stride s.
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -38,7 +38,7 @@ STEM, LAST = 32, 1280
 
 
 class _Layers:
-  """Conv and BN factories of one MobileNetV2 module (its dtype, axis_name, train)."""
+  """Conv and conv-BN-ReLU6 of one MobileNetV2 module (its dtype, axis_name, train)."""
 
   def __init__(self, module: nn.Module, train: bool):
     self.module, self.train = module, train
@@ -49,14 +49,10 @@ class _Layers:
                    feature_group_count=groups, use_bias=False, kernel_init=conv_init,
                    dtype=self.module.dtype, name=name)
 
-  def bn(self, name):
-    return BatchNorm(use_running_average=not self.train, dtype=self.module.dtype,
-                     axis_name=self.module.axis_name, name=name)
-
   def conv_bn_relu6(self, x, feats, k, stride, name, groups=1):
     """torchvision's Conv2dNormActivation: modules `{name}_0` (conv), `{name}_1` (BN)."""
     x = self.conv(feats, k, stride, f"{name}_0", groups)(x)
-    return nn.relu6(self.bn(f"{name}_1")(x))
+    return nn.relu6(batch_norm(self.module, self.train, f"{name}_1")(x))
 
 
 class InvertedResidual(nn.Module):
@@ -78,7 +74,7 @@ class InvertedResidual(nn.Module):
       y, i = layers.conv_bn_relu6(y, hidden, 1, 1, "conv_0"), 1
     y = layers.conv_bn_relu6(y, hidden, 3, self.stride, f"conv_{i}", groups=hidden)
     y = layers.conv(self.features, 1, 1, f"conv_{i + 1}")(y)
-    y = layers.bn(f"conv_{i + 2}")(y)
+    y = batch_norm(self, train, f"conv_{i + 2}")(y)
     if self.stride == 1 and cin == self.features:
       y = x + y
     return y

@@ -23,7 +23,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
+from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 from fastdfkd_jax.models.resnet_cifar import BasicBlock
 
 
@@ -40,8 +40,7 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
-    x = BatchNorm(use_running_average=not train, dtype=self.dtype,
-                  axis_name=self.axis_name, name="bn1")(x)
+    x = batch_norm(self, train, "bn1")(x)
     x = nn.relu(x)
     for s, (n, width) in enumerate(zip(self.num_blocks, (64, 128, 256, 512)),
                                    start=1):

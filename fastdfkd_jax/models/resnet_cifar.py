@@ -23,7 +23,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
+from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
 
 class BasicBlock(nn.Module):
@@ -42,18 +42,16 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
     conv = lambda feats, k, s, p, name: Conv(
         feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
         kernel_init=conv_init, dtype=self.dtype, name=name)
     y = conv(self.features, 3, self.stride, 1, "conv1")(x)
-    y = nn.relu(bn("bn1")(y))
+    y = nn.relu(batch_norm(self, train, "bn1")(y))
     y = conv(self.features, 3, 1, 1, "conv2")(y)
-    y = bn("bn2")(y)
+    y = batch_norm(self, train, "bn2")(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = conv(self.features, 1, self.stride, 0, f"{self.shortcut_name}_0")(x)
-      x = bn(f"{self.shortcut_name}_1")(x)
+      x = batch_norm(self, train, f"{self.shortcut_name}_1")(x)
     return nn.relu(y + x)
 
 
@@ -73,8 +71,7 @@ class CifarResNet(nn.Module):
     x = x.astype(self.dtype)
     x = Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
-    x = BatchNorm(use_running_average=not train, dtype=self.dtype,
-                  axis_name=self.axis_name, name="bn1")(x)
+    x = batch_norm(self, train, "bn1")(x)
     x = nn.relu(x)
     for s, width in enumerate((16, 32, 64), start=1):
       for i in range(n):

@@ -27,7 +27,7 @@ import flax.linen as nn
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.generator import torch_bias_init, torch_kernel_init
-from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
+from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 from fastdfkd_jax.models.resnet_cifar import BasicBlock
 
 WIDTHS = (64, 128, 256, 512)
@@ -49,17 +49,18 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
     conv = lambda feats, k, s, p, name, d=1: Conv(
         feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), kernel_dilation=(d, d),
         use_bias=False, kernel_init=conv_init, dtype=self.dtype, name=name)
     out, d = 4 * self.features, self.dilation
-    y = nn.relu(bn("bn1")(conv(self.features, 1, 1, 0, "conv1")(x)))
-    y = nn.relu(bn("bn2")(conv(self.features, 3, self.stride, d, "conv2", d)(y)))
-    y = bn("bn3")(conv(out, 1, 1, 0, "conv3")(y))
+    y = conv(self.features, 1, 1, 0, "conv1")(x)
+    y = nn.relu(batch_norm(self, train, "bn1")(y))
+    y = conv(self.features, 3, self.stride, d, "conv2", d)(y)
+    y = nn.relu(batch_norm(self, train, "bn2")(y))
+    y = batch_norm(self, train, "bn3")(conv(out, 1, 1, 0, "conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
-      x = bn("downsample_1")(conv(out, 1, self.stride, 0, "downsample_0")(x))
+      x = conv(out, 1, self.stride, 0, "downsample_0")(x)
+      x = batch_norm(self, train, "downsample_1")(x)
     return nn.relu(y + x)
 
 
@@ -77,8 +78,7 @@ class ImageNetResNet(nn.Module):
     x = x.astype(self.dtype)
     x = Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
-    x = BatchNorm(use_running_average=not train, dtype=self.dtype,
-                  axis_name=self.axis_name, name="bn1")(x)
+    x = batch_norm(self, train, "bn1")(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, (n, width) in enumerate(zip(self.num_blocks, WIDTHS), start=1):
       for i in range(n):

@@ -24,7 +24,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
+from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
 CFG = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -49,8 +49,7 @@ class VGG(nn.Module):
         x = Conv(feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
                     kernel_init=conv_init, dtype=self.dtype,
                     name=f"block{b}_{3 * k}")(x)
-        x = BatchNorm(use_running_average=not train, dtype=self.dtype,
-                      axis_name=self.axis_name, name=f"block{b}_{3 * k + 1}")(x)
+        x = batch_norm(self, train, f"block{b}_{3 * k + 1}")(x)
         x = nn.relu(x)
       if b < 3 or (b == 3 and h == 64):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))

@@ -24,7 +24,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.conv import Conv
-from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
+from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
 
 def _conv(feats: int, k: int, s: int, p: int, dtype: Any, name: str) -> Conv:
@@ -42,11 +42,9 @@ class WideBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype,
-                                axis_name=self.axis_name, name=name)
-    o = nn.relu(bn("bn1")(x))
+    o = nn.relu(batch_norm(self, train, "bn1")(x))
     y = _conv(self.features, 3, self.stride, 1, self.dtype, "conv1")(o)
-    y = nn.relu(bn("bn2")(y))
+    y = nn.relu(batch_norm(self, train, "bn2")(y))
     y = _conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
     if x.shape[-1] == self.features and self.stride == 1:
       return x + y
@@ -76,8 +74,7 @@ class WideResNet(nn.Module):
         x = WideBlock(width, stride if i == 0 else 1, dtype=self.dtype,
                       axis_name=self.axis_name,
                       name=f"block{g}_layer_{i}")(x, train)
-    x = BatchNorm(use_running_average=not train, dtype=self.dtype,
-                  axis_name=self.axis_name, name="bn1")(x)
+    x = batch_norm(self, train, "bn1")(x)
     x = sow_features(self, nn.relu(x).mean(axis=(1, 2)))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)
