@@ -27,11 +27,28 @@ def cosine_schedule(lr: float, total_steps: int, warmup_steps: int = 0) -> optax
       0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
 
 
+def poly_schedule(lr: float, total_steps: int, power: float,
+                  warmup_steps: int = 0) -> optax.Schedule:
+  """lr (1 - n / total_steps) ** power (the DeepLab 'poly' decay), after a linear warmup
+  from 0 over `warmup_steps` (the decay then spans the remaining steps)."""
+  decay = optax.polynomial_schedule(lr, 0.0, power, max(total_steps - warmup_steps, 1))
+  if not warmup_steps:
+    return decay
+  warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
 def teacher_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
                       epochs: int) -> optax.GradientTransformation:
-  """SGD of `config.optim` with the per-step cosine (and warmup) of a teacher run."""
-  schedule = cosine_schedule(optim.lr, steps_per_epoch * epochs,
-                             optim.warmup_epochs * steps_per_epoch)
+  """SGD (or Adam) of `config.optim` with the per-step cosine or poly decay (and warmup)
+  of a teacher run."""
+  total, warmup = steps_per_epoch * epochs, optim.warmup_epochs * steps_per_epoch
+  if optim.schedule == "poly":
+    schedule = poly_schedule(optim.lr, total, optim.poly_power, warmup)
+  else:
+    schedule = cosine_schedule(optim.lr, total, warmup)
+  if optim.optimizer == "adam":   # PyTorch's Adam: weight decay added to the gradient
+    return optax.chain(optax.add_decayed_weights(optim.weight_decay), optax.adam(schedule))
   return sgd(schedule, optim.momentum, optim.weight_decay)
 
 

@@ -36,7 +36,12 @@ class DatasetInfo:
     mean: per-channel mean of the [0, 1] pixels, length C.
     std: per-channel standard deviation of the [0, 1] pixels, length C.
     tfds_name: the TensorFlow Datasets name ('' where there is none).
-    crop_padding: zero padding of the random-crop augmentation.
+    crop_padding: zero padding of the random-crop augmentation (of the synthetic
+      and pool images; a segmentation teacher's training crop is `image_shape`).
+    task: 'classification' (labels (N,)) or 'segmentation' (label maps (N, H, W),
+      the layout of `segmentation.py`); `config.task` must agree.
+    resize: segmentation: the shorter side the files are resized to first (0: as
+      they are); `image_shape` is then the training crop (the task's resolution).
   """
 
   name: str
@@ -46,6 +51,8 @@ class DatasetInfo:
   std: tuple[float, ...]
   tfds_name: str
   crop_padding: int
+  task: str = "classification"
+  resize: int = 0
 
   @property
   def channels(self) -> int:
@@ -65,6 +72,13 @@ DATASETS: dict[str, DatasetInfo] = {
                     (0.2675, 0.2565, 0.2761), "cifar100", 4),
         DatasetInfo("svhn_cropped", 10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
                     (0.198, 0.201, 0.197), "svhn_cropped", 4),
+        # Segmentation (local files only). The procedural set of tools/make_shapes_seg.py
+        # at its default 32 px; NYUv2-13 as the release's registry: shorter side 256,
+        # training crops of 128, mean/std 0.5; crop padding 1/8 of the side as CIFAR's.
+        DatasetInfo("shapes_seg", 5, (32, 32, 3), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "",
+                    4, task="segmentation"),
+        DatasetInfo("nyuv2", 13, (128, 128, 3), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "",
+                    16, task="segmentation", resize=256),
     )
 }
 

@@ -7,7 +7,8 @@ is per-device code (run inside `shard_map` over the data axis) that:
   2. runs k inner Adam steps on the trainables (the fast generator params theta'
      and the latents) as a `lax.scan` (fully unrolled where `hp.unroll`): render
      -> augmentation -> frozen teacher & student (eval-mode BN) ->
-     bn*L_BN + oh*CE + adv*L_adv;
+     bn*L_BN + oh*CE + adv*L_adv (for segmentation, `hp.segmentation`, no CE:
+     bn*L_BN + adv*L_adv with L_adv per pixel);
   3. keeps the lowest-loss batch inside the scan (no host sync);
   4. lets the method update its generator from the inner loop (`_next_generator`)
      and updates the BN momentum buffers with the last inner step's statistics.
@@ -80,6 +81,7 @@ class SynthesisHParams:
   deepinv_lr: float = 0.1
   deepinv_betas: tuple[float, float] = (0.5, 0.99)
   unroll: bool = False           # fully unroll the k-step scan (XLA:CPU)
+  segmentation: bool = False     # config.task: per-pixel logits, no class targets
 
 
 def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
@@ -88,7 +90,8 @@ def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
   return SynthesisHParams(
       k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g, lr_z=s.lr_z,
       bn=s.bn, oh=s.oh, bn_mmt=s.bn_mmt, betas=tuple(s.betas), meta_grad=s.meta_grad,
-      deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll)
+      deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll,
+      segmentation=config.task == "segmentation")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -174,12 +177,11 @@ class InversionSynthesizer(base.Members, abc.ABC):
     s_logits = self.student.apply(student_vars, xa, train=False)
     l_bn, last = losses.bn_prior_loss(aux[losses.BN_STATS_COLLECTION], momentum,
                                       has_momentum, self.hp.bn_mmt)
-    l_oh = losses.one_hot_loss(t_logits, targets, self.axis_name)
+    l_oh, target_metrics = losses.target_terms(t_logits, targets, self.hp.segmentation,
+                                               self.axis_name)
     l_adv = losses.adversarial_loss(s_logits, t_logits, self.axis_name)
     loss = self.hp.bn * l_bn + self.hp.oh * l_oh + adv_weight * l_adv
-    t_acc = parallel.pmean(jnp.mean(t_logits.argmax(-1) == targets), self.axis_name)
-    return loss, (last, dict(loss_bn=l_bn, loss_oh=l_oh, loss_adv=l_adv,
-                             teacher_target_acc=t_acc))
+    return loss, (last, dict(loss_bn=l_bn, loss_adv=l_adv, **target_metrics))
 
   # --------------------------------------------------------- synthesize
   def synthesize(self, state: SynthState, teacher_vars, student_vars, key: jax.Array,
@@ -209,8 +211,9 @@ class InversionSynthesizer(base.Members, abc.ABC):
     latent = self._stripe(jax.random.normal(k_z, (b_global,) + tuple(self.latent_shape)))
     gen_opt = self._begin_gen_opt(state)
     x_shape = (latent.shape[0],) + self.image_shape
-    metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
-                       teacher_target_acc=0.0)
+    names = ("loss", "loss_bn", "loss_adv") + (
+        () if hp.segmentation else losses.TARGET_METRICS)
+    metric_zero = dict.fromkeys(names, 0.0)
     carry = InnerCarry(
         fast=state.gen_params, latent=latent, gen_opt=gen_opt,
         latent_opt=self.latent_tx().init(latent), gen_bs=state.gen_batch_stats,
