@@ -108,9 +108,24 @@ def test_segmentation_config_refusals(change, match):
     config_checks.validate(c)
 
 
-def test_every_seg_config_validates():
+@pytest.mark.parametrize("name", ["fastdfkd_nyuv2.py", "fastdfkd_seg_cpu.py"])
+def test_every_seg_config_validates(name):
+  """Every row validates; the distillation rows share one KD budget."""
+  budgets = set()
   for run in ("teacher", "fast_meta", "deepinversion", "dafl", "dfad", "noise", "real"):
-    config_checks.validate(load_config_file("fastdfkd_seg_cpu.py", run))
+    c = load_config_file(name, run)
+    config_checks.validate(c)
+    assert c.task == "segmentation"
+    if run != "teacher":
+      budgets.add((c.epochs - c.warmup) * c.kd.steps)
+  assert len(budgets) == 1
+
+
+def test_nyuv2_config_is_the_papers_pair():
+  c = load_config_file("fastdfkd_nyuv2.py", "fast_meta")
+  assert (c.teacher.arch, c.student.arch, c.dataset.name) == (
+      "deeplabv3_resnet50", "deeplabv3_mobilenet", "nyuv2")
+  assert c.synth.oh == 0 and data.get_info("nyuv2").image_shape == (128, 128, 3)
 
 
 @pytest.fixture(scope="module")
