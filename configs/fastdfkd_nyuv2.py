@@ -40,6 +40,9 @@ release no segmentation script, so most of this is chosen; each choice says why)
     iterations (600 epochs of the 795 training images). Without an ImageNet
     backbone (the release downloads one; import it with `import_torch`) a teacher
     trained from scratch here scores well below the paper's.
+  * deepinversion: the release's DeepInversion (pixel Adam lr 0.1, adv 1 on the
+    JS term, bn 10; configs/batchwise_cifar.py) with fast_meta's k = 5 steps per
+    batch, the equal-steps comparison of the paper (its 1-2k steps cost 200-400x).
   * dafl / dfad: the release's generative presets (config_lib.GENERATIVE_PRESETS),
     every term per pixel; their epochs are fast_meta's KD epochs (no warmup), so
     every row trains the student on (epochs - warmup) x 400 batches of 64.
@@ -64,7 +67,7 @@ class Sizes:
   warmup: int
   kd_steps: int
   batch: int
-  kd_lr: float
+  kd_optim: tuple             # (optimizer, lr, lr_min)
   nz: int
   ngf: int
   reset_l0: bool
@@ -73,7 +76,8 @@ class Sizes:
 
 
 PAPER = Sizes(dataset="nyuv2", teacher="deeplabv3_resnet50", student="deeplabv3_mobilenet",
-              epochs=220, warmup=20, kd_steps=400, batch=64, kd_lr=0.05, nz=256, ngf=64,
+              epochs=220, warmup=20, kd_steps=400, batch=64, kd_optim=("sgd", 0.05, 2e-4),
+              nz=256, ngf=64,
               reset_l0=True, teacher_optim=("sgd", 0.01, 1e-4, 600, 16), eval_batch=16)
 
 
@@ -97,12 +101,12 @@ def make(run: str, s: Sizes, source: str):
   c.synth.lr_g, c.synth.lr_z = config_lib.PAPER_STEP_LRS[5]
   c.synth.nz, c.synth.ngf, c.synth.reset_l0 = s.nz, s.ngf, s.reset_l0
   c.synth.bn, c.synth.adv, c.synth.oh = 10.0, 1.1, 0.0
-  c.kd.steps, c.kd.lr = s.kd_steps, s.kd_lr
+  c.kd.steps, (c.kd.optimizer, c.kd.lr, c.kd.lr_min) = s.kd_steps, s.kd_optim
   c.kd.cosine_epochs = s.epochs - s.warmup
   if run in ("noise", "real"):
     c.kd.source = run
-  elif run == "deepinversion":
-    c.method = "deepinversion"
+  elif run == "deepinversion":   # the release's pixel step size and JS weight, fast_meta's k
+    c.method, c.synth.lr_g, c.synth.adv = "deepinversion", 0.1, 1.0
   elif run in ("dafl", "dfad"):
     config_lib.generative_preset(c, run)
     c.synth.nz = 2 * s.nz if run == "dafl" else s.nz   # the release: DAFL's 512 = 2 x 256

@@ -64,6 +64,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("task", c.task, config_lib.TASKS)
   choice("optim.schedule", c.optim.schedule, config_lib.SCHEDULES)
   choice("optim.optimizer", c.optim.optimizer, config_lib.OPTIMIZERS)
+  choice("kd.optimizer", c.kd.optimizer, config_lib.OPTIMIZERS)
   choice("method", c.method, synthesis.available())
   choice("kd.source", c.kd.source, config_lib.KD_SOURCES)
   choice("transfer.format", c.transfer.format, transfer_set.FORMATS)

@@ -191,8 +191,9 @@ def _kd_config() -> ml_collections.ConfigDict:
   """KD on the synthetic pool (or on a baseline source)."""
   k = ml_collections.ConfigDict()
   k.steps = 400                  # KD updates per epoch after warmup
+  k.optimizer = "sgd"            # | 'adam' (PyTorch's: betas 0.9/0.999, decay in the grad)
   k.lr = 0.2
-  k.momentum = 0.9
+  k.momentum = 0.9               # SGD only
   k.weight_decay = 1e-4
   k.temperature = 20.0
   k.loss = "kl"                  # 'kl' (at temperature) | 'l1' on logits (DFAD)

@@ -47,9 +47,7 @@ def teacher_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
     schedule = poly_schedule(optim.lr, total, optim.poly_power, warmup)
   else:
     schedule = cosine_schedule(optim.lr, total, warmup)
-  if optim.optimizer == "adam":   # PyTorch's Adam: weight decay added to the gradient
-    return optax.chain(optax.add_decayed_weights(optim.weight_decay), optax.adam(schedule))
-  return sgd(schedule, optim.momentum, optim.weight_decay)
+  return _with_decay(optim.optimizer, schedule, optim.momentum, optim.weight_decay)
 
 
 def epoch_cosine_schedule(kd: ml_collections.ConfigDict) -> optax.Schedule:
@@ -76,5 +74,13 @@ def epoch_cosine_values(kd: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def kd_optimizer(kd: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD of `config.kd` with the per-epoch cosine of `epoch_cosine_schedule`."""
-  return sgd(epoch_cosine_schedule(kd), kd.momentum, kd.weight_decay)
+  """SGD (or Adam) of `config.kd` with the per-epoch cosine of `epoch_cosine_schedule`."""
+  return _with_decay(kd.optimizer, epoch_cosine_schedule(kd), kd.momentum, kd.weight_decay)
+
+
+def _with_decay(name: str, schedule: optax.Schedule, momentum: float,
+                weight_decay: float) -> optax.GradientTransformation:
+  """PyTorch's SGD or Adam ('sgd' | 'adam'): weight decay added to the gradient."""
+  if name == "adam":
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(schedule))
+  return sgd(schedule, momentum, weight_decay)

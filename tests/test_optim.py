@@ -61,7 +61,8 @@ def test_teacher_optimizer_steps_the_schedule_inside_optax():
 
 def _kd_config(**kw):
   return ml_collections.ConfigDict(dict(dict(lr=0.2, lr_min=2e-4, cosine_epochs=200, steps=3,
-                                             momentum=0.0, weight_decay=0.0), **kw))
+                                             momentum=0.0, weight_decay=0.0, optimizer="sgd"),
+                                        **kw))
 
 
 def test_epoch_cosine_schedule_golden_values():
@@ -110,3 +111,13 @@ def test_poly_schedule_decays_to_zero_after_its_warmup():
   for t in range(3):
     updates, state = tx.update({"w": jnp.ones(())}, state, {"w": jnp.zeros(())})
     assert float(updates["w"]) == pytest.approx(-0.1 * (1 - t / 10) ** 0.9, rel=1e-5)
+
+
+def test_adam_option_adds_decay_to_the_gradient():
+  """optimizer='adam' (teacher and KD): PyTorch's Adam; the first update is -lr * sign."""
+  kd = _kd_config(optimizer="adam", lr=0.01, lr_min=0.0, weight_decay=0.5)
+  tx = optim.kd_optimizer(kd)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  updates, _ = tx.update({"w": jnp.asarray([0.0, 3.0])}, tx.init(params), params)
+  # grads + 0.5 * params = [0.5, 2.0]: Adam's first step is -lr * sign(g) (up to eps).
+  np.testing.assert_allclose(updates["w"], [-0.01, -0.01], rtol=1e-5)
