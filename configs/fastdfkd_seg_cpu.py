@@ -29,7 +29,8 @@ CPU sizes (instead of the paper-size ones, for a 2-core budget): the tiny DeepLa
 the per-epoch cosine to 3e-5): in side experiments on this net and data SGD (lr 0.1
 and 0.5, momentum 0.9) learned the shapes several times slower than Adam, and
 real-image KD runs with 20 KD steps per epoch ended at 28.7 % (SGD lr 0.05) and
-27.9 % (Adam lr 3e-3) mIoU against the teacher's 80.0 %, hence 40 steps. Measured numbers: docs/RESULTS.md (Segmentation).
+27.9 % (Adam lr 3e-3) mIoU against the teacher's 80.0 %, hence 40 steps. Measured
+numbers: docs/RESULTS.md (Segmentation).
 """
 
 import importlib.util

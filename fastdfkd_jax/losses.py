@@ -1,8 +1,9 @@
 """Knowledge-distillation losses (reference doc, section 3), pure functions.
 
 The KD losses take logits (N, classes) or per-pixel logits (N, H, W, classes) (then
-the means run over pixels too: pixel-wise KD). Reductions over the batch accept `axis_name`: inside `shard_map` the batch
-means are taken over the global batch, so any device count gives the same value.
+the means run over pixels too: pixel-wise KD). Reductions over the batch accept
+`axis_name`: inside `shard_map` the batch means are taken over the global batch, so
+any device count gives the same value.
 The synthesis losses live in `fastdfkd_jax.synthesis.losses`.
 """
 

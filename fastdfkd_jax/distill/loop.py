@@ -20,8 +20,7 @@ import ml_collections
 from absl import logging
 
 from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs, synthesis
-from fastdfkd_jax.data import transfer_set
-from fastdfkd_jax.data import segmentation
+from fastdfkd_jax.data import segmentation, transfer_set
 from fastdfkd_jax.distill import builder, pool as pool_lib, samples, state as state_lib, steps
 from fastdfkd_jax.teacher import evaluate as evaluate_lib, loader, train as teacher_train
 
@@ -73,7 +72,8 @@ def kd_source(config, ds, info, mesh) -> KDSource:
   the host-memory synthetic pool."""
   if config.kd.source in ("real", "dataset"):
     images = (segmentation.center_crop(ds.train_images, info.image_shape[:2])
-              if config.kd.source == "real" else transfer_set.load_images(config.kd.dataset_dir, info.image_shape))
+              if config.kd.source == "real"
+              else transfer_set.load_images(config.kd.dataset_dir, info.image_shape))
     real = pool_lib.fixed_set(images, config.batch_size, config.seed)
     if config.pool.on_device:
       return KDSource(data_pool=state_lib.put_pool(real, len(real), 0, mesh), real=True)
@@ -387,8 +387,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                  num_devices=parallel.num_shards(run.mesh),
                  compile_seconds=compile_seconds, loop=loop)
   if run.teacher_scores:   # segmentation: pixel accuracy, mIoU and per-class IoU
-    summary.update(teacher_scores=run.teacher_scores, student_scores=student_scores(run, out,
-                                                                                    state))
+    summary.update(teacher_scores=run.teacher_scores,
+                   student_scores=student_scores(run, out, state))
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   out.reporter.close()
   return summary

@@ -15,8 +15,8 @@ divergence at T = deepinversion.js_T (the adaptive competition term). After
 each step x is clipped to the valid pixel range [-mean/std, (1-mean)/std]. The
 lowest-loss step's images, mapped back to [0, 1], go to the pool. Nothing but a
 call counter carries across calls. For segmentation (`hp.segmentation`) there is
-no CE term (an image has no class target) and JS is taken per pixel. The simplified `deepinv` (sigmoid pixels,
-the FastDFKD loss) stays for equal-loss ablations.
+no CE term (an image has no class target) and JS is taken per pixel. The simplified
+`deepinv` (sigmoid pixels, the FastDFKD loss) stays for equal-loss ablations.
 """
 
 import dataclasses
