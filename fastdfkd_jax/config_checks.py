@@ -23,7 +23,7 @@ FIELD_RANGES = {
     "eval_every": _POSITIVE, "log_every": _POSITIVE, "checkpoint_every": _POSITIVE,
     "keep_checkpoints": _POSITIVE, "sample_every": _NON_NEGATIVE,
     "optim.lr": _POSITIVE, "optim.momentum": _FRACTION, "optim.weight_decay": _NON_NEGATIVE,
-    "optim.warmup_epochs": _NON_NEGATIVE,
+    "optim.warmup_epochs": _NON_NEGATIVE, "optim.poly_power": _POSITIVE,
     "teacher.epochs": _POSITIVE, "teacher.batch_size": _POSITIVE, "teacher.lr": _POSITIVE,
     "teacher.weight_decay": _NON_NEGATIVE,
     "synth.nz": _POSITIVE, "synth.ngf": _POSITIVE, "synth.lr_g": _POSITIVE,
@@ -65,6 +65,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
       raise errors.UserError(f"config.{name}={value!r} must be {text}")
   choice("mode", c.mode, config_lib.MODES)
+  choice("task", c.task, config_lib.TASKS)
+  choice("optim.schedule", c.optim.schedule, config_lib.SCHEDULES)
+  choice("optim.optimizer", c.optim.optimizer, config_lib.OPTIMIZERS)
+  choice("kd.optimizer", c.kd.optimizer, config_lib.OPTIMIZERS)
   choice("method", c.method, synthesis.available())
   choice("kd.source", c.kd.source, config_lib.KD_SOURCES)
   choice("transfer.format", c.transfer.format, transfer_set.FORMATS)
@@ -113,6 +117,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if info.streaming and c.kd.source == "real":
     raise errors.UserError(f"kd.source='real' holds the whole training split in a pool; "
                            f"dataset {info.name!r} is streamed, never held whole")
+  if info.task != c.task:
+    raise errors.UserError(f"config.dataset.name={c.dataset.name!r} is a {info.task} set "
+                           f"but config.task={c.task!r}; set --config.task={info.task}")
+  if c.task == "segmentation":
+    _validate_segmentation(c)
   archs = ([("model", c.model)] if c.mode not in ("distill", "synthesize")
            else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
   for field, arch in archs:
@@ -131,6 +140,19 @@ def _validate_imagenet_options(c: ml_collections.ConfigDict) -> None:
   if c.synth.generator != "generator" and c.method not in ("fast_meta", "fast", "deepinv"):
     raise errors.UserError(f"synth.generator={c.synth.generator!r} applies to fast_meta, "
                            f"fast and deepinv; method {c.method!r} builds its own generator")
+def _validate_segmentation(c: ml_collections.ConfigDict) -> None:
+  """What segmentation runs do not have: class targets, CMI, transfer-set files."""
+  if c.mode == "synthesize" or c.kd.source == "dataset":
+    raise errors.UserError("transfer sets (mode=synthesize, kd.source=dataset) are "
+                           "classification only; distill with kd.source=synthetic")
+  if c.mode == "distill" and c.method == "cmi":
+    raise errors.UserError("method=cmi is classification only (its contrastive "
+                           "features are per image); use fast_meta, deepinversion, "
+                           "dafl or dfad")
+  if (c.mode == "distill" and synthesis.get(c.method).uses_pool and c.synth.oh
+      and c.kd.source == "synthetic"):
+    raise errors.UserError(f"config.synth.oh={c.synth.oh}: segmentation synthesis has no "
+                           "class target for a whole image; set --config.synth.oh=0")
 
 
 def check_types(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict,

@@ -11,6 +11,11 @@ import ml_collections
 from fastdfkd_jax import errors
 
 MODES = ("train_teacher", "evaluate", "distill", "synthesize")
+# What a model predicts: one class per image, or one class per pixel (the data set's
+# `DatasetInfo.task` must agree; segmentation uses pixel-wise CE, mIoU and pixel-wise KD).
+TASKS = ("classification", "segmentation")
+SCHEDULES = ("cosine", "poly")
+OPTIMIZERS = ("sgd", "adam")
 KD_SOURCES = ("synthetic", "real", "noise", "dataset")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host", "fused")
@@ -44,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   """All fields with the release's defaults (reference doc, section 5)."""
   c = ml_collections.ConfigDict()
   c.mode = "distill"
+  c.task = "classification"      # | 'segmentation' (TASKS): the one task switch
   c.seed = 0
   c.dataset = _dataset_config()
 
@@ -112,10 +118,13 @@ def _dataset_config() -> ml_collections.ConfigDict:
 def _optim_config() -> ml_collections.ConfigDict:
   """mode=train_teacher's optimizer."""
   o = ml_collections.ConfigDict()
-  o.lr = 0.1                     # SGD, cosine decay per step to 0
-  o.momentum = 0.9
+  o.optimizer = "sgd"            # | 'adam' (PyTorch's: betas 0.9/0.999, decay in the grad)
+  o.lr = 0.1                     # decayed per step to 0 by `schedule`
+  o.momentum = 0.9               # SGD only
   o.weight_decay = 5e-4
   o.warmup_epochs = 0
+  o.schedule = "cosine"          # | 'poly': lr (1 - step / steps) ** poly_power
+  o.poly_power = 0.9
   return o
 
 
@@ -207,8 +216,9 @@ def _kd_config() -> ml_collections.ConfigDict:
   """KD on the synthetic pool (or on a baseline source)."""
   k = ml_collections.ConfigDict()
   k.steps = 400                  # KD updates per epoch after warmup
+  k.optimizer = "sgd"            # | 'adam' (PyTorch's: betas 0.9/0.999, decay in the grad)
   k.lr = 0.2
-  k.momentum = 0.9
+  k.momentum = 0.9               # SGD only
   k.weight_decay = 1e-4
   k.temperature = 20.0
   k.loss = "kl"                  # 'kl' (at temperature) | 'l1' on logits (DFAD)

@@ -1,14 +1,18 @@
 """Knowledge-distillation losses (reference doc, section 3), pure functions.
 
-Reductions over the batch accept `axis_name`: inside `shard_map` the batch
-means are taken over the global batch, so any device count gives the same value.
+The KD losses take logits (N, classes) or per-pixel logits (N, H, W, classes) (then
+the means run over pixels too: pixel-wise KD). Reductions over the batch accept
+`axis_name`: inside `shard_map` the batch means are taken over the global batch, so
+any device count gives the same value.
 The synthesis losses live in `fastdfkd_jax.synthesis.losses`.
 """
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fastdfkd_jax import parallel
+from fastdfkd_jax.data import segmentation
 
 
 def kl_per_sample(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -38,3 +42,26 @@ def kd_objective(student_logits, teacher_logits, loss: str, temperature: float,
   if loss == "l1":
     return l1_loss(student_logits, teacher_logits, axis_name)
   return kd_loss(student_logits, teacher_logits, temperature, axis_name)
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """Segmentation: (mean cross-entropy, pixel accuracy) over the labelled pixels.
+
+  Args:
+    logits: (N, H, W, classes).
+    labels: integer (N, H, W); `segmentation.IGNORE_INDEX` (255) pixels are left out.
+    axis_name: inside `shard_map`, the batch axis: sums and pixel counts are
+      taken over the global batch (a device's share of labelled pixels varies).
+  """
+  valid = labels != segmentation.IGNORE_INDEX
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.where(valid, labels, 0).astype(jnp.int32))
+  sums = (jnp.where(valid, ce, 0.0).sum(),
+          jnp.where(valid, logits.argmax(-1) == labels, False).sum().astype(jnp.float32),
+          valid.sum().astype(jnp.float32))
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  ce_sum, correct, count = sums
+  count = jnp.maximum(count, 1.0)
+  return ce_sum / count, correct / count

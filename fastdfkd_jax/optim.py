@@ -27,12 +27,27 @@ def cosine_schedule(lr: float, total_steps: int, warmup_steps: int = 0) -> optax
       0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
 
 
+def poly_schedule(lr: float, total_steps: int, power: float,
+                  warmup_steps: int = 0) -> optax.Schedule:
+  """lr (1 - n / total_steps) ** power (the DeepLab 'poly' decay), after a linear warmup
+  from 0 over `warmup_steps` (the decay then spans the remaining steps)."""
+  decay = optax.polynomial_schedule(lr, 0.0, power, max(total_steps - warmup_steps, 1))
+  if not warmup_steps:
+    return decay
+  warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
 def teacher_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
                       epochs: int) -> optax.GradientTransformation:
-  """SGD of `config.optim` with the per-step cosine (and warmup) of a teacher run."""
-  schedule = cosine_schedule(optim.lr, steps_per_epoch * epochs,
-                             optim.warmup_epochs * steps_per_epoch)
-  return sgd(schedule, optim.momentum, optim.weight_decay)
+  """SGD (or Adam) of `config.optim` with the per-step cosine or poly decay (and warmup)
+  of a teacher run."""
+  total, warmup = steps_per_epoch * epochs, optim.warmup_epochs * steps_per_epoch
+  if optim.schedule == "poly":
+    schedule = poly_schedule(optim.lr, total, optim.poly_power, warmup)
+  else:
+    schedule = cosine_schedule(optim.lr, total, warmup)
+  return _with_decay(optim.optimizer, schedule, optim.momentum, optim.weight_decay)
 
 
 def epoch_cosine_schedule(kd: ml_collections.ConfigDict) -> optax.Schedule:
@@ -59,5 +74,13 @@ def epoch_cosine_values(kd: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def kd_optimizer(kd: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD of `config.kd` with the per-epoch cosine of `epoch_cosine_schedule`."""
-  return sgd(epoch_cosine_schedule(kd), kd.momentum, kd.weight_decay)
+  """SGD (or Adam) of `config.kd` with the per-epoch cosine of `epoch_cosine_schedule`."""
+  return _with_decay(kd.optimizer, epoch_cosine_schedule(kd), kd.momentum, kd.weight_decay)
+
+
+def _with_decay(name: str, schedule: optax.Schedule, momentum: float,
+                weight_decay: float) -> optax.GradientTransformation:
+  """PyTorch's SGD or Adam ('sgd' | 'adam'): weight decay added to the gradient."""
+  if name == "adam":
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(schedule))
+  return sgd(schedule, momentum, weight_decay)

@@ -8,13 +8,17 @@ from fastdfkd_jax import data, errors
 
 def test_info_table():
   assert set(data.DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10",
-                                "cifar100", "svhn_cropped", "imagenet", "imagenet_mini"}
+                                "cifar100", "svhn_cropped", "imagenet", "imagenet_mini",
+                                "shapes_seg", "nyuv2"}
   for name, info in data.DATASETS.items():
     assert info.name == name
     assert len(info.mean) == len(info.std) == info.image_shape[2]
     imagenet = name.startswith("imagenet")
-    assert info.crop_padding == (1 if name == "digits" else 0 if imagenet else 4)
+    padding = {"digits": 1, "nyuv2": 16}.get(name, 0 if imagenet else 4)
+    assert info.crop_padding == padding
     assert info.resize == imagenet and info.streaming == (name == "imagenet")
+    assert info.task == ("segmentation" if name in ("shapes_seg", "nyuv2")
+                         else "classification")
   assert data.get_info("mnist").image_shape == (28, 28, 1)
   assert data.get_info("cifar100").num_classes == 100
 

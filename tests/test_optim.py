@@ -44,7 +44,8 @@ def test_teacher_optimizer_steps_the_schedule_inside_optax():
   """The lr of step t is the schedule's: an SGD step without momentum or decay moves
   a parameter by -lr(t) * grad."""
   cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.0, weight_decay=0.0,
-                                       warmup_epochs=1))
+                                       warmup_epochs=1, schedule="cosine", poly_power=0.9,
+                                       optimizer="sgd"))
   tx = optim.teacher_optimizer(cfg, steps_per_epoch=4, epochs=3)
   schedule = optim.cosine_schedule(0.1, 12, 4)
   state = TrainState.create({"params": {"w": jnp.zeros(())}}, tx)
@@ -60,7 +61,8 @@ def test_teacher_optimizer_steps_the_schedule_inside_optax():
 
 def _kd_config(**kw):
   return ml_collections.ConfigDict(dict(dict(lr=0.2, lr_min=2e-4, cosine_epochs=200, steps=3,
-                                             momentum=0.0, weight_decay=0.0), **kw))
+                                             momentum=0.0, weight_decay=0.0, optimizer="sgd"),
+                                        **kw))
 
 
 def test_epoch_cosine_schedule_golden_values():
@@ -91,3 +93,31 @@ def test_kd_optimizer_steps_the_epoch_cosine_inside_optax():
     state = state.replace(params=optax.apply_updates(state.params, updates),
                           opt_state=opt_state)
     assert before - state.params["w"] == pytest.approx(values[min(t // 2, 4)], abs=2e-7)
+
+
+def test_poly_schedule_decays_to_zero_after_its_warmup():
+  """lr (1 - n / N) ** p over the steps after a linear warmup; teacher_optimizer picks it
+  with optim.schedule='poly'."""
+  s = optim.poly_schedule(1.0, 100, 0.9, warmup_steps=10)
+  assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5)
+  assert float(s(10)) == pytest.approx(1.0)
+  assert float(s(55)) == pytest.approx(0.5 ** 0.9, rel=1e-5)
+  assert float(s(100)) == pytest.approx(0.0, abs=1e-7)
+  cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.0, weight_decay=0.0,
+                                       warmup_epochs=0, schedule="poly", poly_power=0.9,
+                                       optimizer="sgd"))
+  tx = optim.teacher_optimizer(cfg, steps_per_epoch=5, epochs=2)
+  state = tx.init({"w": jnp.zeros(())})
+  for t in range(3):
+    updates, state = tx.update({"w": jnp.ones(())}, state, {"w": jnp.zeros(())})
+    assert float(updates["w"]) == pytest.approx(-0.1 * (1 - t / 10) ** 0.9, rel=1e-5)
+
+
+def test_adam_option_adds_decay_to_the_gradient():
+  """optimizer='adam' (teacher and KD): PyTorch's Adam; the first update is -lr * sign."""
+  kd = _kd_config(optimizer="adam", lr=0.01, lr_min=0.0, weight_decay=0.5)
+  tx = optim.kd_optimizer(kd)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  updates, _ = tx.update({"w": jnp.asarray([0.0, 3.0])}, tx.init(params), params)
+  # grads + 0.5 * params = [0.5, 2.0]: Adam's first step is -lr * sign(g) (up to eps).
+  np.testing.assert_allclose(updates["w"], [-0.01, -0.01], rtol=1e-5)

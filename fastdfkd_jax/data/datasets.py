@@ -3,7 +3,8 @@
 Every loader returns host numpy arrays:
 
   images: uint8 (N, H, W, C), pixels 0..255 (C = 1 for grey sets, 3 for RGB)
-  labels: int32 (N,), values in [0, num_classes)
+  labels: int32 (N,), values in [0, num_classes); for a segmentation set uint8
+          label maps (N, H, W), 255 = unlabelled (`segmentation.py`)
 
 Where the data comes from (see `load_split`):
 
@@ -21,6 +22,11 @@ Where the data comes from (see `load_split`):
           a cache directory (`image_folder.py` for both).
     Decoded image-folder splits are cached as `.npz` files and reused.
 
+  * a segmentation set (`DatasetInfo.task`) is read from `data_dir` in the layout of
+    `segmentation.py` (`image/` and `seg<K>/`), resized to `DatasetInfo.seg_resize`; its
+    training images must be at least the task's resolution `image_shape` (they are
+    cropped to it), its test images are scored at their own size.
+
 A streamed data set (`info.streaming`: imagenet) returns `streaming.StreamingSplit`
 images instead of arrays (decoded per batch in a background pipeline, never a
 whole split): from an image-folder tree at `data_dir`, or with `data_dir=''` from
@@ -36,7 +42,7 @@ from typing import Iterator
 import numpy as np
 
 from fastdfkd_jax import errors
-from fastdfkd_jax.data import digits, idx, image_folder, streaming, tfds
+from fastdfkd_jax.data import digits, idx, image_folder, segmentation, streaming, tfds
 from fastdfkd_jax.data.info import LAYOUT_HELP, SPLITS, DatasetInfo, Split, get_info
 
 
@@ -93,6 +99,8 @@ def load_split(name: str, split: Split, data_dir: str = "",
   info = get_info(name)
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}")
+  if info.task == "segmentation":
+    return _load_segmentation(info, split, data_dir)
   if info.streaming:
     return _stream_split(info, split, data_dir)
   if name == "digits":
@@ -142,6 +150,24 @@ def _load_local(info: DatasetInfo, split: Split, data_dir: str,
   raise errors.UserError(
       f"Data directory {path!r} matches none of the accepted layouts "
       f"(no IDX files, no train/ or test/ folder).\n{LAYOUT_HELP}")
+
+
+def _load_segmentation(info: DatasetInfo, split: Split,
+                       data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """A segmentation split: images uint8 (N, H, W, 3), label maps uint8 (N, H, W)."""
+  if not data_dir:
+    raise errors.UserError(
+        f"dataset {info.name!r} is read from local files only: set "
+        f"--config.dataset.data_dir=DIR ({segmentation.SEG_LAYOUT_HELP}; "
+        "tools/make_shapes_seg.py DIR writes the procedural set)")
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  loaded = segmentation.load_split(path, split, info.num_classes, info.seg_resize or None)
+  (h, w), (ch, cw) = loaded.images.shape[1:3], info.image_shape[:2]
+  if loaded.images.shape[3] != info.channels or (split == "train" and (h < ch or w < cw)):
+    raise errors.UserError(
+        f"{path!r} ({split}): images are {w}x{h}x{loaded.images.shape[3]}, but "
+        f"{info.name!r} trains on {cw}x{ch}x{info.channels} crops of them")
+  return loaded.images, loaded.labels
 
 
 def _check_arrays(info: DatasetInfo, images: np.ndarray, labels: np.ndarray,

@@ -37,12 +37,17 @@ class DatasetInfo:
     mean: per-channel mean of the [0, 1] pixels, length C.
     std: per-channel standard deviation of the [0, 1] pixels, length C.
     tfds_name: the TensorFlow Datasets name ('' where there is none).
-    crop_padding: zero padding of the random-crop augmentation.
+    crop_padding: zero padding of the random-crop augmentation (of the synthetic
+      and pool images; a segmentation teacher's training crop is `image_shape`).
     resize: images of any size are accepted and brought to image_shape by the
       ImageNet eval transform scaled to the image size (shorter side resized to
       round(H * 256 / 224), then the centre H x W crop); else a mismatch is refused.
     streaming: the splits are decoded batch by batch in a background pipeline
       (`streaming.py`), never held whole in memory.
+    task: 'classification' (labels (N,)) or 'segmentation' (label maps (N, H, W),
+      the layout of `segmentation.py`); `config.task` must agree.
+    seg_resize: segmentation: the shorter side the files are resized to first (0: as
+      they are); `image_shape` is then the training crop (the task's resolution).
   """
 
   name: str
@@ -54,6 +59,8 @@ class DatasetInfo:
   crop_padding: int
   resize: bool = False
   streaming: bool = False
+  task: str = "classification"
+  seg_resize: int = 0
 
   @property
   def channels(self) -> int:
@@ -86,6 +93,13 @@ DATASETS: dict[str, DatasetInfo] = {
         # `procedural_folder.py`), decoded into memory: the CPU-sized ImageNet runs.
         DatasetInfo("imagenet_mini", 10, (64, 64, 3), IMAGENET_MEAN, IMAGENET_STD, "",
                     0, resize=True),
+        # Segmentation (local files only). The procedural set of tools/make_shapes_seg.py
+        # at its default 32 px; NYUv2-13 as the release's registry: shorter side 256,
+        # training crops of 128, mean/std 0.5; crop padding 1/8 of the side as CIFAR's.
+        DatasetInfo("shapes_seg", 5, (32, 32, 3), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "",
+                    4, task="segmentation"),
+        DatasetInfo("nyuv2", 13, (128, 128, 3), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "",
+                    16, task="segmentation", seg_resize=256),
     )
 }
 

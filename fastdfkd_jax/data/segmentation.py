@@ -154,6 +154,16 @@ def load_split(root: str, split: str, num_classes: int,
   return SegSplit(np.stack(images), np.stack(labels), names)
 
 
+def center_crop(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """The central `size` = (height, width) crop of host images (N, H, W, ...); the
+  images themselves when they are that size already."""
+  (h, w), (ch, cw) = images.shape[1:3], size
+  if (h, w) == (ch, cw):
+    return images
+  top, left = (h - ch) // 2, (w - cw) // 2
+  return images[:, top:top + ch, left:left + cw]
+
+
 def crop_flip_params(key: jax.Array, batch: int, size: Sequence[int],
                      crop: Sequence[int]) -> tuple[jax.Array, jax.Array]:
   """Per-image crop offsets int32 (batch, 2) = (dy, dx) and flip decisions bool (batch,)."""

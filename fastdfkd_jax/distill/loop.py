@@ -20,8 +20,8 @@ import ml_collections
 from absl import logging
 
 from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs, synthesis
-from fastdfkd_jax.data import transfer_set
-from fastdfkd_jax.distill import builder, pool as pool_lib, state as state_lib, steps
+from fastdfkd_jax.data import segmentation, transfer_set
+from fastdfkd_jax.distill import builder, pool as pool_lib, samples, state as state_lib, steps
 from fastdfkd_jax.teacher import evaluate as evaluate_lib, loader, train as teacher_train
 
 
@@ -71,7 +71,8 @@ def kd_source(config, ds, info, mesh, workdir: str) -> KDSource:
   """The fixed-set pool (kd.source='real', or 'dataset': an exported transfer set) or
   the host-memory synthetic pool (pool.memmap: in WORKDIR/pool.npy)."""
   if config.kd.source in ("real", "dataset"):
-    images = (ds.train_images if config.kd.source == "real"
+    images = (segmentation.center_crop(ds.train_images, info.image_shape[:2])
+              if config.kd.source == "real"
               else transfer_set.load_images(config.kd.dataset_dir, info.image_shape))
     real = pool_lib.fixed_set(images, config.batch_size, config.seed)
     if config.pool.on_device:
@@ -137,6 +138,8 @@ class Run:
   programs: builder.Programs | None = None
   reset_fn: Any = None
   last_images: Any = None   # the latest synthesis batch (for a method without a pool)
+  teacher_scores: dict = dataclasses.field(default_factory=dict)   # segmentation
+  label_maps: Any = None    # the jitted teacher prediction of `samples` (segmentation)
 
   @property
   def synthetic(self) -> bool:
@@ -153,14 +156,16 @@ def setup(config, workdir: str, preemption) -> Run:
   distiller = steps.build(config, info, teacher_meta["arch"], mesh)
   teacher_vars = parallel.put_replicated(teacher_vars, mesh)
   teacher_eval = evaluate_lib.make_eval_step(distiller.synth.teacher.clone(axis_name=None),
-                                             info, mesh)
-  teacher_acc = evaluate_lib.evaluate(teacher_eval, teacher_vars, ds.test_images,
-                                      ds.test_labels, config.eval_batch_size, mesh)
+                                             info, mesh, config.task)
+  total = evaluate_lib.accumulate(teacher_eval, teacher_vars, ds.test_images,
+                                  ds.test_labels, config.eval_batch_size, mesh)
+  teacher_acc = evaluate_lib.headline(total, len(ds.test_images))
   logging.info("teacher %s: test accuracy %.2f%%", teacher_meta["arch"], teacher_acc)
   reset_l0 = getattr(distiller.synth, "reset_first_layer", None)   # an optional hook
   return Run(config=config, workdir=workdir, info=info, ds=ds, mesh=mesh,
              distiller=distiller, teacher_vars=teacher_vars, teacher_arch=teacher_meta["arch"],
              teacher_acc=teacher_acc, source=kd_source(config, ds, info, mesh, workdir),
+             teacher_scores=evaluate_lib.summary_scores(total),
              reset_fn=None if reset_l0 is None else jax.jit(reset_l0))
 
 
@@ -294,23 +299,6 @@ def _meta(config, info, epoch, counters, student_acc) -> dict:
       counters, epoch=epoch, student_acc=student_acc, pool_slots=slots))
 
 
-def write_samples(run: Run, reporter, state, epoch) -> None:
-  """The newest synthesis batch as samples/epoch_NNNN.png and a reporter image."""
-  host_pool = run.source.host_pool
-  if not run.distiller.synth.uses_pool:
-    images = parallel.gather_to_host(run.last_images)
-  elif host_pool is not None:
-    images = host_pool.images[(host_pool.cursor - 1) % len(host_pool.images)]
-  else:
-    slot = (int(state.pool.cursor) - 1) % state.pool.images.shape[0]
-    images = parallel.gather_to_host(state.pool.images[slot])
-  grid = reporting.image_grid(images[:64], ncol=8)
-  scale = max(1, 128 // max(images.shape[1], 1))
-  reporting.save_png(os.path.join(run.workdir, "samples", f"epoch_{epoch:04d}.png"), grid,
-                     scale=min(scale, 4))
-  reporter.image("samples", grid, epoch)
-
-
 def end_epoch(run: Run, out: Outputs, state, epoch: int, metrics: dict, counters: dict,
               student_acc, preemption):
   """Evaluation, best checkpoint, metrics row, log line, samples, checkpoint,
@@ -341,13 +329,21 @@ def end_epoch(run: Run, out: Outputs, state, epoch: int, metrics: dict, counters
                f"{student_acc:.2f}%" if evaluated else "-", counters["best_student_acc"],
                counters["synth_seconds"], counters["kd_seconds"], losses_text)
   if run.synthetic and config.sample_every and (epoch % config.sample_every == 0 or last):
-    write_samples(run, out.reporter, state, epoch)
+    samples.write_samples(run, out.reporter, state, epoch)
   if last or preemption.requested or (epoch + 1) % config.checkpoint_every == 0:
     checkpoint.save(out.mngr, epoch, _meta(config, run.info, epoch, counters, student_acc),
                     student, dict(state=state, host_pool=run.source.saved_state()))
   if preemption.requested and not last:
     raise runs.Preempted(f"preempted after epoch {epoch}; checkpoint saved")
   return student_acc
+
+
+def student_scores(run: Run, out: Outputs, state) -> dict:
+  """The final student's segmentation scores on the test split (`summary_scores`)."""
+  total = evaluate_lib.accumulate(out.eval_step, state_lib.student_variables(state),
+                                  run.ds.test_images, run.ds.test_labels,
+                                  run.config.eval_batch_size, run.mesh)
+  return evaluate_lib.summary_scores(total)
 
 
 def run_distill(config: ml_collections.ConfigDict, workdir: str,
@@ -359,7 +355,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                                jax.random.fold_in(jax.random.key(config.seed), 0))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   out = Outputs(eval_step=evaluate_lib.make_eval_step(run.distiller.student_model, run.info,
-                                                      run.mesh),
+                                                      run.mesh, config.task),
                 mngr=checkpoint.manager(ckpt_dir, config.keep_checkpoints),
                 best_mngr=checkpoint.manager(os.path.join(ckpt_dir, "best"), 1))
   state, counters, student_acc = resume(config, out.mngr, state, run.source)
@@ -395,6 +391,9 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                  wall_seconds=out.reporter.wall_seconds(),
                  num_devices=parallel.num_shards(run.mesh),
                  compile_seconds=compile_seconds, loop=loop)
+  if run.teacher_scores:   # segmentation: pixel accuracy, mIoU and per-class IoU
+    summary.update(teacher_scores=run.teacher_scores,
+                   student_scores=student_scores(run, out, state))
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   out.reporter.close()
   return summary

@@ -5,7 +5,8 @@ output_stride=8): a dilated backbone (ResNet-50 with strides 2 of stages 3-4
 replaced by dilation 2 and 4; MobileNetV2, `deeplab_backbones.py`, without its
 last 1x1 conv), then `DeepLabHead` = ASPP (1x1, three 3x3 atrous convs, image
 pooling; 256 channels each, projected to 256, dropout 0.1) -> 3x3 conv 256 -> BN
--> ReLU -> 1x1 conv with bias to the classes; logits bilinearly upsampled
+-> ReLU (sown as the penultimate features, `layers.sow_features`) -> 1x1 conv with
+bias to the classes; logits bilinearly upsampled
 (half-pixel centres, PyTorch's align_corners=False) to the input size. Output
 stride 8 uses atrous rates (12, 24, 36), 16 uses (6, 12, 18) (and ResNet
 dilation only in stage 4). No ImageNet weights are loaded (the release's
@@ -37,7 +38,7 @@ import flax.linen as nn
 
 from fastdfkd_jax.models import register
 from fastdfkd_jax.models.deeplab_backbones import MobileNetV2Backbone, ResNet50Backbone, conv
-from fastdfkd_jax.models.layers import batch_norm
+from fastdfkd_jax.models.layers import batch_norm, sow_features
 
 ASPP_CHANNELS = 256
 ASPP_DROPOUT = 0.1
@@ -70,7 +71,7 @@ class DeepLabHead(nn.Module):
     x = ASPP(self.rates, self.dropout_rate, self.dtype, self.axis_name,
              name="classifier_0")(x, train)
     x = conv(c, 3, "classifier_1", self.dtype, init=head_init)(x)
-    x = nn.relu(batch_norm(self, train, "classifier_2")(x))
+    x = sow_features(self, nn.relu(batch_norm(self, train, "classifier_2")(x)))
     return conv(self.num_classes, 1, "classifier_4", self.dtype, bias=True,
                 init=head_init)(x)
 

@@ -14,8 +14,9 @@ batch); the BN priors use no momentum; JS is the clamped Jensen-Shannon
 divergence at T = deepinversion.js_T (the adaptive competition term). After
 each step x is clipped to the valid pixel range [-mean/std, (1-mean)/std]. The
 lowest-loss step's images, mapped back to [0, 1], go to the pool. Nothing but a
-call counter carries across calls. The simplified `deepinv` (sigmoid pixels,
-the FastDFKD loss) stays for equal-loss ablations.
+call counter carries across calls. For segmentation (`hp.segmentation`) there is
+no CE term (an image has no class target) and JS is taken per pixel. The simplified
+`deepinv` (sigmoid pixels, the FastDFKD loss) stays for equal-loss ablations.
 """
 
 import dataclasses
@@ -27,7 +28,6 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.synthesis import base, losses
 
@@ -65,6 +65,7 @@ class DeepInversionHParams:
   js_T: float
   student_bn: float
   unroll: bool = False
+  segmentation: bool = False     # config.task: per-pixel logits, no class targets
 
 
 @base.register("deepinversion")
@@ -82,7 +83,8 @@ class DeepInversionSynthesizer(base.Members):
     hp = DeepInversionHParams(
         k=config.k, batch_size=config.batch_size, lr=s.lr_g, betas=tuple(s.deepinv_betas),
         bn=s.bn, oh=s.oh, tv=d.tv, tv_l2=d.tv_l2, l2=d.l2, jitter=d.jitter, flip=d.flip,
-        js_T=d.js_T, student_bn=d.student_bn, unroll=unroll)
+        js_T=d.js_T, student_bn=d.student_bn, unroll=unroll,
+        segmentation=config.task == "segmentation")
     return cls(hp=hp,
                **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 
@@ -105,8 +107,9 @@ class DeepInversionSynthesizer(base.Members):
     x = self._stripe(jax.random.normal(k_x, (self.hp.batch_size,) + self.image_shape))
     targets = self._stripe(
         jax.random.randint(k_y, (self.hp.batch_size,), 0, self.num_classes))
-    metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0, loss_tv=0.0,
-                       teacher_target_acc=0.0)
+    names = ("loss", "loss_bn", "loss_adv", "loss_tv") + (
+        () if self.hp.segmentation else losses.TARGET_METRICS)
+    metric_zero = dict.fromkeys(names, 0.0)
     carry = DeepInversionCarry(x=x, opt=self.tx().init(x), best_loss=jnp.float32(jnp.inf),
                                best_x=x, metrics=jax.tree.map(jnp.float32, metric_zero),
                                targets=targets)
@@ -134,14 +137,12 @@ class DeepInversionSynthesizer(base.Members):
                                          mutable=[losses.BN_STATS_COLLECTION])
     l_bn = (losses.bn_prior_plain(t_aux[losses.BN_STATS_COLLECTION])
             - hp.student_bn * losses.bn_prior_plain(s_aux[losses.BN_STATS_COLLECTION]))
-    l_oh = losses.one_hot_loss(t_logits, targets, axis)
+    l_oh, target_metrics = losses.target_terms(t_logits, targets, hp.segmentation, axis)
     l_adv = -losses.js_divergence(s_logits, t_logits, hp.js_T, axis)
     l_tv = hp.tv * losses.tv_l1(x, axis) + hp.tv_l2 * losses.tv_l2(x, axis)
     loss = (hp.bn * l_bn + hp.oh * l_oh + adv_weight * l_adv + l_tv
             + hp.l2 * losses.l2_norm(x, axis))
-    t_acc = parallel.pmean(jnp.mean(t_logits.argmax(-1) == targets), axis)
-    return loss, dict(loss_bn=l_bn, loss_oh=l_oh, loss_adv=l_adv, loss_tv=l_tv,
-                      teacher_target_acc=t_acc)
+    return loss, dict(loss_bn=l_bn, loss_adv=l_adv, loss_tv=l_tv, **target_metrics)
 
   def _clip(self, x):
     mean, std = jnp.asarray(self.mean), jnp.asarray(self.std)

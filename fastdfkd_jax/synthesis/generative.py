@@ -15,6 +15,10 @@ augmented,
     release uses one criterion for both.
 Every batch mean is a global-batch mean (pmean over the data axis), so any
 device count gives the same value. The student and teacher are constants.
+With segmentation models (logits per pixel) every term is taken per pixel: L_oh
+against the teacher's per-pixel argmax, L_balance over the batch's pixels, L_adv
+the pixel-wise criterion, L_act on the features the model sows (the map before
+its classifier).
 
 A round (the release's `datafree_kd.py`) is `g_steps` = config.k generator
 updates (`synthesize`), then `kd_steps` = synth.kd_steps student updates each on
@@ -81,8 +85,10 @@ def activation_loss(features: jax.Array, axis_name: str | None = None) -> jax.Ar
 
 
 def balance_loss(logits: jax.Array, axis_name: str | None = None) -> jax.Array:
-  """sum_c p_c log p_c of the global batch-mean softmax p (minimised: p uniform)."""
-  p = parallel.pmean(jax.nn.softmax(logits.astype(jnp.float32), -1).mean(0), axis_name)
+  """sum_c p_c log p_c of the global batch-mean (and pixel-mean, for per-pixel logits)
+  softmax p (minimised: p uniform)."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  p = parallel.pmean(probs.reshape(-1, probs.shape[-1]).mean(0), axis_name)
   return jnp.sum(p * jnp.log(p))
 
 

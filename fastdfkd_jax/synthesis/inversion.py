@@ -8,7 +8,8 @@ is per-device code (run inside `shard_map` over the data axis) that:
      and the latents) as a `lax.scan` (fully unrolled where `hp.unroll`): render
      -> augmentation (`hp.augment`: pad-crop-flip, or RandomResizedCrop-flip) ->
      frozen teacher & student (eval-mode BN) ->
-     bn*L_BN + oh*CE + adv*L_adv;
+     bn*L_BN + oh*CE + adv*L_adv (for segmentation, `hp.segmentation`, no CE:
+     bn*L_BN + adv*L_adv with L_adv per pixel);
   3. keeps the lowest-loss batch inside the scan (no host sync; `hp.keep='last'`:
      the last step's, as the ImageNet release);
   4. lets the method update its generator from the inner loop (`_next_generator`)
@@ -97,6 +98,7 @@ class SynthesisHParams:
   crop_scale: tuple[float, float] = (0.75, 1.0)    # resized_crop: area fraction
   crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # and aspect ratio
   keep: str = "best"             # pool images: the lowest-loss step's or the last step's
+  segmentation: bool = False     # config.task: per-pixel logits, no class targets
 
 
 def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
@@ -108,7 +110,8 @@ def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
       deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll,
       meta_lr_g=s.meta_lr_g, meta_latent=s.meta_latent, meta_lr_z=s.meta_lr_z,
       reinit_every=s.reinit_every, augment=s.augment, crop_scale=tuple(s.crop_scale),
-      crop_ratio=tuple(s.crop_ratio), keep=s.keep)
+      crop_ratio=tuple(s.crop_ratio), keep=s.keep,
+      segmentation=config.task == "segmentation")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -208,12 +211,11 @@ class InversionSynthesizer(base.Members, abc.ABC):
     s_logits = self.student.apply(student_vars, xa, train=False)
     l_bn, last = losses.bn_prior_loss(aux[losses.BN_STATS_COLLECTION], momentum,
                                       has_momentum, self.hp.bn_mmt)
-    l_oh = losses.one_hot_loss(t_logits, targets, self.axis_name)
+    l_oh, target_metrics = losses.target_terms(t_logits, targets, self.hp.segmentation,
+                                               self.axis_name)
     l_adv = losses.adversarial_loss(s_logits, t_logits, self.axis_name)
     loss = self.hp.bn * l_bn + self.hp.oh * l_oh + adv_weight * l_adv
-    t_acc = parallel.pmean(jnp.mean(t_logits.argmax(-1) == targets), self.axis_name)
-    return loss, (last, dict(loss_bn=l_bn, loss_oh=l_oh, loss_adv=l_adv,
-                             teacher_target_acc=t_acc))
+    return loss, (last, dict(loss_bn=l_bn, loss_adv=l_adv, **target_metrics))
 
   def augment(self, key, x):
     """The synthesis augmentation of `hp.augment`, normalised (this device's stripe)."""
@@ -257,8 +259,9 @@ class InversionSynthesizer(base.Members, abc.ABC):
     latent = self._stripe(start)
     gen_opt = self._begin_gen_opt(state)
     x_shape = (latent.shape[0],) + self.image_shape
-    metric_zero = dict(loss=0.0, loss_bn=0.0, loss_oh=0.0, loss_adv=0.0,
-                       teacher_target_acc=0.0)
+    names = ("loss", "loss_bn", "loss_adv") + (
+        () if hp.segmentation else losses.TARGET_METRICS)
+    metric_zero = dict.fromkeys(names, 0.0)
     carry = InnerCarry(
         fast=state.gen_params, latent=latent, gen_opt=gen_opt,
         latent_opt=self.latent_tx().init(latent), gen_bs=state.gen_batch_stats,

@@ -24,10 +24,26 @@ def adversarial_loss(student_logits, teacher_logits,
 
 
 def one_hot_loss(teacher_logits, targets, axis_name: str | None = None) -> jax.Array:
-  """Cross-entropy of the teacher logits against the drawn targets."""
+  """Cross-entropy of the teacher logits (N, C) against the targets (N,), or per pixel of
+  logits (N, H, W, C) against target maps (N, H, W)."""
   logp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), -1)
-  ce = -jnp.take_along_axis(logp, targets[:, None], -1).mean()
+  ce = -jnp.take_along_axis(logp, targets[..., None], -1).mean()
   return parallel.pmean(ce, axis_name)
+
+
+TARGET_METRICS = ("loss_oh", "teacher_target_acc")
+
+
+def target_terms(teacher_logits, targets, segmentation: bool,
+                 axis_name: str | None = None) -> tuple[jax.Array, dict]:
+  """(one-hot loss, metrics) of the drawn class targets of an inversion method: the
+  cross-entropy and the teacher's agreement with them (`TARGET_METRICS`). A
+  segmentation image has no class target: (0, {})."""
+  if segmentation:
+    return jnp.float32(0.0), {}
+  l_oh = one_hot_loss(teacher_logits, targets, axis_name)
+  t_acc = parallel.pmean(jnp.mean(teacher_logits.argmax(-1) == targets), axis_name)
+  return l_oh, dict(loss_oh=l_oh, teacher_target_acc=t_acc)
 
 
 def bn_prior_loss(bn_stats, momentum_stats, has_momentum, bn_mmt: float):

@@ -9,6 +9,11 @@ Device-count invariant: the augmentation randomness is drawn for the global
 batch (each device applies its stripe) and BatchNorm's batch statistics are
 all-reduced over the mesh, so N devices train the teacher of 1 device up to
 float32 reduction order.
+
+With config.task='segmentation' a step crops (to the data set's `image_shape`) and
+flips each image and its label map alike (`segmentation.augment_stripe`) and
+minimises the pixel-wise cross-entropy over the labelled pixels (255 ignored);
+the test score is the mIoU, and the summary adds pixel accuracy and per-class IoU.
 """
 
 import os
@@ -22,8 +27,9 @@ import optax
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import checkpoint, data, loops, models, optim, parallel, reporting, runs
-from fastdfkd_jax.data import augment
+from fastdfkd_jax import checkpoint, data, loops, losses, models, optim, parallel, reporting
+from fastdfkd_jax import runs
+from fastdfkd_jax.data import augment, segmentation
 from fastdfkd_jax.models import precise_bn, util as model_util
 from fastdfkd_jax.teacher import evaluate as evaluate_lib
 from fastdfkd_jax.train_state import TrainState
@@ -37,26 +43,49 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       logits.astype(jnp.float32), labels).mean()
 
 
+def task_objective(info: data.DatasetInfo, task: str):
+  """(augment(key, images u8, labels) -> (x, labels), objective(logits, labels) ->
+  (loss, accuracy)) of a training step, per device inside `shard_map`: the
+  classification crop/flip and cross-entropy, or for task='segmentation' the
+  synchronised crop/flip and the pixel-wise cross-entropy and pixel accuracy."""
+  mean, std = jnp.asarray(info.mean), jnp.asarray(info.std)
+  if task == "segmentation":
+    def augment_seg(key, images, labels):
+      return segmentation.augment_stripe(key, augment.to_float(images), labels,
+                                         info.image_shape[:2], info.mean, info.std, AXIS)
+    return augment_seg, lambda logits, labels: losses.pixel_cross_entropy(logits, labels,
+                                                                          AXIS)
+
+  def augment_cls(key, images, labels):
+    return augment.augment_stripe(key, augment.to_float(images), mean, std,
+                                  info.crop_padding, AXIS), labels
+
+  def objective(logits, labels):
+    return (jax.lax.pmean(cross_entropy(logits, labels), AXIS),
+            jax.lax.pmean(jnp.mean(logits.argmax(-1) == labels), AXIS))
+  return augment_cls, objective
+
+
 def make_train_chunk(model, tx: optax.GradientTransformation,
-                     info: data.DatasetInfo, mesh, unroll: bool):
-  """jitted (state, images (S,B,H,W,C) u8, labels (S,B), key) -> (state, metrics).
+                     info: data.DatasetInfo, mesh, unroll: bool,
+                     task: str = "classification"):
+  """jitted (state, images (S,B,H,W,C) u8, labels (S,B) or (S,B,H,W), key) ->
+  (state, metrics).
 
   Batches are sharded over the data axis (axis 1); metrics are per-step means.
   `model` must have been built with `axis_name=AXIS` (BN over the global batch).
   """
-  mean, std = jnp.asarray(info.mean), jnp.asarray(info.std)
+  augment_fn, objective = task_objective(info, task)
 
   def one_step(state: TrainState, batch):
     images, labels, key = batch
-    x = augment.augment_stripe(key, augment.to_float(images), mean, std,
-                                 info.crop_padding, AXIS)
+    x, labels = augment_fn(key, images, labels)
 
     def loss_fn(params):
       logits, new_vars = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, x, train=True,
           mutable=["batch_stats"])
-      loss = jax.lax.pmean(cross_entropy(logits, labels), AXIS)
-      acc = jax.lax.pmean(jnp.mean(logits.argmax(-1) == labels), AXIS)
+      loss, acc = objective(logits, labels)
       return loss, (new_vars["batch_stats"], acc)
 
     (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -121,12 +150,12 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   model = models.get_model(config.model, info.num_classes,
                            dtype=model_util.activation_dtype(config.dtype), axis_name=AXIS)
   scan = loops.use_scan(config)
-  train_chunk = make_train_chunk(model, tx, info, mesh, unroll=not scan)
-  eval_step = evaluate_lib.make_eval_step(model, info, mesh)
+  train_chunk = make_train_chunk(model, tx, info, mesh, unroll=not scan, task=config.task)
+  eval_step = evaluate_lib.make_eval_step(model, info, mesh, config.task)
   logging.info("train_teacher %s on %s: %d epochs x %d steps, batch %d, %d devices, %s",
                config.model, info.name, config.epochs, steps_per_epoch, config.batch_size,
                parallel.num_shards(mesh), loops.describe(config))
-  test_acc = None
+  test_acc, scores = None, {}
   rate = reporting.RateLogger(steps_per_epoch * config.epochs, config.log_every,
                               config.batch_size, "teacher")
   for epoch in range(start_epoch, config.epochs):
@@ -138,8 +167,10 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
     if last and config.precise_bn:
       state = _precise_bn(config, model, state, ds, mesh)
     if last or (epoch + 1) % config.eval_every == 0:
-      test_acc = evaluate_lib.evaluate(eval_step, state.variables, ds.test_images,
-                                       ds.test_labels, config.eval_batch_size, mesh)
+      total = evaluate_lib.accumulate(eval_step, state.variables, ds.test_images,
+                                      ds.test_labels, config.eval_batch_size, mesh)
+      test_acc = evaluate_lib.headline(total, len(ds.test_images))
+      scores = evaluate_lib.summary_scores(total)
     reporter.write_metrics(dict(
         epoch=epoch, step=int(state.step), wall_seconds=reporter.wall_seconds(),
         epoch_seconds=epoch_seconds, test_accuracy=test_acc,
@@ -157,7 +188,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   summary = dict(mode="train_teacher", arch=config.model, dataset=info.name,
                  test_accuracy=test_acc, wall_seconds=reporter.wall_seconds(),
                  num_devices=parallel.num_shards(mesh), epochs=config.epochs,
-                 checkpoint=os.path.join(os.path.abspath(workdir), "checkpoints"))
+                 checkpoint=os.path.join(os.path.abspath(workdir), "checkpoints"),
+                 **scores)
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   reporter.close()
   return summary

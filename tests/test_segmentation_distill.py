@@ -1,0 +1,172 @@
+"""Segmentation teacher training and data-free distillation (issue 19, item 3).
+
+Pixel-wise losses, the tiny DeepLab pair, the segmentation synthesis loss
+(bn * L_BN + adv * L_adv, no class target) of fast_meta / deepinversion / the
+generative baselines, the config checks, and runs of `runner.run` on a small
+procedural set (64 images of 32 px: a teacher, then fast_meta and dafl students).
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastdfkd_jax import config_checks, data, errors, losses, models, runner, synthesis
+from fastdfkd_jax.data import shapes_seg
+from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax.synthesis import generative, losses as synth_losses
+
+from conftest import compile_unoptimized, load_config_file
+
+IMAGE = (16, 16, 3)
+
+
+def test_pixel_cross_entropy_leaves_out_ignored_pixels():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
+  labels = rng.integers(0, 3, (2, 4, 4)).astype(np.uint8)
+  labels[0, :2] = 255
+  loss, acc = losses.pixel_cross_entropy(logits, jnp.asarray(labels))
+  valid = labels != 255
+  logp = jax.nn.log_softmax(logits, -1)
+  picked = np.take_along_axis(np.asarray(logp), np.where(valid, labels, 0)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, -picked[valid].mean(), rtol=1e-6)
+  np.testing.assert_allclose(acc, (np.asarray(logits).argmax(-1) == labels)[valid].mean())
+
+
+def test_tiny_deeplab_pair_counts_and_outputs():
+  """Parameter counts, 8 BN layers each, per-pixel logits and sown features."""
+  for name, count, width in (("deeplab_tiny", 39_477, 32), ("deeplab_tiny_half", 10_141, 16)):
+    model = models.get_model(name, 5)
+    shapes = jax.eval_shape(lambda: model_util.init_variables(model, jax.random.key(0),
+                                                              (32, 32, 3)))
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes["params"])) == count
+    out, aux = jax.eval_shape(lambda: model.apply(
+        jax.tree.map(jnp.zeros_like, shapes), jnp.zeros((2, 32, 32, 3)), train=False,
+        mutable=["bn_stats", "features"]))
+    assert out.shape == (2, 32, 32, 5)
+    assert len(synth_losses.flatten_bn_stats(aux["bn_stats"])) == 8
+    assert aux["features"]["penultimate"].shape == (2, 16, 16, width)
+
+
+def test_per_pixel_synthesis_terms():
+  """No class target for segmentation; one-hot and balance terms run per pixel."""
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)
+  l_oh, metrics = synth_losses.target_terms(logits, jnp.zeros((2,), jnp.int32), True)
+  assert float(l_oh) == 0.0 and metrics == {}
+  flat = logits.reshape(-1, 4)
+  np.testing.assert_allclose(synth_losses.one_hot_loss(logits, logits.argmax(-1)),
+                             synth_losses.one_hot_loss(flat, flat.argmax(-1)), rtol=1e-6)
+  np.testing.assert_allclose(generative.balance_loss(logits), generative.balance_loss(flat),
+                             rtol=1e-6)
+
+
+def _seg_config(method="fast_meta"):
+  c = load_config_file("fastdfkd_seg_cpu.py", method)
+  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 4, 2, 8, 4
+  return c
+
+
+@pytest.mark.parametrize("method", ["fast_meta", "deepinversion", "dafl", "dfad"])
+def test_segmentation_synthesis_call(method):
+  """One synthesis call of each method family on per-pixel models: images of the task's
+  resolution, finite losses, no class-target metrics."""
+  c = _seg_config(method)
+  info = dataclasses.replace(data.get_info("shapes_seg"), image_shape=IMAGE)
+  teacher = models.get_model("deeplab_tiny_half", 5, axis_name=None)
+  variables = model_util.init_variables(teacher, jax.random.key(0), IMAGE)
+  synth = synthesis.build(c, teacher=teacher, student=teacher, info=info, axis_name=None,
+                          unroll=True)
+  state = synth.init(jax.random.key(1), variables)
+  call = compile_unoptimized(synth.synthesize, state, variables, variables,
+                             jax.random.key(2), jnp.float32(1.0))
+  _, images, metrics = call(state, variables, variables, jax.random.key(2), jnp.float32(1.0))
+  assert images.shape == (4,) + IMAGE and images.dtype == jnp.uint8
+  assert "loss_bn" in metrics and "teacher_target_acc" not in metrics
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(task="classification"), "segmentation set"),
+    (dict(oh=0.5), "no class target"),
+    (dict(method="cmi"), "classification only"),
+    (dict(mode="synthesize"), "classification only"),
+])
+def test_segmentation_config_refusals(change, match):
+  c = load_config_file("fastdfkd_seg_cpu.py", "fast_meta")
+  for key, value in change.items():
+    if key == "oh":
+      c.synth.oh = value
+    else:
+      c[key] = value
+  with pytest.raises(errors.UserError, match=match):
+    config_checks.validate(c)
+
+
+@pytest.mark.parametrize("name", ["fastdfkd_nyuv2.py", "fastdfkd_seg_cpu.py"])
+def test_every_seg_config_validates(name):
+  """Every row validates; the distillation rows share one KD budget."""
+  budgets = set()
+  for run in ("teacher", "fast_meta", "deepinversion", "dafl", "dfad", "noise", "real"):
+    c = load_config_file(name, run)
+    config_checks.validate(c)
+    assert c.task == "segmentation"
+    if run != "teacher":
+      budgets.add((c.epochs - c.warmup) * c.kd.steps)
+  assert len(budgets) == 1
+
+
+def test_nyuv2_config_is_the_papers_pair():
+  c = load_config_file("fastdfkd_nyuv2.py", "fast_meta")
+  assert (c.teacher.arch, c.student.arch, c.dataset.name) == (
+      "deeplabv3_resnet50", "deeplabv3_mobilenet", "nyuv2")
+  assert c.synth.oh == 0 and data.get_info("nyuv2").image_shape == (128, 128, 3)
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("shapes16"))
+  shapes_seg.write_shapes(root, seed=0, num_train=64, num_test=16, size=32, max_shapes=2)
+  return root
+
+
+def _tiny_run(config, shapes_dir, workdir):
+  config.dataset.data_dir = shapes_dir
+  config.eval_batch_size, config.checkpoint_every = 16, 100
+  return runner.run(config, str(workdir))
+
+
+@pytest.fixture(scope="module")
+def seg_teacher(shapes_dir, tmp_path_factory):
+  c = load_config_file("fastdfkd_seg_cpu.py", "teacher")
+  c.epochs, c.batch_size, c.model = 2, 16, "deeplab_tiny_half"
+  workdir = tmp_path_factory.mktemp("seg_teacher")
+  return str(workdir), _tiny_run(c, shapes_dir, workdir)
+
+
+@pytest.mark.slow  # end to end: a teacher and a student run (~25 s each on 2 cores)
+@pytest.mark.parametrize("method", ["fast_meta", "dafl"])
+def test_teacher_then_data_free_student(seg_teacher, shapes_dir, method, tmp_path):
+  teacher_dir, teacher = seg_teacher
+  assert teacher["miou"] * 100 == pytest.approx(teacher["test_accuracy"])
+  assert len(teacher["per_class_iou"]) == 5 and 0 <= teacher["pixel_acc"] <= 1
+  c = _seg_config(method)
+  c.teacher.checkpoint, c.teacher.arch, c.student.arch = (teacher_dir, "deeplab_tiny_half",
+                                                         "deeplab_tiny_half")
+  c.epochs, c.warmup, c.kd.steps, c.synth.kd_steps = 2, (1 if method == "fast_meta" else 0), 2, 2
+  c.sample_every = 1
+  summary = _tiny_run(c, shapes_dir, tmp_path)
+  assert summary["teacher_scores"]["miou"] == pytest.approx(teacher["miou"])
+  scores = summary["student_scores"]
+  assert summary["student_acc"] == pytest.approx(100 * scores["miou"])
+  assert len(scores["per_class_iou"]) == 5
+  assert summary["synth_seconds"] > 0 and summary["kd_images"] > 0
+  assert os.path.exists(os.path.join(tmp_path, "samples", "epoch_0001.png"))
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  assert "loss_adv" in rows[-1] and "teacher_target_acc" not in rows[-1]
