@@ -248,7 +248,10 @@ class Bench:
   # ------------------------------------------------------------ measurements
   def _record(self, what, times, compile_s, flops, flops_raw, flops_source, images,
               **extra) -> dict:
+    import jax
     med = statistics.median(times)
+    stats = jax.local_devices()[0].memory_stats() or {}   # None on CPU
+    extra.setdefault("device_peak_bytes", stats.get("peak_bytes_in_use"))
     row = dict(what=what, **self.base, compile_s=round(compile_s, 4),
                median_s=med, min_s=min(times), max_s=max(times), repeats=len(times),
                warmup_calls=self.warmup_calls,

@@ -10,7 +10,9 @@ another so that nothing shares the device:
     `configs/fastdfkd_cifar.py:cifar10-resnet34-resnet18-k<k>` (batch 256) in float32 and
     with `--config.dtype=bfloat16`;
   - the eager PyTorch reference (`torch_reference.py synth|kd --device cuda`) in float32 and
-    with `--amp bf16` (its bfloat16 autocast, PyTorch's fastest setting).
+    with `--amp bf16` (its bfloat16 autocast, PyTorch's fastest setting);
+  - after the k = 5 jobs, one ImageNet synthesis call (`configs/fastdfkd_imagenet.py:
+    resnet50-resnet18`, 224 px, bfloat16, batch 64) with its time and device peak memory.
 Every raw JSON line goes to OUT_DIR/accel_bench.jsonl as it arrives (tagged with its job), so
 a run cut short keeps what it measured; jobs that would overrun `--budget_s` are recorded as
 skipped. At the end OUT_DIR/accel_summary.json and a table on stdout give, per k, seconds per
@@ -52,6 +54,23 @@ def jax_job(k: int, dtype: str, smoke: bool, extra=()) -> dict:
               estimate_s=20 if smoke else 60)
 
 
+def imagenet_job(smoke: bool) -> dict:
+  """One ImageNet synthesis call (Fast-50 resnet50 -> resnet18, 224 px, bf16, batch 64)."""
+  cmd = [sys.executable, "-m", "fastdfkd_jax.bench", "--what=synth"]
+  if smoke:
+    cmd += ["--config=configs/fastdfkd_imagenet.py:cpu", "--config.batch_size=4",
+            "--config.k=2", "--config.synth.ngf=8", "--repeats=1", "--warmup_calls=0",
+            "--peak_matmul_size=64"]
+  else:
+    cmd += ["--config=configs/fastdfkd_imagenet.py:resnet50-resnet18",
+            "--config.batch_size=64", "--repeats=2", "--warmup_calls=1"]
+  # bench times the on-device pool path; a small ring (synthesis does not read the pool)
+  cmd += ["--config.dtype=bfloat16", "--config.pool.on_device=True",
+          "--config.pool.memmap=False", "--config.pool.capacity=256"]
+  return dict(name="jax-imagenet-r50-r18-bfloat16", impl="jax_imagenet", k=None,
+              dtype="bfloat16", cmd=cmd, estimate_s=30 if smoke else 150)
+
+
 def torch_job(what: str, k: int, amp: str, ref: str, device: str, smoke: bool) -> dict:
   arch = ("wrn16_1", "wrn16_1") if smoke else (TEACHER, STUDENT)
   cmd = [sys.executable, ref, what, "--teacher", arch[0], "--student", arch[1], "--k", str(k),
@@ -70,6 +89,8 @@ def plan(ks, ref: str | None, device: str, smoke: bool, extra=()) -> list[dict]:
     if ref:
       whats = ("synth", "kd") if k == ks[0] else ("synth",)   # KD does not depend on k
       jobs += [torch_job(w, k, amp, ref, device, smoke) for w in whats for amp in ("none", "bf16")]
+    if k == ks[0]:   # after the acceptance setting: one ImageNet synthesis call (issue 16)
+      jobs.append(imagenet_job(smoke))
   return jobs
 
 
@@ -100,9 +121,13 @@ def run_job(job: dict, timeout_s: float, env: dict) -> tuple[list[dict], str]:
 
 def summarize(rows: list[dict], ks) -> dict:
   """Per k: seconds per synthesis call of each implementation, ratios, projected hours."""
-  synth, kd_ips = {}, {}
+  synth, kd_ips, imagenet = {}, {}, None
   for r in rows:
     if r.get("failed") or r.get("skipped") or r.get("what") not in ("synth", "kd"):
+      continue
+    if r["impl"] == "jax_imagenet":
+      imagenet = dict(s_per_call=r["median_s"], batch=r["batch"], k=r["k"],
+                      device_peak_bytes=r.get("device_peak_bytes"))
       continue
     if r["what"] == "synth":
       synth[(r["impl"], r["job_dtype"], r["k"])] = r["median_s"]
@@ -128,6 +153,7 @@ def summarize(rows: list[dict], ks) -> dict:
         paper_hours_220_calls=PAPER_HOURS.get(k))
     out[f"k{k}"] = entry
   out["kd_images_per_s"] = kd_ips
+  out["imagenet_synthesis"] = imagenet
   return out
 
 
@@ -146,6 +172,7 @@ def print_table(summary: dict, ks) -> None:
           + f"  {fmt(e['projected_minutes_220_calls_jax_best']):>23}"
           + f"  {e['paper_hours_220_calls']}")
   print("KD images/s:", json.dumps(summary["kd_images_per_s"]))
+  print("ImageNet synthesis call:", json.dumps(summary.get("imagenet_synthesis")))
 
 
 def environment(device: str) -> dict:

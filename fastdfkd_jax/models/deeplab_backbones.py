@@ -46,8 +46,8 @@ def conv(feats: int, k: int, name: str, dtype: Any, stride: int = 1, dilation: i
   """PyTorch-style Conv2d: symmetric padding (default dilation * (k - 1) // 2)."""
   p = dilation * (k - 1) // 2 if padding is None else padding
   return Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-                 kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                 use_bias=bias, kernel_init=init, dtype=dtype, name=name)
+              kernel_dilation=(dilation, dilation), feature_group_count=groups,
+              use_bias=bias, kernel_init=init, dtype=dtype, name=name)
 
 
 class ResNet50Backbone(nn.Module):

@@ -54,8 +54,8 @@ def torch_conv3x3(module: nn.Module, x: jax.Array, feats: int, bias: bool,
   """The release generators' 3x3 conv (padding 1, PyTorch's default init) `name`
   inside `module`, in its dtype, applied to x."""
   return Conv(feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
-                 kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * x.shape[-1]),
-                 dtype=module.dtype, name=name)(x)
+              kernel_init=torch_kernel_init, bias_init=torch_bias_init(9 * x.shape[-1]),
+              dtype=module.dtype, name=name)(x)
 
 
 def upsample_conv_bn(module: nn.Module, x: jax.Array, feats: int, train: bool, k: int,
@@ -77,6 +77,11 @@ class Generator(nn.Module):
   channels: int = 3
   dtype: Any = jnp.float32
   axis_name: str | None = None
+
+  @property
+  def latent_shape(self) -> tuple[int]:
+    """Shape of one latent, (nz,)."""
+    return (self.nz,)
 
   @nn.compact
   def __call__(self, z, train: bool = True):

@@ -41,10 +41,10 @@ class LeNet5(nn.Module):
     c1, c2, f1, f2 = (int(round(c * self.width)) for c in (6, 16, 120, 84))
     x = x.astype(self.dtype)
     x = Conv(c1, (5, 5), padding="VALID", kernel_init=conv_init,
-                dtype=self.dtype, name="conv1")(x)
+             dtype=self.dtype, name="conv1")(x)
     x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = Conv(c2, (5, 5), padding="VALID", kernel_init=conv_init,
-                dtype=self.dtype, name="conv2")(x)
+             dtype=self.dtype, name="conv2")(x)
     x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = sow_features(self, nn.relu(nn.Dense(f1, dtype=self.dtype, name="fc1")(x)))

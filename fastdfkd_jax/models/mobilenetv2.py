@@ -46,8 +46,8 @@ class _Layers:
   def conv(self, feats, k, stride, name, groups=1):
     p = (k - 1) // 2
     return Conv(feats, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=False, kernel_init=conv_init,
-                   dtype=self.module.dtype, name=name)
+                feature_group_count=groups, use_bias=False, kernel_init=conv_init,
+                dtype=self.module.dtype, name=name)
 
   def conv_bn_relu6(self, x, feats, k, stride, name, groups=1):
     """torchvision's Conv2dNormActivation: modules `{name}_0` (conv), `{name}_1` (BN)."""

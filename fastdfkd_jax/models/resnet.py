@@ -39,7 +39,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     x = Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+             kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(self, train, "bn1")(x)
     x = nn.relu(x)
     for s, (n, width) in enumerate(zip(self.num_blocks, (64, 128, 256, 512)),

@@ -70,7 +70,7 @@ class CifarResNet(nn.Module):
     n = (self.depth - 2) // 6
     x = x.astype(self.dtype)
     x = Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+             kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(self, train, "bn1")(x)
     x = nn.relu(x)
     for s, width in enumerate((16, 32, 64), start=1):

@@ -77,7 +77,7 @@ class ImageNetResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     x = Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
+             kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(self, train, "bn1")(x)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, (n, width) in enumerate(zip(self.num_blocks, WIDTHS), start=1):

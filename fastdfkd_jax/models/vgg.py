@@ -47,8 +47,8 @@ class VGG(nn.Module):
     for b, block in enumerate(self.cfg):
       for k, feats in enumerate(block):
         x = Conv(feats, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
-                    kernel_init=conv_init, dtype=self.dtype,
-                    name=f"block{b}_{3 * k}")(x)
+                 kernel_init=conv_init, dtype=self.dtype,
+                 name=f"block{b}_{3 * k}")(x)
         x = batch_norm(self, train, f"block{b}_{3 * k + 1}")(x)
         x = nn.relu(x)
       if b < 3 or (b == 3 and h == 64):

@@ -29,7 +29,7 @@ from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
 def _conv(feats: int, k: int, s: int, p: int, dtype: Any, name: str) -> Conv:
   return Conv(feats, (k, k), strides=(s, s), padding=((p, p), (p, p)),
-                 use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+              use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
 
 
 class WideBlock(nn.Module):
