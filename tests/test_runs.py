@@ -152,7 +152,7 @@ def test_changed_config_is_refused_unless_allowed(teacher, uninterrupted, tmp_pa
 @pytest.mark.parametrize("flag, message", [
     ("--config.method=fastest", "fast_meta"),
     ("--config.student.arch=resnet9", "resnet8"),
-    ("--config.dataset.name=imagenet", "cifar10"),
+    ("--config.dataset.name=cifar11", "cifar10"),
 ])
 def test_unknown_names_list_valid_ones(tmp_path, flag, message):
   proc = _main(tmp_path, flag)
