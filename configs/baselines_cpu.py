@@ -18,18 +18,7 @@ as the release's 512 is twice 256). The release's generative scripts have no war
 so the epochs are that config's KD epochs (its epochs - warmup) with warmup 0.
 """
 
-import importlib.util
-import os
-
 from fastdfkd_jax import config_lib
-
-
-def _fastdfkd_cpu(dataset: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastdfkd_cpu.py")
-  spec = importlib.util.spec_from_file_location("_fastdfkd_cpu", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(dataset)
 
 
 def get_config(arg: str = "dafl-digits"):
@@ -37,7 +26,7 @@ def get_config(arg: str = "dafl-digits"):
   if method not in config_lib.GENERATIVE_PRESETS or "-" in dataset:
     raise ValueError(f"configs/baselines_cpu.py:{arg}: use <method>-<dataset> with method "
                      f"one of {', '.join(config_lib.GENERATIVE_PRESETS)}")
-  c = _fastdfkd_cpu(dataset)
+  c = config_lib.config_module(__file__, "fastdfkd_cpu.py").get_config(dataset)
   nz = c.synth.nz
   config_lib.generative_preset(c, method)
   c.synth.nz = 2 * nz if method == "dafl" else nz

@@ -15,11 +15,13 @@ dataset: cifar10 (default) | cifar100; teacher-student: wrn40_2-wrn16_1 (default
 any pair of the zoo. Common settings of those scripts: batch 256, 200 epochs, no
 warmup (KD from the first call, the adversarial term always on), KD lr 0.1 cosine
 (T_max 200, eta_min 2e-4), T = 20, seed 0, generator nz 256 / ngf 64 (CMI).
-`--config.k=N` gives the few-step variants (the paper's Table 4). For the CPU study
-keep these synthesis settings and add the sizing of configs/fastdfkd_cpu.py:cifar10
-(`--config.epochs=40 --config.batch_size=128 --config.kd.steps=40 --config.kd.lr=0.05
---config.kd.cosine_epochs=40 --config.synth.ngf=32 --config.teacher.arch=resnet20
---config.student.arch=resnet8`).
+`--config.k=N` gives the few-step variants (the paper's Table 4).
+
+`<preset>-cpu` is the CPU study's form: the preset's synthesis settings with the
+sizing of configs/fastdfkd_cpu.py:cifar10 (resnet20 -> resnet8, batch 128, KD lr,
+kd.steps per epoch, the cosine, generator ngf 32, dtype), with that config's KD
+epochs (its epochs - warmup) and warmup 0 as the release's batch-wise scripts, so the
+student sees the same KD images as the FastDFKD rows.
 """
 
 from fastdfkd_jax import config_lib
@@ -36,10 +38,13 @@ SETTINGS = sorted(_PRESETS)
 
 def get_config(arg: str = "cmi"):
   preset, *rest = arg.split("-")
+  if rest == ["cpu"] and preset in _PRESETS:
+    return _cpu(get_config(preset))
   if preset not in _PRESETS or len(rest) not in (0, 3) or (
       rest and rest[0] not in ("cifar10", "cifar100")):
     raise ValueError(f"configs/batchwise_cifar.py:{arg}: use <preset>[-<cifar10|cifar100>-"
-                     f"<teacher>-<student>] with preset one of {', '.join(SETTINGS)}")
+                     f"<teacher>-<student>] or <preset>-cpu with preset one of "
+                     f"{', '.join(SETTINGS)}")
   dataset, teacher, student = rest or ("cifar10", "wrn40_2", "wrn16_1")
   method, k, lr_g, adv, bn, oh, kd_steps = _PRESETS[preset]
   c = config_lib.base_config()
@@ -57,4 +62,15 @@ def get_config(arg: str = "cmi"):
   c.kd.steps, c.kd.lr, c.kd.temperature = kd_steps, 0.1, 20.0
   c.kd.lr_min, c.kd.cosine_epochs = 2e-4, 200
   c.seed = 0
+  return c
+
+
+def _cpu(c):
+  """The preset `c` on the sizing of configs/fastdfkd_cpu.py:cifar10."""
+  fast = config_lib.config_module(__file__, "fastdfkd_cpu.py").get_config("cifar10")
+  c.teacher.arch, c.student.arch = fast.teacher.arch, fast.student.arch
+  c.epochs, c.warmup, c.batch_size = fast.epochs - fast.warmup, 0, fast.batch_size
+  c.kd.steps, c.kd.lr, c.kd.cosine_epochs = fast.kd.steps, fast.kd.lr, fast.kd.cosine_epochs
+  c.synth.ngf, c.dtype = fast.synth.ngf, fast.dtype
+  c.eval_every, c.checkpoint_every = fast.eval_every, fast.checkpoint_every
   return c

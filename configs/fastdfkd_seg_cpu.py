@@ -33,20 +33,11 @@ real-image KD runs with 20 KD steps per epoch ended at 28.7 % (SGD lr 0.05) and
 numbers: docs/RESULTS.md (Segmentation).
 """
 
-import importlib.util
-import os
-
-
-def _nyuv2():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastdfkd_nyuv2.py")
-  spec = importlib.util.spec_from_file_location("_fastdfkd_nyuv2", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from fastdfkd_jax import config_lib
 
 
 def get_config(arg: str = "fast_meta"):
-  nyuv2 = _nyuv2()
+  nyuv2 = config_lib.config_module(__file__, "fastdfkd_nyuv2.py")
   cpu = nyuv2.Sizes(dataset="shapes_seg", teacher="deeplab_tiny", student="deeplab_tiny_half",
                     epochs=25, warmup=5, kd_steps=40, batch=64,
                     kd_optim=("adam", 3e-3, 3e-5), nz=64, ngf=32,

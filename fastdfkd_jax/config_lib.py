@@ -6,6 +6,9 @@ a few minutes on a laptop CPU). Every constant of a run lives here; `config_chec
 validates a config against it.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from fastdfkd_jax import errors
@@ -287,3 +290,13 @@ def generative_preset(c: ml_collections.ConfigDict, method: str) -> ml_collectio
   c.synth.nz, c.synth.lr_g, c.synth.kd_steps = p["nz"], p["lr_g"], p["kd_steps"]
   c.kd.loss, c.kd.temperature = p["loss"], p["temperature"]
   return c
+
+
+def config_module(config_file: str, name: str):
+  """The module of configs/`name` beside `config_file` (a config file's `__file__`), so
+  one config file can build on another's settings."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location("_config_" + name.removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -121,6 +121,25 @@ def test_batchwise_presets(arg):
     load_config_file("batchwise_cifar.py", "cmi-svhn")
 
 
+@pytest.mark.parametrize("preset", ["cmi", "cmi_fast", "deepinversion", "deepinversion_fast"])
+def test_batchwise_cpu_form_sees_the_fastdfkd_cpu_kd_images(preset):
+  fast = load_config_file("fastdfkd_cpu.py", "cifar10")
+  c = load_config_file("batchwise_cifar.py", f"{preset}-cpu")
+  config_checks.validate(c)
+  script = load_config_file("batchwise_cifar.py", preset)
+  assert (c.method, c.k, c.synth.lr_g, c.synth.bn, c.cmi.cr) == (
+      script.method, script.k, script.synth.lr_g, script.synth.bn, script.cmi.cr)
+  assert c.warmup == 0 and (c.epochs * c.kd.steps * c.batch_size ==
+                            (fast.epochs - fast.warmup) * fast.kd.steps * fast.batch_size)
+  assert (c.kd.lr, c.kd.cosine_epochs, c.teacher.arch, c.student.arch, c.dtype) == (
+      fast.kd.lr, fast.kd.cosine_epochs, fast.teacher.arch, fast.student.arch, fast.dtype)
+
+
+def test_config_module_loads_a_sibling_config_file():
+  module = config_lib.config_module(os.path.join(CONFIGS, "anything.py"), "fastdfkd_cpu.py")
+  assert module.get_config("cifar10") == load_config_file("fastdfkd_cpu.py", "cifar10")
+
+
 def test_cifar_settings_list():
   assert len(CIFAR_SETTINGS) == 2 * 5 * 3
   assert "cifar100-wrn40_2-wrn16_2-k5" in CIFAR_SETTINGS
