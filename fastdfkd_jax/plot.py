@@ -1,6 +1,6 @@
 """Student accuracy against cumulative synthesis time, one curve per run.
 
-    python -m fastdfkd_jax.plot WORKDIR [WORKDIR ...] [--out=PATH.png] \
+    python -m fastdfkd_jax.plot WORKDIR[,WORKDIR...] [...] [--out=PATH.png] \
         [--x=synth_seconds|epoch|wall_seconds]
 
 Reads each workdir's `metrics.jsonl` (one row per epoch: epoch, student_acc,
@@ -8,6 +8,10 @@ synth_seconds, wall_seconds, ...) and, where present, `summary.json` (method,
 k, dataset, teacher, student) for the labels and title. The default output is
 WORKDIR/accuracy_vs_synthesis.png of the first workdir. A train_teacher workdir
 (no student_acc) is drawn with its test_accuracy.
+
+Seeds: comma-separated workdirs (`runs/fast5_s0,runs/fast5_s1,runs/fast5_s2`) are
+one curve: the mean accuracy at each evaluation (x: the mean over the seeds) with
+the seeds' spread (min to max) shaded; the label says how many seeds.
 
 matplotlib is an optional dependency (`pip install -e .[plot]`), imported only
 when drawing; it is used through its object API with the Agg canvas, so the
@@ -86,6 +90,22 @@ def _series(workdir: str, rows: list[dict], x: str) -> tuple[list[float], list[f
   return [float(px) for px, _ in pts], [float(py) for _, py in pts], acc_key
 
 
+def _group_series(group: str, x: str):
+  """One curve of a workdir or of comma-separated seed workdirs -> (name, summary with
+  'seeds', xs (mean over the seeds), ys (per point: the seeds' accuracies), acc_key).
+  Seeds are aligned by evaluation index, cut to the shortest run."""
+  wds = [w for w in group.split(",") if w]
+  series, summaries = [], []
+  for wd in wds:
+    rows, summary = read_run(wd)
+    series.append(_series(wd, rows, x))
+    summaries.append(summary)
+  n = min(len(xs) for xs, _, _ in series)
+  xs = [sum(s[0][i] for s in series) / len(series) for i in range(n)]
+  ys = [[s[1][i] for s in series] for i in range(n)]
+  return wds[0], dict(summaries[0], seeds=len(wds)), xs, ys, series[0][2]
+
+
 def _time_unit(max_seconds: float) -> tuple[float, str]:
   if max_seconds >= 3 * 3600:
     return 3600.0, "h"
@@ -107,9 +127,8 @@ def make_figure(workdirs: Sequence[str], x: str = "synth_seconds"):
     raise ImportError("plotting needs matplotlib: pip install -e .[plot]") from e
 
   runs, acc_keys = [], set()
-  for wd in workdirs:
-    rows, summary = read_run(wd)
-    xs, ys, acc_key = _series(wd, rows, x)
+  for group in workdirs:
+    wd, summary, xs, ys, acc_key = _group_series(group, x)
     acc_keys.add(acc_key)
     runs.append((wd, summary, xs, ys))
 
@@ -126,12 +145,18 @@ def make_figure(workdirs: Sequence[str], x: str = "synth_seconds"):
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   for (wd, summary, xs, ys), label in zip(runs, labels):
+    mean = [sum(v) / len(v) for v in ys]
+    if summary.get("seeds", 1) > 1:
+      label += f" ({summary['seeds']} seeds)"
     if x == "synth_seconds" and is_baseline(summary):  # no synthesis: its final accuracy
-      ax.axhline(ys[-1], linestyle="--", linewidth=1.2, color="gray" if
+      ax.axhline(mean[-1], linestyle="--", linewidth=1.2, color="gray" if
                  summary["kd_source"] == "noise" else "black", label=label)
       continue
-    ax.plot([v / scale for v in xs], ys, marker="o" if len(xs) <= 30 else None,
-            markersize=3, linewidth=1.5, label=label)
+    line, = ax.plot([v / scale for v in xs], mean, marker="o" if len(xs) <= 30 else None,
+                    markersize=3, linewidth=1.5, label=label)
+    if summary.get("seeds", 1) > 1:
+      ax.fill_between([v / scale for v in xs], [min(v) for v in ys], [max(v) for v in ys],
+                      color=line.get_color(), alpha=0.2, linewidth=0)
   ax.set_xlabel({"synth_seconds": f"cumulative synthesis time ({unit})",
                  "wall_seconds": f"wall-clock time ({unit})",
                  "epoch": "epoch"}[x])
@@ -183,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> str:
       prog="python -m fastdfkd_jax.plot",
       description="Plot student accuracy against cumulative synthesis time.")
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
-                      help="run directories holding metrics.jsonl (and summary.json)")
+                      help="run directories holding metrics.jsonl (and summary.json); "
+                      "comma-separated workdirs are the seeds of one curve")
   parser.add_argument("--out", default=None,
                       help=f"output PNG (default: FIRST_WORKDIR/{DEFAULT_NAME})")
   parser.add_argument("--x", default="synth_seconds", choices=X_CHOICES,
@@ -193,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     out = plot_runs(args.workdirs, args.out, args.x)
   except (FileNotFoundError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(1) from None
+    raise SystemExit(2) from None
   print(out)
   return out
 

@@ -121,7 +121,7 @@ def test_cli_main_and_subprocess(tmp_path, two_runs):
   _check_png(out2)
   res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.plot", str(tmp_path / "nope")],
                        capture_output=True, text=True, env=env, timeout=120)
-  assert res.returncode == 1 and "has no metrics.jsonl" in res.stderr
+  assert res.returncode == 2 and "has no metrics.jsonl" in res.stderr
 
 
 def test_teacher_run_uses_test_accuracy(tmp_path):
@@ -152,3 +152,19 @@ def test_kd_baselines_are_reference_lines_on_the_synthesis_axis(tmp_path):
   assert real.get_linestyle() == "--"
   ax = plot.make_figure(runs, x="wall_seconds").axes[0]   # over wall clock: curves
   assert len(ax.get_lines()[1].get_xdata()) == 6
+
+
+def test_seed_group_is_one_curve_with_its_spread(tmp_path):
+  seeds = [fake_run(tmp_path, f"s{s}", "fast_meta", 5 + s, 1.0 + s) for s in range(3)]
+  other = fake_run(tmp_path, "other", "fast", 2, 1.5)
+  fig = plot.make_figure([",".join(seeds), other])
+  (ax,) = fig.axes
+  assert len(ax.get_lines()) == 2
+  mean_line = ax.get_lines()[0]
+  assert "3 seeds" in mean_line.get_label()
+  # accuracies 10 + 12 e + k, k = 5, 6, 7: the mean is k = 6; x the mean of 1, 2, 3 s/epoch
+  assert list(mean_line.get_ydata()) == pytest.approx([16.0 + 12.0 * e for e in range(6)])
+  assert list(mean_line.get_xdata()) == pytest.approx([2.0 * (e + 1) for e in range(6)])
+  (band,) = ax.collections
+  ys = band.get_paths()[0].vertices[:, 1]
+  assert min(ys) == pytest.approx(15.0) and max(ys) == pytest.approx(17.0 + 12.0 * 5)

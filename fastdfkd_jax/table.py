@@ -1,0 +1,127 @@
+"""A study's markdown table from run workdirs: accuracy (mean and spread over seeds),
+share of the teacher, synthesis seconds and the speed-up over a reference row.
+
+    python -m fastdfkd_jax.table "Fast-5=runs/f5_s0,runs/f5_s1,runs/f5_s2" \\
+        "DeepInversion=runs/di_s0,runs/di_s1,runs/di_s2" [--reference=DeepInversion]
+
+Each argument is NAME=WORKDIR[,WORKDIR...] (comma-separated workdirs are the seeds of
+one row). A row reads each workdir's summary.json (final and best student accuracy,
+teacher accuracy, synth_seconds, wall_seconds, synth_images, kd_images) and, for the
+speed-up, metrics.jsonl. Columns: final accuracy mean +- s.d. over the seeds (sample
+s.d., n - 1; '-' for one seed) with min..max, best accuracy, share of the teacher's
+accuracy, synthesis seconds, wall minutes, synthetic images made, KD images seen.
+With --reference=NAME two more: the synthesis seconds a row needed to first reach the
+reference's final accuracy (mean over seeds of the evaluated epochs' cumulative
+synth_seconds; the seeds' mean curve), and the speed-up = the reference's synthesis
+seconds / those seconds, the paper's "speed-up at its accuracy"; '-' where a row never
+reaches it.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Sequence
+
+from fastdfkd_jax import plot
+
+
+def read_row(spec: str) -> dict:
+  """NAME=WD[,WD...] -> {name, summaries, curves}; a curve is [(synth_seconds, acc)]."""
+  name, sep, dirs = spec.partition("=")
+  if not sep or not name or not dirs:
+    raise ValueError(f"{spec!r}: write a row as NAME=WORKDIR[,WORKDIR...]")
+  summaries, curves = [], []
+  for wd in (d for d in dirs.split(",") if d):
+    path = os.path.join(wd, "summary.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{wd} has no summary.json; has the run finished?")
+    with open(path) as f:
+      summaries.append(json.load(f))
+    rows, _ = plot.read_run(wd)
+    curves.append([(float(r.get("synth_seconds", 0.0)), float(r["student_acc"]))
+                   for r in rows if r.get("student_acc") is not None])
+  return dict(name=name, summaries=summaries, curves=curves)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, sample standard deviation with n - 1; nan for one value)."""
+  m = sum(values) / len(values)
+  if len(values) < 2:
+    return m, math.nan
+  return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def seconds_to_reach(curves: list[list[tuple[float, float]]], target: float) -> float:
+  """Synthesis seconds at the first evaluation where the seeds' mean accuracy reaches
+  `target` (x: the seeds' mean synth_seconds there); nan if it never does."""
+  n = min(len(c) for c in curves)
+  for i in range(n):
+    if sum(c[i][1] for c in curves) / len(curves) >= target:
+      return sum(c[i][0] for c in curves) / len(curves)
+  return math.nan
+
+
+def _stat(summaries: list[dict], key: str) -> float:
+  values = [s[key] for s in summaries if s.get(key) is not None]
+  return sum(values) / len(values) if values else math.nan
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+  return "-" if v is None or math.isnan(v) else f"{v:,.{digits}f}"
+
+
+def row_cells(row: dict, reference: dict | None) -> list[str]:
+  s = row["summaries"]
+  finals = [x["student_acc"] for x in s]
+  m, sd = mean_sd(finals)
+  acc = f"**{m:.2f}** ± {_fmt(sd)}" + (f" ({min(finals):.2f}..{max(finals):.2f})"
+                                        if len(finals) > 1 else "")
+  teacher = _stat(s, "teacher_acc")
+  cells = [row["name"], str(len(s)), acc, _fmt(_stat(s, "best_student_acc")),
+           _fmt(100.0 * m / teacher, 1) + " %" if teacher == teacher else "-",
+           _fmt(_stat(s, "synth_seconds"), 0), _fmt(_stat(s, "wall_seconds") / 60.0, 1),
+           _fmt(_stat(s, "synth_images"), 0), _fmt(_stat(s, "kd_images"), 0)]
+  if reference is not None:
+    target = mean_sd([x["student_acc"] for x in reference["summaries"]])[0]
+    reach = seconds_to_reach(row["curves"], target)
+    ref_s = _stat(reference["summaries"], "synth_seconds")
+    cells += [_fmt(reach, 0), "-" if not reach > 0 else f"{ref_s / reach:.1f}x"]
+  return cells
+
+
+def markdown(rows: list[dict], reference: str | None = None) -> str:
+  ref = None
+  if reference is not None:
+    ref = next((r for r in rows if r["name"] == reference), None)
+    if ref is None:
+      raise ValueError(f"--reference={reference} names no row; rows: "
+                       f"{', '.join(r['name'] for r in rows)}")
+  head = ["run", "seeds", "student acc. final (%)", "best (%)", "of teacher",
+          "synthesis (s)", "wall (min)", "synthetic images", "KD images"]
+  if ref is not None:
+    head += [f"synthesis s to {reference}'s acc.", "speed-up"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(row_cells(r, ref)) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(prog="python -m fastdfkd_jax.table",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("rows", nargs="+", metavar="NAME=WORKDIR[,WORKDIR...]")
+  parser.add_argument("--reference", default=None,
+                      help="row whose final accuracy and synthesis time set the speed-up")
+  args = parser.parse_args(argv)
+  try:
+    text = markdown([read_row(r) for r in args.rows], args.reference)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  main()

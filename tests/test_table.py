@@ -1,0 +1,62 @@
+"""Tests for fastdfkd_jax.table: a study's markdown table from run workdirs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastdfkd_jax import table
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_run(root, name, accs, synth_per_epoch, teacher_acc=80.0):
+  wd = root / name
+  wd.mkdir()
+  rows = [dict(epoch=e, student_acc=a, synth_seconds=synth_per_epoch * (e + 1))
+          for e, a in enumerate(accs)]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (wd / "summary.json").write_text(json.dumps(dict(
+      student_acc=accs[-1], best_student_acc=max(accs), teacher_acc=teacher_acc,
+      synth_seconds=synth_per_epoch * len(accs), wall_seconds=600.0,
+      synth_images=1280, kd_images=51200)))
+  return str(wd)
+
+
+def test_mean_sd_is_the_sample_deviation():
+  m, sd = table.mean_sd([60.0, 62.0, 64.0])
+  assert (m, sd) == (62.0, 2.0)
+  assert math.isnan(table.mean_sd([5.0])[1])
+
+
+def test_seconds_to_reach_uses_the_seeds_mean_curve():
+  curves = [[(1.0, 10.0), (2.0, 50.0), (3.0, 70.0)], [(3.0, 30.0), (4.0, 40.0), (5.0, 60.0)]]
+  assert table.seconds_to_reach(curves, 45.0) == 3.0      # means 20, 45, 65
+  assert math.isnan(table.seconds_to_reach(curves, 66.0))
+
+
+def test_table_rows_and_speed_up(tmp_path):
+  fast = [fake_run(tmp_path, f"f{s}", [20.0, 50.0 + s, 60.0 + 2 * s], 1.0) for s in range(3)]
+  slow = fake_run(tmp_path, "di", [10.0, 30.0, 50.0], 10.0)
+  text = table.markdown([table.read_row("Fast-5=" + ",".join(fast)),
+                         table.read_row("DeepInv=" + slow)], reference="DeepInv")
+  lines = text.splitlines()
+  assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|")
+  cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+  assert cells[:5] == ["Fast-5", "3", "**62.00** ± 2.00 (60.00..64.00)", "62.00", "77.5 %"]
+  # DeepInv ends at 50 % after 30 s of synthesis; Fast-5's mean curve passes 50 at epoch 2
+  assert cells[-2:] == ["2", "15.0x"]
+  di = [c.strip() for c in lines[3].split("|")[1:-1]]
+  assert di[2] == "**50.00** ± -" and di[-1] == "1.0x"
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path):
+  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.table", f"x={tmp_path}"],
+                       capture_output=True, text=True, cwd=REPO)
+  assert res.returncode == 2 and "has no summary.json" in res.stderr
+  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.table", "nodirs"],
+                       capture_output=True, text=True, cwd=REPO)
+  assert res.returncode == 2 and "NAME=WORKDIR" in res.stderr
