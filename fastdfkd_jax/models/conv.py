@@ -37,6 +37,16 @@ def _pads(padding, kernel: Sequence[int]):
   return pads if ok else None
 
 
+def _strided_pads(padding, spatial, kernel, strides):
+  """Explicit non-negative pads of a strided convolution ('SAME' resolved), else None."""
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID"):
+      return None
+    padding = lax.padtype_to_pads(spatial, kernel, strides, padding)
+  pads = tuple(tuple(p) for p in padding)
+  return pads if all(lo >= 0 and hi >= 0 for lo, hi in pads) else None
+
+
 def _plain(x, w, pads):
   return lax.conv_general_dilated(x, w, (1,) * (x.ndim - 2), pads,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -62,6 +72,55 @@ _conv_fwd_grad = jax.custom_vjp(_plain, nondiff_argnums=(2,))
 _conv_fwd_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _strided(x, w, strides, pads):
+  return lax.conv_general_dilated(x, w, strides, pads,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _phases(xp_shape, kernel, strides):
+  """The (p, q) input phases of a strided VALID convolution of the padded input:
+  y = sum over (p, q) of the stride-1 VALID convolution of xp[p::sh, q::sw] (cut to
+  `shape`) with w[p::sh, q::sw] (with xp the padded input, y[i] = sum_a w[a] xp[s i + a];
+  take a = s t + p). Yields (p, q, start, limit) of each phase's strided slice."""
+  (kh, kw), (sh, sw) = kernel, strides
+  ho, wo = (xp_shape[1] - kh) // sh + 1, (xp_shape[2] - kw) // sw + 1
+  for p in range(min(sh, kh)):
+    tp = -(-(kh - p) // sh)
+    for q in range(min(sw, kw)):
+      tq = -(-(kw - q) // sw)
+      yield p, q, (0, p, q, 0), (xp_shape[0], p + sh * (ho + tp - 2) + 1,
+                                 q + sw * (wo + tq - 2) + 1, xp_shape[3])
+
+
+def _strided_fwd(x, w, strides, pads):
+  return _strided(x, w, strides, pads), (x, w)
+
+
+def _strided_bwd(strides, pads, res, g):
+  """Polyphase gradients: every convolution in them is a stride-1 one (oneDNN takes
+  them); XLA's own input gradient of a strided convolution convolves the zero-dilated
+  output gradient outside oneDNN, in float32 (13x slower than a stride-1 convolution
+  of equal FLOPs, docs/BENCHMARKS.md)."""
+  x, w = res
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  g = g.astype(x.dtype)
+  dxp, dw = jnp.zeros(xp.shape, jnp.float32), jnp.zeros(w.shape, jnp.float32)
+  sh, sw = strides
+  for p, q, start, limit in _phases(xp.shape, w.shape[:2], strides):
+    phase, wp = lax.slice(xp, start, limit, (1, sh, sw, 1)), w[p::sh, q::sw]
+    _, vjp = jax.vjp(lambda a, b: _conv_fwd_grad(a, b, ((0, 0), (0, 0))), phase, wp)
+    d_phase, d_wp = vjp(g)
+    dxp = dxp.at[:, p:limit[1]:sh, q:limit[2]:sw].add(d_phase.astype(jnp.float32))
+    dw = dw.at[p::sh, q::sw].set(d_wp.astype(jnp.float32))
+  (lo_h, _), (lo_w, _) = pads
+  dx = dxp[:, lo_h:lo_h + x.shape[1], lo_w:lo_w + x.shape[2]]
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_strided_conv = jax.custom_vjp(_strided, nondiff_argnums=(2, 3))
+_strided_conv.defvjp(_strided_fwd, _strided_bwd)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1, precision=None,
@@ -73,11 +132,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   pads = _pads(padding, kernel)
   if (lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16
       and jax.default_backend() == "cpu" and len(kernel) == 2 and dims == _NHWC
-      and tuple(window_strides) == ones and tuple(lhs_dilation or ones) == ones
+      and tuple(lhs_dilation or ones) == ones
       and tuple(rhs_dilation or ones) == ones and feature_group_count == 1
       and batch_group_count == 1 and precision is None
-      and preferred_element_type is None and pads is not None):
-    return _conv_fwd_grad(lhs, rhs, tuple(pads))
+      and preferred_element_type is None):
+    if tuple(window_strides) == ones and pads is not None:
+      return _conv_fwd_grad(lhs, rhs, tuple(pads))
+    strided = _strided_pads(padding, lhs.shape[1:3], kernel, window_strides)
+    if tuple(window_strides) != ones and strided is not None:
+      return _strided_conv(lhs, rhs, tuple(window_strides), strided)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                   rhs_dilation, dimension_numbers, feature_group_count,
                                   batch_group_count, precision, preferred_element_type)
