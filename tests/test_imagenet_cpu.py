@@ -46,13 +46,14 @@ def test_unknown_imagenet_setting():
 
 @pytest.fixture
 def tiny_imagenet(tmp_path, monkeypatch):
-  """imagenet_mini's settings at 32 px (the DeepGenerator's unused l1 is empty below)
-  with 4 classes, and its procedural folder."""
+  """imagenet_mini's settings (64 px) with 4 classes, and its procedural folder of
+  images around 72 px (the eval transform resizes and centre-crops them)."""
   info = dataclasses.replace(data.get_info("imagenet_mini"), name="imagenet_test",
-                             num_classes=4, image_shape=(32, 32, 3))
+                             num_classes=4)
+  assert info.image_shape == (64, 64, 3)
   monkeypatch.setitem(info_lib.DATASETS, "imagenet_test", info)
   root = tmp_path / "imagenet"
-  procedural_folder.write(str(root), 4, 24, 8, size=40)
+  procedural_folder.write(str(root), 4, 24, 8, size=72)
   return str(root)
 
 
@@ -91,10 +92,10 @@ def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkey
   assert summary["teacher_acc"] > 60.0, summary          # 4 classes: chance 25 %
   assert np.isfinite(summary["student_acc"])
   pool = np.load(os.path.join(workdir, "pool.npy"), mmap_mode="r")
-  assert pool.shape == (6, 16, 32, 32, 3) and pool[5].any()   # every call's batch kept
+  assert pool.shape == (6, 16, 64, 64, 3) and pool[5].any()   # every call's batch kept
   from fastdfkd_jax import export
   images, calls, _ = export.restore_pool(workdir, c.synth.calls_per_epoch)
-  assert images.shape == (6 * 16, 32, 32, 3)
+  assert images.shape == (6 * 16, 64, 64, 3)
   np.testing.assert_array_equal(calls, np.repeat(np.arange(6), 16))
   np.testing.assert_array_equal(images[-16:], pool[5])
 
