@@ -72,11 +72,15 @@ def _seg_config(method="fast_meta"):
   return c
 
 
-@pytest.mark.parametrize("method", ["fast_meta", "deepinversion", "dafl", "dfad"])
+@pytest.mark.parametrize("method", ["fast_meta", "deepinversion", "dafl", "dfad",
+                                    "fast_meta+balance"])
 def test_segmentation_synthesis_call(method):
   """One synthesis call of each method family on per-pixel models: images of the task's
-  resolution, finite losses, no class-target metrics."""
+  resolution, finite losses, no class-target metrics; `synth.balance` adds DAFL's
+  class-balance term to an inversion method."""
+  method, balance = method.partition("+")[::2]
   c = _seg_config(method)
+  c.synth.balance = 0.5 if balance else c.synth.balance
   info = dataclasses.replace(data.get_info("shapes_seg"), image_shape=IMAGE)
   teacher = models.get_model("deeplab_tiny_half", 5, axis_name=None)
   variables = model_util.init_variables(teacher, jax.random.key(0), IMAGE)
@@ -89,6 +93,8 @@ def test_segmentation_synthesis_call(method):
   assert images.shape == (4,) + IMAGE and images.dtype == jnp.uint8
   assert "loss_bn" in metrics and "teacher_target_acc" not in metrics
   assert all(np.isfinite(float(v)) for v in metrics.values())
+  if balance:   # sum_c p_c log p_c lies in [-log C, 0]
+    assert -np.log(5) - 1e-5 <= float(metrics["loss_balance"]) <= 0.0
 
 
 @pytest.mark.parametrize("change, match", [

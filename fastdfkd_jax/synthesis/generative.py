@@ -84,12 +84,7 @@ def activation_loss(features: jax.Array, axis_name: str | None = None) -> jax.Ar
   return -parallel.pmean(jnp.abs(features.astype(jnp.float32)).mean(), axis_name)
 
 
-def balance_loss(logits: jax.Array, axis_name: str | None = None) -> jax.Array:
-  """sum_c p_c log p_c of the global batch-mean (and pixel-mean, for per-pixel logits)
-  softmax p (minimised: p uniform)."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
-  p = parallel.pmean(probs.reshape(-1, probs.shape[-1]).mean(0), axis_name)
-  return jnp.sum(p * jnp.log(p))
+balance_loss = losses.balance_loss   # DAFL's class-balance term (synthesis/losses.py)
 
 
 def adversarial_loss(student_logits, teacher_logits, criterion: str,

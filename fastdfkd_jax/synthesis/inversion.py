@@ -83,6 +83,8 @@ class SynthesisHParams:
   lr_z: float = 1e-2
   bn: float = 10.0
   oh: float = 0.4
+  balance: float = 0.0           # DAFL's class-balance term (losses.balance_loss); the
+                                 # paper's FastDFKD has none
   bn_mmt: float = 0.9
   betas: tuple[float, float] = (0.5, 0.999)
   meta_grad: str = "param_diff"
@@ -106,7 +108,7 @@ def hparams_from_config(config, unroll: bool) -> SynthesisHParams:
   s = config.synth
   return SynthesisHParams(
       k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g, lr_z=s.lr_z,
-      bn=s.bn, oh=s.oh, bn_mmt=s.bn_mmt, betas=tuple(s.betas), meta_grad=s.meta_grad,
+      bn=s.bn, oh=s.oh, balance=s.balance, bn_mmt=s.bn_mmt, betas=tuple(s.betas), meta_grad=s.meta_grad,
       deepinv_lr=s.deepinv_lr, deepinv_betas=tuple(s.deepinv_betas), unroll=unroll,
       meta_lr_g=s.meta_lr_g, meta_latent=s.meta_latent, meta_lr_z=s.meta_lr_z,
       reinit_every=s.reinit_every, augment=s.augment, crop_scale=tuple(s.crop_scale),
@@ -215,7 +217,11 @@ class InversionSynthesizer(base.Members, abc.ABC):
                                                self.axis_name)
     l_adv = losses.adversarial_loss(s_logits, t_logits, self.axis_name)
     loss = self.hp.bn * l_bn + self.hp.oh * l_oh + adv_weight * l_adv
-    return loss, (last, dict(loss_bn=l_bn, loss_adv=l_adv, **target_metrics))
+    metrics = dict(loss_bn=l_bn, loss_adv=l_adv, **target_metrics)
+    if self.hp.balance:
+      metrics["loss_balance"] = losses.balance_loss(t_logits, self.axis_name)
+      loss = loss + self.hp.balance * metrics["loss_balance"]
+    return loss, (last, metrics)
 
   def augment(self, key, x):
     """The synthesis augmentation of `hp.augment`, normalised (this device's stripe)."""
@@ -260,7 +266,8 @@ class InversionSynthesizer(base.Members, abc.ABC):
     gen_opt = self._begin_gen_opt(state)
     x_shape = (latent.shape[0],) + self.image_shape
     names = ("loss", "loss_bn", "loss_adv") + (
-        () if hp.segmentation else losses.TARGET_METRICS)
+        () if hp.segmentation else losses.TARGET_METRICS) + (
+        ("loss_balance",) if hp.balance else ())
     metric_zero = dict.fromkeys(names, 0.0)
     carry = InnerCarry(
         fast=state.gen_params, latent=latent, gen_opt=gen_opt,

@@ -23,6 +23,16 @@ def adversarial_loss(student_logits, teacher_logits,
   return -parallel.pmean(per.mean(), axis_name)
 
 
+def balance_loss(logits: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """sum_c p_c log p_c of the global batch-mean (and pixel-mean, for per-pixel logits)
+  softmax p (minimised: p uniform). DAFL's information-entropy term; an option of the
+  inversion methods too (synth.balance), e.g. for segmentation, whose images have no
+  class target."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  p = parallel.pmean(probs.reshape(-1, probs.shape[-1]).mean(0), axis_name)
+  return jnp.sum(p * jnp.log(p))
+
+
 def one_hot_loss(teacher_logits, targets, axis_name: str | None = None) -> jax.Array:
   """Cross-entropy of the teacher logits (N, C) against the targets (N,), or per pixel of
   logits (N, H, W, C) against target maps (N, H, W)."""
