@@ -1,0 +1,50 @@
+"""tools/cifar_study.py: every run of the study is a valid config with the same KD images."""
+
+import importlib.util
+import os
+
+from absl import flags
+import pytest
+
+from fastdfkd_jax import cli, config_checks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool():
+  spec = importlib.util.spec_from_file_location(
+      "cifar_study", os.path.join(ROOT, "tools", "cifar_study.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_run_parses_validates_and_sees_the_same_kd_images(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  tool = _tool()
+  runs = tool.plan()
+  names = [name for _, name, _, _ in runs]
+  assert len(names) == len(set(names))
+  kd_images = set()
+  for _, name, config, extra in runs:
+    fv = flags.FlagValues()
+    cmd = tool.command(tool.main.__globals__["argparse"].Namespace(
+        python="python", out="/tmp/study", data_dir="d", teacher="t", teacher_arch="resnet20",
+        cache_dir=""), name, config, extra)
+    argv = ["prog"] + [a for a in cmd[3:] if not a.startswith("--workdir")]
+    cli.parse_flags(argv, fv)
+    c = fv.config
+    config_checks.validate(c)
+    assert (c.teacher.arch, c.student.arch, c.dataset.name) == ("resnet20", "resnet8", "cifar10")
+    kd_images.add((c.epochs - c.warmup) * c.kd.steps * c.batch_size)
+  assert len(kd_images) == 1, kd_images
+
+
+def test_list_prints_commands_and_the_report(tmp_path, capsys):
+  tool = _tool()
+  (tmp_path / "fast2_s0").mkdir()
+  (tmp_path / "fast2_s0" / "summary.json").write_text("{}")
+  assert tool.main(["--out", str(tmp_path), "--teacher", "t", "--list", "--only", "table1"]) == 0
+  out = capsys.readouterr().out
+  assert f"--workdir={tmp_path}/fast2_s0 " not in out and f"--workdir={tmp_path}/fast5_s2" in out
+  assert "python -m fastdfkd_jax.table Fast-2=" in out and "--reference=DeepInversion-50" in out
