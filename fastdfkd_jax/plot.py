@@ -21,8 +21,9 @@ process-wide pyplot backend is left alone.
 import argparse
 import json
 import os
-import sys
 from typing import Any, Sequence
+
+from fastdfkd_jax import errors
 
 X_CHOICES = ("synth_seconds", "epoch", "wall_seconds")
 DEFAULT_NAME = "accuracy_vs_synthesis.png"
@@ -215,11 +216,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--x", default="synth_seconds", choices=X_CHOICES,
                       help="x axis (default: synth_seconds)")
   args = parser.parse_args(argv)
-  try:
+  with errors.exit_2_on(FileNotFoundError, ValueError, ImportError):
     out = plot_runs(args.workdirs, args.out, args.x)
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
   print(out)
   return out
 

@@ -21,10 +21,9 @@ import argparse
 import json
 import math
 import os
-import sys
 from typing import Sequence
 
-from fastdfkd_jax import plot
+from fastdfkd_jax import errors, plot
 
 
 def read_row(spec: str) -> dict:
@@ -114,11 +113,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--reference", default=None,
                       help="row whose final accuracy and synthesis time set the speed-up")
   args = parser.parse_args(argv)
-  try:
+  with errors.exit_2_on(FileNotFoundError, ValueError, KeyError):
     text = markdown([read_row(r) for r in args.rows], args.reference)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
   print(text)
   return text
 

@@ -26,6 +26,15 @@ def load_config_file(name: str, arg: str | None = None):
   return module.get_config() if arg is None else module.get_config(arg)
 
 
+def load_tool(name: str):
+  """The module of tools/NAME.py (tools are scripts, not a package)."""
+  path = os.path.join(os.path.dirname(CONFIGS), "tools", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 @pytest.fixture(scope="session", autouse=True)
 def subprocess_compilation_cache(tmp_path_factory):
   """One persistent XLA compilation cache per test process, for the subprocesses it starts.

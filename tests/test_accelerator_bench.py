@@ -1,7 +1,6 @@
 """The prepared accelerator benchmark (tools/accelerator_bench.sh): summary arithmetic, and a
 CPU smoke run of the whole script at tiny sizes in the loop structure the GPU uses (lax.scan)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,15 +8,13 @@ import sys
 
 import pytest
 
+from conftest import load_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _driver():
-  spec = importlib.util.spec_from_file_location(
-      "accelerator_bench", os.path.join(REPO, "tools", "accelerator_bench.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool("accelerator_bench")
 
 
 def test_summary_ratios_and_projection():

@@ -1,22 +1,18 @@
 """tools/cifar_study.py: every run of the study is a valid config with the same KD images."""
 
-import importlib.util
 import os
 
 from absl import flags
 import pytest
 
 from fastdfkd_jax import cli, config_checks
+from conftest import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location(
-      "cifar_study", os.path.join(ROOT, "tools", "cifar_study.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool("cifar_study")
 
 
 def test_every_run_parses_validates_and_sees_the_same_kd_images(monkeypatch):
