@@ -43,9 +43,10 @@ _SETTINGS = {
     "mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 4, 1, 0.05, "float32"),
     "fashion_mnist": ("resnet8", "resnet8", 40, 5, 50, 128, 128, 32, 5, 1, 0.05, "float32"),
     # The one-CPU-hour setting (issue 13): 160 synthesis calls and 6,200 KD steps,
-    # about 45 min on ONE core of the development machine (the other busy), so well
-    # inside an hour on two; bfloat16 on oneDNN (1.5-1.7x faster here, 0.8 points on
-    # the digits default); KD lr 0.1, the release's 0.2 at batch 256 scaled to 128.
+    # 43-50 min measured on ONE core of the development machine (the other busy; three
+    # teachers, docs/RESULTS.md), so well inside an hour on two; bfloat16 on oneDNN (1.5-1.7x
+    # faster here, 0.8 points on the digits default); KD lr 0.1, the release's 0.2 at batch
+    # 256 scaled to 128.
     "cifar10": ("resnet20", "resnet8", 160, 5, 40, 128, 256, 32, 8, 10, 0.1, "bfloat16"),
 }
 _STEP_LRS = config_lib.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
