@@ -78,9 +78,9 @@ def _strided(x, w, strides, pads):
 
 
 def _phases(xp_shape, kernel, strides):
-  """The (p, q) input phases of a strided VALID convolution of the padded input:
-  y = sum over (p, q) of the stride-1 VALID convolution of xp[p::sh, q::sw] (cut to
-  `shape`) with w[p::sh, q::sw] (with xp the padded input, y[i] = sum_a w[a] xp[s i + a];
+  """The (p, q) input phases of a strided VALID convolution of the padded input xp:
+  y = sum over (p, q) of the stride-1 VALID convolution of xp[p::sh, q::sw] (cut to the
+  rows and columns the output uses) with w[p::sh, q::sw] (y[i] = sum_a w[a] xp[s i + a];
   take a = s t + p). Yields (p, q, start, limit) of each phase's strided slice."""
   (kh, kw), (sh, sw) = kernel, strides
   ho, wo = (xp_shape[1] - kh) // sh + 1, (xp_shape[2] - kw) // sw + 1
