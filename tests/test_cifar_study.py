@@ -44,3 +44,11 @@ def test_list_prints_commands_and_the_report(tmp_path, capsys):
   out = capsys.readouterr().out
   assert f"--workdir={tmp_path}/fast2_s0 " not in out and f"--workdir={tmp_path}/fast5_s2" in out
   assert "python -m fastdfkd_jax.table Fast-2=" in out and "--reference=DeepInversion-50" in out
+
+
+def test_runs_selects_by_name(tmp_path, capsys):
+  tool = _tool()
+  assert tool.main(["--out", str(tmp_path), "--teacher", "t", "--list",
+                    "--runs", "dafl,dfad"]) == 0
+  workdirs = [w for w in capsys.readouterr().out.split() if w.startswith("--workdir=")]
+  assert workdirs == [f"--workdir={tmp_path}/dafl", f"--workdir={tmp_path}/dfad"]

@@ -3,7 +3,7 @@ CIFAR-10 setting, resumable across sessions.
 
   PYTHONPATH=$PWD python tools/cifar_study.py --out=runs/study \\
       --teacher=runs/teacher_cifar10 --data_dir=../shared/data/cifar10_jpeg.tar.gz \\
-      [--only=table1,table4,table5,metagrad] [--cores=0,1] [--list]
+      [--only=table1,table4,table5,metagrad] [--runs=dafl,zskt] [--cores=0,1] [--list]
 
 Every row is one `python -m fastdfkd_jax.main` run of configs/fastdfkd_cpu.py:cifar10,
 configs/baselines_cpu.py or configs/batchwise_cifar.py:<preset>-cpu: the same teacher,
@@ -124,12 +124,14 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", default="../shared/data/cifar10_jpeg.tar.gz")
   parser.add_argument("--cache_dir", default="")
   parser.add_argument("--only", default="table1,table4,table5,metagrad")
+  parser.add_argument("--runs", default="", help="only these run names (comma-separated)")
   parser.add_argument("--cores", default="0,1", help="one run per listed core")
   parser.add_argument("--python", default=sys.executable)
   parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
   args = parser.parse_args(argv)
   tables = set(args.only.split(","))
-  todo = [r for r in plan() if r[0] in tables
+  names = set(args.runs.split(",")) - {""}
+  todo = [r for r in plan() if r[0] in tables and (not names or r[1] in names)
           and not os.path.isfile(os.path.join(args.out, r[1], "summary.json"))]
   todo = list({r[1]: r for r in todo}.values())
   if args.list:
