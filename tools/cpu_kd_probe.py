@@ -1,0 +1,134 @@
+"""CPU ablations behind docs/BENCHMARKS.md ("The profile's fractions mislead"): where a
+bfloat16 KD step's backward goes on XLA:CPU with oneDNN. CPU time (process_time), so
+ratios stay meaningful on a shared core.
+
+  python tools/cpu_kd_probe.py model [--no_bn] [--arch=wrn16_1]   # student fwd, fwd+bwd
+  python tools/cpu_kd_probe.py conv                                 # 3x3 conv fwd / dx / dW
+  python tools/cpu_kd_probe.py dw                                   # weight-gradient rewrites
+  EXTRA_XLA_FLAGS=--xla_cpu_use_xnnpack=true python tools/cpu_kd_probe.py model
+"""
+
+import argparse
+import os
+import time
+
+os.environ["XLA_FLAGS"] = ("--xla_cpu_experimental_onednn_custom_call=true "
+                           + os.environ.get("EXTRA_XLA_FLAGS", ""))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fastdfkd_jax import models  # noqa: E402
+from fastdfkd_jax.models import conv as conv_lib  # noqa: E402
+from fastdfkd_jax.models import layers  # noqa: E402
+
+SHAPES = ((32, 16), (16, 32), (8, 64))   # wrn16_1's three stages: (H = W, C)
+BATCH = 256
+
+
+def cpu_ms(fn, *args, repeats=5) -> float:
+  """Best CPU time of `repeats` calls after one compile call, in ms."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.process_time()
+    jax.block_until_ready(fn(*args))
+    times.append(time.process_time() - t)
+  return 1e3 * min(times)
+
+
+class _NoBN(nn.Module):
+  """BatchNorm's stand-in: the identity, keeping a `scale` so the tree stays alike."""
+  use_running_average: bool = False
+  dtype: object = None
+  axis_name: object = None
+
+  @nn.compact
+  def __call__(self, x, use_running_average=None, **kwargs):
+    self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    return x
+
+
+def probe_model(arch: str, no_bn: bool) -> None:
+  if no_bn:
+    layers.BatchNorm = _NoBN   # batch_norm() looks the class up at call time
+  model = models.get_model(arch, num_classes=10, dtype=jnp.bfloat16)
+  x = jnp.asarray(np.random.RandomState(0).randn(BATCH, 32, 32, 3), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+
+  def loss(params, x):
+    out, _ = model.apply({**variables, "params": params}, x, train=True,
+                         mutable=["batch_stats"])
+    return jnp.mean(jax.nn.log_softmax(out.astype(jnp.float32))[:, 0])
+  for name, fn in (("fwd", loss), ("fwd+bwd", jax.grad(loss))):
+    print(f"{arch} {'no BN' if no_bn else 'BN'} {name}: "
+          f"{cpu_ms(jax.jit(fn), variables['params'], x):.1f} ms CPU", flush=True)
+
+
+def probe_conv() -> None:
+  for h, c in SHAPES:
+    conv = conv_lib.Conv(c, (3, 3), padding=1, use_bias=False, dtype=jnp.bfloat16)
+    x, dy = (jnp.asarray(np.random.RandomState(s).randn(BATCH, h, h, c), jnp.bfloat16)
+             for s in (0, 1))
+    p = conv.init(jax.random.PRNGKey(0), x)
+    fns = {"fwd": lambda p, x, dy: conv.apply(p, x),
+           "dx": lambda p, x, dy: jax.vjp(lambda x: conv.apply(p, x), x)[1](dy)[0],
+           "dW": lambda p, x, dy: jax.vjp(lambda p: conv.apply(p, x), p)[1](dy)[0]}
+    print(f"{h}x{h}x{c}: " + ", ".join(f"{k} {cpu_ms(jax.jit(f), p, x, dy):.1f} ms"
+                                       for k, f in fns.items()), flush=True)
+
+
+def _dw_rewrites(h: int, c: int) -> dict:
+  f32 = jnp.float32
+
+  def shifts(x):
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return [xp[:, i:i + h, j:j + h, :] for i in range(3) for j in range(3)]
+
+  def conv_form(out_dtype):
+    return lambda x, dy: jax.lax.conv_general_dilated(
+        jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1),
+        ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=out_dtype).transpose(1, 2, 0, 3)
+  return {
+      "conv bf16 out": conv_form(jnp.bfloat16),
+      "conv f32 out": conv_form(f32),
+      "im2col dot": lambda x, dy: jnp.einsum("nhwkc,nhwo->kco", jnp.stack(shifts(x), 3), dy,
+                                             preferred_element_type=f32),
+      "9 dots": lambda x, dy: jnp.stack([jnp.einsum("nhwc,nhwo->co", s, dy,
+                                                    preferred_element_type=f32)
+                                         for s in shifts(x)]),
+      "2-D dot": lambda x, dy: jax.lax.dot_general(
+          jnp.concatenate(shifts(x), -1).reshape(-1, 9 * c), dy.reshape(-1, c),
+          (((0,), (0,)), ((), ())), preferred_element_type=f32),
+  }
+
+
+def probe_dw() -> None:
+  for h, c in SHAPES:
+    x, dy = (jnp.asarray(np.random.RandomState(s).randn(BATCH, h, h, c), jnp.bfloat16)
+             for s in (0, 1))
+    rewrites = _dw_rewrites(h, c)
+    ref = np.asarray(rewrites["conv f32 out"](x, dy)).reshape(-1)
+    for name, fn in rewrites.items():
+      err = np.abs(np.asarray(fn(x, dy), np.float32).reshape(-1) - ref).max() / np.abs(ref).max()
+      print(f"{h}x{h}x{c} {name}: {cpu_ms(jax.jit(fn), x, dy):.1f} ms (rel. err {err:.1e})",
+            flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("what", choices=("model", "conv", "dw"))
+  parser.add_argument("--arch", default="wrn16_1")
+  parser.add_argument("--no_bn", action="store_true")
+  args = parser.parse_args()
+  if args.what == "model":
+    probe_model(args.arch, args.no_bn)
+  else:
+    {"conv": probe_conv, "dw": probe_dw}[args.what]()
+
+
+if __name__ == "__main__":
+  main()
