@@ -5,6 +5,7 @@ ratios stay meaningful on a shared core.
   python tools/cpu_kd_probe.py model [--no_bn] [--arch=wrn16_1]   # student fwd, fwd+bwd
   python tools/cpu_kd_probe.py conv                                 # 3x3 conv fwd / dx / dW
   python tools/cpu_kd_probe.py dw                                   # weight-gradient rewrites
+  python tools/cpu_kd_probe.py ops         # relu / BN gradients: jax.nn, flax vs cpu_bf16
   EXTRA_XLA_FLAGS=--xla_cpu_use_xnnpack=true python tools/cpu_kd_probe.py model
 """
 
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from fastdfkd_jax import models  # noqa: E402
 from fastdfkd_jax.models import conv as conv_lib  # noqa: E402
+from fastdfkd_jax.models import cpu_bf16  # noqa: E402
 from fastdfkd_jax.models import layers  # noqa: E402
 
 SHAPES = ((32, 16), (16, 32), (8, 64))   # wrn16_1's three stages: (H = W, C)
@@ -118,16 +120,36 @@ def probe_dw() -> None:
             flush=True)
 
 
+def probe_ops() -> None:
+  for h, c in SHAPES:
+    x, g = (jnp.asarray(np.random.RandomState(s).randn(BATCH, h, h, c), jnp.bfloat16)
+            for s in (0, 1))
+    relu = {name: jax.jit(lambda x, g, f=f: jax.vjp(f, x)[1](g)[0])
+            for name, f in (("jax.nn.relu", jax.nn.relu), ("cpu_bf16.relu", cpu_bf16.relu))}
+    line = [f"relu grad: {k} {cpu_ms(f, x, g):.2f} ms" for k, f in relu.items()]
+    for name, bn in (("flax BN", nn.BatchNorm(use_running_average=False, momentum=0.9,
+                                              epsilon=1e-5, dtype=jnp.bfloat16)),
+                     ("cpu_bf16 BN", layers.BatchNorm(use_running_average=False,
+                                                      dtype=jnp.bfloat16))):
+      v = bn.init(jax.random.PRNGKey(0), x)
+
+      def f(p, x, bn=bn, v=v):
+        return bn.apply({**v, "params": p}, x, mutable=["batch_stats"])[0]
+      step = jax.jit(lambda p, x, g, f=f: jax.vjp(f, p, x)[1](g))
+      line.append(f"{name} fwd+bwd {cpu_ms(step, v['params'], x, g):.2f} ms")
+    print(f"{h}x{h}x{c}: " + ", ".join(line), flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("what", choices=("model", "conv", "dw"))
+  parser.add_argument("what", choices=("model", "conv", "dw", "ops"))
   parser.add_argument("--arch", default="wrn16_1")
   parser.add_argument("--no_bn", action="store_true")
   args = parser.parse_args()
   if args.what == "model":
     probe_model(args.arch, args.no_bn)
   else:
-    {"conv": probe_conv, "dw": probe_dw}[args.what]()
+    {"conv": probe_conv, "dw": probe_dw, "ops": probe_ops}[args.what]()
 
 
 if __name__ == "__main__":

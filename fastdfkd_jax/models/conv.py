@@ -104,17 +104,33 @@ def _strided_bwd(strides, pads, res, g):
   x, w = res
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   g = g.astype(x.dtype)
-  dxp, dw = jnp.zeros(xp.shape, jnp.float32), jnp.zeros(w.shape, jnp.float32)
+  dw = jnp.zeros(w.shape, jnp.float32)
+  d_phases = {}
   sh, sw = strides
   for p, q, start, limit in _phases(xp.shape, w.shape[:2], strides):
     phase, wp = lax.slice(xp, start, limit, (1, sh, sw, 1)), w[p::sh, q::sw]
     _, vjp = jax.vjp(lambda a, b: _conv_fwd_grad(a, b, ((0, 0), (0, 0))), phase, wp)
-    d_phase, d_wp = vjp(g)
-    dxp = dxp.at[:, p:limit[1]:sh, q:limit[2]:sw].add(d_phase.astype(jnp.float32))
+    d_phases[p, q], d_wp = vjp(g)
     dw = dw.at[p::sh, q::sw].set(d_wp.astype(jnp.float32))
+  dxp = _interleave(d_phases, xp.shape, strides, x.dtype)
   (lo_h, _), (lo_w, _) = pads
   dx = dxp[:, lo_h:lo_h + x.shape[1], lo_w:lo_w + x.shape[2]]
   return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+def _interleave(d_phases, xp_shape, strides, dtype):
+  """The padded input's gradient from its phases' gradients: phase (p, q) holds rows
+  p::sh and columns q::sw, so the phases never overlap and interleaving them (a copy)
+  replaces a scatter-add into a float32 zero tensor (about 15 ms for its zeros alone at
+  256 x 32 x 32 x 16)."""
+  (n, hp, wp, c), (sh, sw) = xp_shape, strides
+  rows, cols = -(-hp // sh), -(-wp // sw)
+  grid = [[jnp.zeros((n, rows, cols, c), dtype)] * sw for _ in range(sh)]
+  for (p, q), d in d_phases.items():
+    grid[p][q] = jnp.pad(d.astype(dtype), ((0, 0), (0, rows - d.shape[1]),
+                                           (0, cols - d.shape[2]), (0, 0)))
+  full = jnp.stack([jnp.stack(grid[p], axis=3) for p in range(sh)], axis=2)
+  return full.reshape(n, rows * sh, cols * sw, c)[:, :hp, :wp]
 
 
 _strided_conv = jax.custom_vjp(_strided, nondiff_argnums=(2, 3))

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.deeplab_backbones import MobileNetV2Backbone, ResNet50Backbone, conv
 from fastdfkd_jax.models.layers import batch_norm, sow_features
 
@@ -71,7 +72,7 @@ class DeepLabHead(nn.Module):
     x = ASPP(self.rates, self.dropout_rate, self.dtype, self.axis_name,
              name="classifier_0")(x, train)
     x = conv(c, 3, "classifier_1", self.dtype, init=head_init)(x)
-    x = sow_features(self, nn.relu(batch_norm(self, train, "classifier_2")(x)))
+    x = sow_features(self, relu(batch_norm(self, train, "classifier_2")(x)))
     return conv(self.num_classes, 1, "classifier_4", self.dtype, bias=True,
                 init=head_init)(x)
 
@@ -88,16 +89,16 @@ class ASPP(nn.Module):
   def __call__(self, x, train: bool = False):
     c = ASPP_CHANNELS
     y = conv(c, 1, "convs_0_0", self.dtype, init=head_init)(x)
-    branches = [nn.relu(batch_norm(self, train, "convs_0_1")(y))]
+    branches = [relu(batch_norm(self, train, "convs_0_1")(y))]
     for b, rate in enumerate(self.rates, start=1):
       y = conv(c, 3, f"convs_{b}_0", self.dtype, dilation=rate, init=head_init)(x)
-      branches.append(nn.relu(batch_norm(self, train, f"convs_{b}_1")(y)))
+      branches.append(relu(batch_norm(self, train, f"convs_{b}_1")(y)))
     pooled = x.mean(axis=(1, 2), keepdims=True)
     pooled = conv(c, 1, "convs_4_1", self.dtype, init=head_init)(pooled)
-    pooled = nn.relu(batch_norm(self, train, "convs_4_2")(pooled))
+    pooled = relu(batch_norm(self, train, "convs_4_2")(pooled))
     branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (c,)))
     y = conv(c, 1, "project_0", self.dtype, init=head_init)(jnp.concatenate(branches, -1))
-    y = nn.relu(batch_norm(self, train, "project_1")(y))
+    y = relu(batch_norm(self, train, "project_1")(y))
     deterministic = not (train and self.has_rng("dropout"))
     return nn.Dropout(self.dropout_rate, deterministic=deterministic)(y)
 

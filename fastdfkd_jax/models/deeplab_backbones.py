@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import batch_norm
 from fastdfkd_jax.models.resnet_imagenet import Bottleneck
@@ -61,7 +62,7 @@ class ResNet50Backbone(nn.Module):
   def __call__(self, x, train: bool = False):
     x = conv(64, 7, "conv1", self.dtype, stride=2)(x)
     x = batch_norm(self, train, "bn1")(x)
-    x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = nn.max_pool(relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     dilation = 1
     dilate = (False,) + tuple(self.replace_stride_with_dilation)
     for s, (n, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), start=1):

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.deeplab import upsample_bilinear
 from fastdfkd_jax.models.deeplab_backbones import conv
 from fastdfkd_jax.models.layers import BatchNorm, conv_init, sow_features
@@ -41,7 +42,7 @@ class DeepLabTiny(nn.Module):
     def conv_bn(y, feats, k, name, stride=1, dilation=1):
       y = conv(feats, k, f"{name}_conv", self.dtype, stride=stride, dilation=dilation,
                init=conv_init)(y)
-      return nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype,
+      return relu(BatchNorm(use_running_average=not train, dtype=self.dtype,
                                axis_name=self.axis_name, name=f"{name}_bn")(y))
 
     size, w2 = x.shape[1:3], 2 * self.width

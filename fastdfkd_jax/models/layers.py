@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fastdfkd_jax.models import cpu_bf16
+
 BN_STATS = "bn_stats"
 INSTANCE_MEANS = "instance_means"
 FEATURES = "features"
@@ -47,7 +49,13 @@ class BatchNorm(nn.BatchNorm):
   epsilon: float = BN_EPSILON
 
   def __call__(self, x, use_running_average=None, **kwargs):
-    y = super().__call__(x, use_running_average=use_running_average, **kwargs)
+    train = not nn.merge_param("use_running_average", self.use_running_average,
+                               use_running_average)
+    if (train and not kwargs and not self.is_initializing()
+        and cpu_bf16.fast_batch_norm(x, self.axis_name)):
+      y = self._train_fast(x)
+    else:
+      y = super().__call__(x, use_running_average=use_running_average, **kwargs)
     if self.is_mutable_collection(BN_STATS):
       mean, var = input_moments(x, self.axis_name)
       self.sow(
@@ -62,6 +70,18 @@ class BatchNorm(nn.BatchNorm):
                init_fn=lambda: None, reduce_fn=lambda _, new: new)
     return y
 
+  def _train_fast(self, x):
+    """The train-mode forward of flax's BatchNorm through `cpu_bf16.batch_norm_train`
+    (bfloat16 on one CPU device): the variables flax's `init` made, the same statistics
+    and running updates."""
+    scale, bias = (self.get_variable("params", k) for k in ("scale", "bias"))
+    y, mean, var = cpu_bf16.batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+    if self.is_mutable_collection("batch_stats"):
+      for name, batch in (("mean", mean), ("var", var)):
+        running = self.get_variable("batch_stats", name)
+        self.put_variable("batch_stats", name,
+                          self.momentum * running + (1 - self.momentum) * batch)
+    return y
 
 def batch_norm(module: nn.Module, train: bool, name: str) -> BatchNorm:
   """The zoo's BN layer `name` inside `module`, with the module's `dtype` and `axis_name`.

@@ -20,6 +20,7 @@ import flax.linen as nn
 
 from fastdfkd_jax import errors
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import conv_init, sow_features
 
@@ -42,13 +43,13 @@ class LeNet5(nn.Module):
     x = x.astype(self.dtype)
     x = Conv(c1, (5, 5), padding="VALID", kernel_init=conv_init,
              dtype=self.dtype, name="conv1")(x)
-    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = nn.max_pool(relu(x), (2, 2), strides=(2, 2))
     x = Conv(c2, (5, 5), padding="VALID", kernel_init=conv_init,
              dtype=self.dtype, name="conv2")(x)
-    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = nn.max_pool(relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    x = sow_features(self, nn.relu(nn.Dense(f1, dtype=self.dtype, name="fc1")(x)))
-    x = nn.relu(nn.Dense(f2, dtype=self.dtype, name="fc2")(x))
+    x = sow_features(self, relu(nn.Dense(f1, dtype=self.dtype, name="fc1")(x)))
+    x = relu(nn.Dense(f2, dtype=self.dtype, name="fc2")(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
     return x.astype(jnp.float32)
 

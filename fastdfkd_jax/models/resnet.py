@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 from fastdfkd_jax.models.resnet_cifar import BasicBlock
@@ -41,7 +42,7 @@ class ResNet(nn.Module):
     x = Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
              kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(self, train, "bn1")(x)
-    x = nn.relu(x)
+    x = relu(x)
     for s, (n, width) in enumerate(zip(self.num_blocks, (64, 128, 256, 512)),
                                    start=1):
       for i in range(n):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
@@ -46,13 +47,13 @@ class BasicBlock(nn.Module):
         feats, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
         kernel_init=conv_init, dtype=self.dtype, name=name)
     y = conv(self.features, 3, self.stride, 1, "conv1")(x)
-    y = nn.relu(batch_norm(self, train, "bn1")(y))
+    y = relu(batch_norm(self, train, "bn1")(y))
     y = conv(self.features, 3, 1, 1, "conv2")(y)
     y = batch_norm(self, train, "bn2")(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = conv(self.features, 1, self.stride, 0, f"{self.shortcut_name}_0")(x)
       x = batch_norm(self, train, f"{self.shortcut_name}_1")(x)
-    return nn.relu(y + x)
+    return relu(y + x)
 
 
 class CifarResNet(nn.Module):
@@ -72,7 +73,7 @@ class CifarResNet(nn.Module):
     x = Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
              kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(self, train, "bn1")(x)
-    x = nn.relu(x)
+    x = relu(x)
     for s, width in enumerate((16, 32, 64), start=1):
       for i in range(n):
         stride = 2 if (s > 1 and i == 0) else 1

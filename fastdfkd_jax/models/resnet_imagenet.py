@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.generator import torch_bias_init, torch_kernel_init
 from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
@@ -54,14 +55,14 @@ class Bottleneck(nn.Module):
         use_bias=False, kernel_init=conv_init, dtype=self.dtype, name=name)
     out, d = 4 * self.features, self.dilation
     y = conv(self.features, 1, 1, 0, "conv1")(x)
-    y = nn.relu(batch_norm(self, train, "bn1")(y))
+    y = relu(batch_norm(self, train, "bn1")(y))
     y = conv(self.features, 3, self.stride, d, "conv2", d)(y)
-    y = nn.relu(batch_norm(self, train, "bn2")(y))
+    y = relu(batch_norm(self, train, "bn2")(y))
     y = batch_norm(self, train, "bn3")(conv(out, 1, 1, 0, "conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
       x = conv(out, 1, self.stride, 0, "downsample_0")(x)
       x = batch_norm(self, train, "downsample_1")(x)
-    return nn.relu(y + x)
+    return relu(y + x)
 
 
 class ImageNetResNet(nn.Module):
@@ -79,7 +80,7 @@ class ImageNetResNet(nn.Module):
     x = Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
              kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(self, train, "bn1")(x)
-    x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = nn.max_pool(relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, (n, width) in enumerate(zip(self.num_blocks, WIDTHS), start=1):
       for i in range(n):
         stride = 2 if (s > 1 and i == 0) else 1

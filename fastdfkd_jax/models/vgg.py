@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
@@ -50,7 +51,7 @@ class VGG(nn.Module):
                  kernel_init=conv_init, dtype=self.dtype,
                  name=f"block{b}_{3 * k}")(x)
         x = batch_norm(self, train, f"block{b}_{3 * k + 1}")(x)
-        x = nn.relu(x)
+        x = relu(x)
       if b < 3 or (b == 3 and h == 64):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = sow_features(self, x.mean(axis=(1, 2)))

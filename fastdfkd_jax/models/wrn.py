@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from fastdfkd_jax.models import register
+from fastdfkd_jax.models.cpu_bf16 import relu
 from fastdfkd_jax.models.conv import Conv
 from fastdfkd_jax.models.layers import batch_norm, conv_init, sow_features
 
@@ -42,9 +43,9 @@ class WideBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    o = nn.relu(batch_norm(self, train, "bn1")(x))
+    o = relu(batch_norm(self, train, "bn1")(x))
     y = _conv(self.features, 3, self.stride, 1, self.dtype, "conv1")(o)
-    y = nn.relu(batch_norm(self, train, "bn2")(y))
+    y = relu(batch_norm(self, train, "bn2")(y))
     y = _conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
     if x.shape[-1] == self.features and self.stride == 1:
       return x + y
@@ -75,7 +76,7 @@ class WideResNet(nn.Module):
                       axis_name=self.axis_name,
                       name=f"block{g}_layer_{i}")(x, train)
     x = batch_norm(self, train, "bn1")(x)
-    x = sow_features(self, nn.relu(x).mean(axis=(1, 2)))
+    x = sow_features(self, relu(x).mean(axis=(1, 2)))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)
 
