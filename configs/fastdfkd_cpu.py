@@ -25,8 +25,9 @@ generator is otherwise the paper's). cifar10 is the one-CPU-hour setting: 160 ep
 (5 synthesis-only) of one synthesis call + 40 KD steps, KD lr 0.1 (the release's 0.2 at
 batch 256, scaled to 128), bfloat16 activations (oneDNN); measured 43-50 min on ONE
 core of the 2-core development machine for three teachers (docs/RESULTS.md, "One CPU
-hour"). mnist and fashion_mnist take the same recipe (nz 128); the digits default keeps
-40 epochs, KD lr 0.05 and float32 (it is the few-minute install check). The
+hour"). mnist and fashion_mnist take the same recipe (nz 128): Fashion-MNIST students of
+89.19 / 88.07 % (resnet8 / wrn16_1 teachers), MNIST 97.69 %, 25-40 one-core minutes. The
+digits default keeps 40 epochs, KD lr 0.05 and float32 (it is the few-minute install check). The
 meta-gradient is stated explicitly: the paper's parameter difference
 (`synth.meta_grad=param_diff`, Eq. 10), unlike the release's scripts (`--is_maml 1`,
 `sum_inner_grads`, which configs/fastdfkd_cifar.py follows), because every number
