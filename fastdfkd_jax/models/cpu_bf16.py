@@ -14,7 +14,7 @@ at wrn16_1's first-stage shape, 256 x 32 x 32 x 16, one core):
   flax's fast variance) and a hand-written backward whose reductions read the
   bfloat16 tensors directly: 5.7 ms. Values agree with flax's to bfloat16 rounding.
 Together with the interleaved strided-conv gradient (models/conv.py), a bf16 wrn16_1
-train-mode forward + backward went from 0.82 s to 0.60 s of CPU time.
+train-mode forward + backward went from 0.82 s to 0.58 s of CPU time.
 
 Only bfloat16 on the CPU backend takes these paths (and BatchNorm only on one device:
 a sharded batch keeps flax's autodiff through its collectives); every other dtype
