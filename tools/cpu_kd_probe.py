@@ -3,6 +3,7 @@ bfloat16 KD step's backward goes on XLA:CPU with oneDNN. CPU time (process_time)
 ratios stay meaningful on a shared core.
 
   python tools/cpu_kd_probe.py model [--no_bn] [--arch=wrn16_1]   # student fwd, fwd+bwd
+  python tools/cpu_kd_probe.py model --eval --arch=wrn40_2          # the teacher's eval fwd
   python tools/cpu_kd_probe.py conv                                 # 3x3 conv fwd / dx / dW
   python tools/cpu_kd_probe.py dw                                   # weight-gradient rewrites
   python tools/cpu_kd_probe.py ops         # relu / BN gradients: jax.nn, flax vs cpu_bf16
@@ -53,7 +54,7 @@ class _NoBN(nn.Module):
     return x
 
 
-def probe_model(arch: str, no_bn: bool) -> None:
+def probe_model(arch: str, no_bn: bool, eval_only: bool) -> None:
   if no_bn:
     layers.BatchNorm = _NoBN   # batch_norm() looks the class up at call time
   model = models.get_model(arch, num_classes=10, dtype=jnp.bfloat16)
@@ -64,7 +65,12 @@ def probe_model(arch: str, no_bn: bool) -> None:
     out, _ = model.apply({**variables, "params": params}, x, train=True,
                          mutable=["batch_stats"])
     return jnp.mean(jax.nn.log_softmax(out.astype(jnp.float32))[:, 0])
-  for name, fn in (("fwd", loss), ("fwd+bwd", jax.grad(loss))):
+  if eval_only:
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    print(f"{arch} eval fwd: {cpu_ms(fwd, variables, x):.1f} ms CPU", flush=True)
+    return
+  for name, fn in (("fwd", loss), ("fwd+bwd", jax.grad(loss)),
+                   ("fwd+bwd, input gradient only", jax.grad(loss, argnums=1))):
     print(f"{arch} {'no BN' if no_bn else 'BN'} {name}: "
           f"{cpu_ms(jax.jit(fn), variables['params'], x):.1f} ms CPU", flush=True)
 
@@ -94,7 +100,17 @@ def _dw_rewrites(h: int, c: int) -> dict:
         jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1),
         ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
         preferred_element_type=out_dtype).transpose(1, 2, 0, 3)
+  def weight_vjp(x, dy):
+    conv = lambda w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=(
+        "NHWC", "HWIO", "NHWC"))
+    return jax.vjp(conv, jnp.zeros((3, 3, c, c), x.dtype))[1](dy)[0]
+
+  def chunks(x, dy, n=8):   # the batch in n chunks, partial weight gradients summed
+    parts = [weight_vjp(a, b).astype(f32) for a, b in zip(jnp.split(x, n), jnp.split(dy, n))]
+    return sum(parts)
   return {
+      "XLA's (jax.vjp)": weight_vjp,
+      "8 batch chunks": chunks,
       "conv bf16 out": conv_form(jnp.bfloat16),
       "conv f32 out": conv_form(f32),
       "im2col dot": lambda x, dy: jnp.einsum("nhwkc,nhwo->kco", jnp.stack(shifts(x), 3), dy,
@@ -145,9 +161,10 @@ def main() -> None:
   parser.add_argument("what", choices=("model", "conv", "dw", "ops"))
   parser.add_argument("--arch", default="wrn16_1")
   parser.add_argument("--no_bn", action="store_true")
+  parser.add_argument("--eval", action="store_true", help="model: the eval-mode forward only")
   args = parser.parse_args()
   if args.what == "model":
-    probe_model(args.arch, args.no_bn)
+    probe_model(args.arch, args.no_bn, args.eval)
   else:
     {"conv": probe_conv, "dw": probe_dw, "ops": probe_ops}[args.what]()
 
