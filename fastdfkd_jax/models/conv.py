@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
 
+from fastdfkd_jax.models import cpu_bf16
+
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 
 
@@ -146,8 +148,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   ones = (1,) * len(kernel)
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   pads = _pads(padding, kernel)
-  if (lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16
-      and jax.default_backend() == "cpu" and len(kernel) == 2 and dims == _NHWC
+  if (cpu_bf16.bf16_on_cpu(lhs, rhs) and len(kernel) == 2 and dims == _NHWC
       and tuple(lhs_dilation or ones) == ones
       and tuple(rhs_dilation or ones) == ones and feature_group_count == 1
       and batch_group_count == 1 and precision is None

@@ -27,8 +27,11 @@ import jax
 import jax.numpy as jnp
 
 
-def _fast_path(x) -> bool:
-  return x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+def bf16_on_cpu(*arrays) -> bool:
+  """Whether every array is bfloat16 and the default backend is the CPU: the one case
+  the project's hand-written CPU gradients (here and models/conv.py) serve."""
+  return (all(a.dtype == jnp.bfloat16 for a in arrays)
+          and jax.default_backend() == "cpu")
 
 
 @jax.custom_vjp
@@ -50,13 +53,13 @@ _relu_bf16.defvjp(_relu_fwd, _relu_bwd)
 
 def relu(x: jax.Array) -> jax.Array:
   """jax.nn.relu; bfloat16 on CPU gets the float32 select in its gradient."""
-  return _relu_bf16(x) if _fast_path(x) else jax.nn.relu(x)
+  return _relu_bf16(x) if bf16_on_cpu(x) else jax.nn.relu(x)
 
 
 def fast_batch_norm(x: jax.Array, axis_name: str | None) -> bool:
   """Whether `batch_norm_train` serves a train-mode BN of `x`: bfloat16 on CPU, one
   device (a sharded batch keeps flax's autodiff through its collectives)."""
-  return _fast_path(x) and (axis_name is None or jax.lax.axis_size(axis_name) == 1)
+  return bf16_on_cpu(x) and (axis_name is None or jax.lax.axis_size(axis_name) == 1)
 
 
 def batch_norm_train(x, scale, bias, epsilon, axis_name=None):
