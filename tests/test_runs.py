@@ -6,36 +6,18 @@ Runs `python -m fastdfkd_jax.main` in subprocesses on a tiny digits setting.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from fastdfkd_jax import runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runlib import main as _main, rows as _rows
+
 TINY = ["--config.epochs=6", "--config.warmup=1", "--config.kd.steps=4",
         "--config.batch_size=32", "--config.k=2", "--config.synth.nz=16",
         "--config.synth.ngf=8", "--config.checkpoint_every=1", "--config.sample_every=0",
         "--config.teacher.arch=resnet8", "--config.student.arch=resnet8"]
-
-
-def _main(workdir, *flags, wait=True):
-  cmd = [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags]
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  if not wait:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-
-
-def _rows(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
 
 
 def _accuracies(workdir):

@@ -19,7 +19,8 @@ from PIL import Image
 
 from fastdfkd_jax.data import shapes_seg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runlib import REPO, main as _main, rows as _rows
+
 WORKER = os.path.join(os.path.dirname(__file__), "seg_worker.py")
 SEG_CPU = "--config=configs/fastdfkd_seg_cpu.py:"
 TINY = ["--config.epochs=5", "--config.warmup=1", "--config.kd.steps=2",
@@ -27,23 +28,6 @@ TINY = ["--config.epochs=5", "--config.warmup=1", "--config.kd.steps=2",
         "--config.synth.ngf=4", "--config.checkpoint_every=1", "--config.sample_every=0",
         "--config.teacher.arch=deeplab_tiny_half", "--config.kd.cosine_epochs=4",
         "--config.eval_batch_size=16"]
-
-
-def _main(workdir, *flags, wait=True):
-  cmd = [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags]
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  if not wait:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
-  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-
-
-def _rows(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
 
 
 @pytest.fixture(scope="module")
