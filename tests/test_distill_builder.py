@@ -60,7 +60,10 @@ def test_kd_dispatches_follow_the_structure(monkeypatch):
   programs = builder.Programs(builder.choose(c, d), d, None, None)
   assert programs.kd_dispatch(7) == ("kd7", 1)
   programs.structure = builder.choose(tiny_config(loop="host"), d)
-  assert programs.kd_dispatch(7) == ("kd1", 7)
+  assert programs.kd_dispatch(7) == ("kd1", 7)   # kd_unroll=2 does not divide 7
+  assert programs.kd_dispatch(8) == ("kd2", 4)
+  programs.structure = builder.choose(tiny_config(loop="host", kd_unroll=4), d)
+  assert programs.kd_dispatch(8) == ("kd4", 2)
   with pytest.raises(ValueError, match="loop=fused"):
     programs.epoch_executable(7)
 
@@ -84,10 +87,12 @@ def programs_for(c):
 def test_every_program_traces_once_across_epochs(loop):
   c = tiny_config(loop=loop)
   names = ("_synth", "_kd_steps", "_kd_update", "_epoch")
+  # One trace of each program; the host KD program holds kd_unroll straight-line updates.
+  per_trace = dict(_kd_update=c.kd_unroll if loop == "auto" else 1)
   with pytest.MonkeyPatch.context() as mp:
     for name in names:
       mp.setattr(steps.Distiller, name, chex.assert_max_traces(getattr(steps.Distiller, name),
-                                                              n=1))
+                                                              n=per_trace.get(name, 1)))
     programs, state, t = programs_for(c)
     adv = jnp.float32(1.0)
     for epoch in range(3):
@@ -101,3 +106,21 @@ def test_every_program_traces_once_across_epochs(loop):
   chex.clear_trace_counter()
   assert int(state.student.step) == 3 * c.kd.steps
   assert int(state.pool.filled) == 3
+
+
+@pytest.mark.parametrize("source", ["synthetic", "noise"])
+def test_kd_steps_per_dispatch_change_no_batch(source, tmp_path):
+  """kd_unroll only regroups the host loop's dispatches: 1, 2 and 4 steps per dispatch
+  train on the same batches and end with the same student."""
+  students = {}
+  for m in (1, 2, 4):
+    c = tiny_config(loop="host", kd_unroll=m)
+    c.kd.source = source
+    programs, state, t = programs_for(c)
+    if source == "synthetic":
+      state, _, _ = programs.synth(state, t, jax.random.key(3), jnp.float32(1.0))
+    state, metrics = programs.kd(state, t, jax.random.key(4), 4)
+    assert programs.kd_dispatch(4) == (f"kd{m}", 4 // m)
+    students[m] = (state.student.params, metrics["kd_loss"])
+  for m in (2, 4):
+    chex.assert_trees_all_close(students[m], students[1], rtol=1e-5, atol=1e-6)
