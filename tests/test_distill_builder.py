@@ -108,19 +108,14 @@ def test_every_program_traces_once_across_epochs(loop):
   assert int(state.pool.filled) == 3
 
 
-@pytest.mark.parametrize("source", ["synthetic", "noise"])
-def test_kd_steps_per_dispatch_change_no_batch(source, tmp_path):
-  """kd_unroll only regroups the host loop's dispatches: 1, 2 and 4 steps per dispatch
+def test_kd_steps_per_dispatch_change_no_batch():
+  """kd_unroll only regroups the host loop's dispatches: 1 and 2 steps per dispatch
   train on the same batches and end with the same student."""
   students = {}
-  for m in (1, 2, 4):
-    c = tiny_config(loop="host", kd_unroll=m)
-    c.kd.source = source
-    programs, state, t = programs_for(c)
-    if source == "synthetic":
-      state, _, _ = programs.synth(state, t, jax.random.key(3), jnp.float32(1.0))
+  for m in (1, 2):
+    programs, state, t = programs_for(tiny_config(loop="host", kd_unroll=m))
+    state, _, _ = programs.synth(state, t, jax.random.key(3), jnp.float32(1.0))
     state, metrics = programs.kd(state, t, jax.random.key(4), 4)
     assert programs.kd_dispatch(4) == (f"kd{m}", 4 // m)
     students[m] = (state.student.params, metrics["kd_loss"])
-  for m in (2, 4):
-    chex.assert_trees_all_close(students[m], students[1], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(students[2], students[1], rtol=1e-5, atol=1e-6)
