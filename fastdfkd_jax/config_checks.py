@@ -50,17 +50,15 @@ FIELD_RANGES = {
 }
 
 
-def choice(field, value, valid) -> None:
-  """Raises errors.UserError unless `value` is one of `valid` (naming the closest)."""
-  if value not in valid:
-    close = difflib.get_close_matches(str(value), valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise errors.UserError(f"config.{field}={value!r} is not valid{hint}; "
-                           f"choose one of {', '.join(valid)}")
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises errors.UserError naming the field and the fix for a bad config."""
+  def choice(field, value, valid):
+    if value not in valid:
+      close = difflib.get_close_matches(str(value), valid, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise errors.UserError(f"config.{field}={value!r} is not valid{hint}; "
+                       f"choose one of {', '.join(valid)}")
+
   check_types(c, config_lib.base_config())
   for name, (ok, text) in FIELD_RANGES.items():
     value = functools.reduce(lambda group, key: group[key], name.split("."), c)
@@ -83,7 +81,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                            "DIR, or WORKDIR/transfer_set of mode=synthesize)")
   choice("kd.loss", c.kd.loss, config_lib.KD_LOSSES)
   choice("synth.meta_grad", c.synth.meta_grad, config_lib.META_GRADS)
-  _validate_loops(c)
+  choice("loop", c.loop, config_lib.LOOPS)
   choice("synth.generator", c.synth.generator, config_lib.GENERATORS)
   choice("synth.augment", c.synth.augment, config_lib.AUGMENTS)
   choice("kd.augment", c.kd.augment, config_lib.AUGMENTS)
@@ -96,6 +94,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise errors.UserError(f"config.kd.steps={c.kd.steps} must be a multiple of "
                            f"synth.calls_per_epoch={c.synth.calls_per_epoch}")
   choice("dtype", c.dtype, config_lib.DTYPES)
+  choice("inner_unroll", c.inner_unroll, config_lib.INNER_LOOPS)
   if c.mode == "distill" and not 0 <= c.warmup < c.epochs:
     raise errors.UserError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
   if c.mode == "train_teacher" and c.optim.warmup_epochs >= c.epochs:
@@ -129,15 +128,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if arch not in models.list_models():
       raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
                        f"{', '.join(models.list_models())}")
-
-
-def _validate_loops(c: ml_collections.ConfigDict) -> None:
-  """The loop structure's settings (loops.py, distill/builder.py)."""
-  choice("loop", c.loop, config_lib.LOOPS)
-  choice("inner_unroll", c.inner_unroll, config_lib.INNER_LOOPS)
-  if not isinstance(c.kd_unroll, int) or c.kd_unroll < 1:
-    raise errors.UserError(f"config.kd_unroll={c.kd_unroll!r} must be an integer >= 1 (KD "
-                           "steps per host dispatch)")
 
 
 def _validate_imagenet_options(c: ml_collections.ConfigDict) -> None:

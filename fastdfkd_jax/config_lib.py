@@ -93,11 +93,6 @@ def base_config() -> ml_collections.ConfigDict:
   # call, the k steps traced straight-line), 'host' (k dispatches of one compiled
   # step); 'auto' = 'host' on CPU, 'scan' on TPU/GPU (see loops.inner_structure).
   c.inner_unroll = "auto"
-  # The host KD loop (CPU): KD steps traced straight-line into one dispatch; 1 = one
-  # dispatch per step. Two let XLA:CPU overlap one step's work with the next step's
-  # (5.5 % less time per step on 2 cores, docs/BENCHMARKS.md); the batches are the
-  # same for every value.
-  c.kd_unroll = 2
   c.dtype = "float32"            # activations; params, BN stats and losses stay float32
   # bfloat16 on CPU: the project sets XLA's oneDNN custom-call flag (xla_env.py) so
   # the CPU's bfloat16 units run the convolutions; False leaves XLA_FLAGS alone.

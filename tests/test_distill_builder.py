@@ -60,10 +60,7 @@ def test_kd_dispatches_follow_the_structure(monkeypatch):
   programs = builder.Programs(builder.choose(c, d), d, None, None)
   assert programs.kd_dispatch(7) == ("kd7", 1)
   programs.structure = builder.choose(tiny_config(loop="host"), d)
-  assert programs.kd_dispatch(7) == ("kd1", 7)   # kd_unroll=2 does not divide 7
-  assert programs.kd_dispatch(8) == ("kd2", 4)
-  programs.structure = builder.choose(tiny_config(loop="host", kd_unroll=4), d)
-  assert programs.kd_dispatch(8) == ("kd4", 2)
+  assert programs.kd_dispatch(7) == ("kd1", 7)
   with pytest.raises(ValueError, match="loop=fused"):
     programs.epoch_executable(7)
 
@@ -87,12 +84,10 @@ def programs_for(c):
 def test_every_program_traces_once_across_epochs(loop):
   c = tiny_config(loop=loop)
   names = ("_synth", "_kd_steps", "_kd_update", "_epoch")
-  # One trace of each program; the host KD program holds kd_unroll straight-line updates.
-  per_trace = dict(_kd_update=c.kd_unroll if loop == "auto" else 1)
   with pytest.MonkeyPatch.context() as mp:
     for name in names:
       mp.setattr(steps.Distiller, name, chex.assert_max_traces(getattr(steps.Distiller, name),
-                                                              n=per_trace.get(name, 1)))
+                                                              n=1))
     programs, state, t = programs_for(c)
     adv = jnp.float32(1.0)
     for epoch in range(3):
@@ -106,16 +101,3 @@ def test_every_program_traces_once_across_epochs(loop):
   chex.clear_trace_counter()
   assert int(state.student.step) == 3 * c.kd.steps
   assert int(state.pool.filled) == 3
-
-
-def test_kd_steps_per_dispatch_change_no_batch():
-  """kd_unroll only regroups the host loop's dispatches: 1 and 2 steps per dispatch
-  train on the same batches and end with the same student."""
-  students = {}
-  for m in (1, 2):
-    programs, state, t = programs_for(tiny_config(loop="host", kd_unroll=m))
-    state, _, _ = programs.synth(state, t, jax.random.key(3), jnp.float32(1.0))
-    state, metrics = programs.kd(state, t, jax.random.key(4), 4)
-    assert programs.kd_dispatch(4) == (f"kd{m}", 4 // m)
-    students[m] = (state.student.params, metrics["kd_loss"])
-  chex.assert_trees_all_close(students[2], students[1], rtol=1e-5, atol=1e-6)

@@ -26,16 +26,14 @@ from fastdfkd_jax.distill.steps import Distiller
 
 @dataclasses.dataclass(frozen=True)
 class Structure:
-  """What runs. kd: 'scan' (n steps in one dispatch), 'host' (n / kd_unroll dispatches
-  of kd_unroll straight-line steps) or 'host_pool' (n steps on batches sampled from a
-  host pool);
+  """What runs. kd: 'scan' (n steps in one dispatch), 'host' (n dispatches of one
+  compiled step) or 'host_pool' (n steps on batches sampled from a host pool);
   synth_inner: loops.inner_structure, 'host' only for host-steppable methods;
   fused: synthesis + KD scan of an epoch in one dispatch."""
   kd: str
   synth_inner: str
   fused: bool
   description: str
-  kd_unroll: int = 1   # kd='host': KD steps traced straight-line into one dispatch
 
 
 def choose(config: ml_collections.ConfigDict, distiller: Distiller) -> Structure:
@@ -48,11 +46,8 @@ def choose(config: ml_collections.ConfigDict, distiller: Distiller) -> Structure
     inner = "unroll"
   fused = (config.loop == "fused" and kd == "scan" and config.kd.source == "synthetic"
            and distiller.synth.uses_pool and config.synth.calls_per_epoch == 1)
-  kd_unroll = config.kd_unroll if kd == "host" else 1
-  description = (f"{loops.describe(config)} kd={kd}"
-                 + (f" kd_unroll={kd_unroll}" if kd == "host" else "") + f" fused_epoch={fused}")
-  return Structure(kd=kd, synth_inner=inner, fused=fused, description=description,
-                   kd_unroll=kd_unroll)
+  description = f"{loops.describe(config)} kd={kd} fused_epoch={fused}"
+  return Structure(kd=kd, synth_inner=inner, fused=fused, description=description)
 
 
 @dataclasses.dataclass
@@ -109,15 +104,9 @@ class Programs:
     self._live_state = None
     return ex
 
-  def host_steps(self, n_steps: int) -> int:
-    """KD steps per host dispatch (kd='host'): kd_unroll where it divides n_steps, else 1."""
-    m = self.structure.kd_unroll
-    return m if n_steps % m == 0 else 1
-
   def kd_dispatch(self, n_steps: int) -> tuple[str, int]:
     """(executable name, dispatches) of n_steps KD updates."""
-    m = self.host_steps(n_steps)
-    return {"scan": (f"kd{n_steps}", 1), "host": (f"kd{m}", n_steps // m),
+    return {"scan": (f"kd{n_steps}", 1), "host": ("kd1", n_steps),
             "host_pool": ("kd_batch", n_steps)}[self.structure.kd]
 
   def kd_executable(self, n_steps: int) -> Executable:
@@ -128,13 +117,11 @@ class Programs:
                                            np.uint8), d.mesh)
       make = lambda: d.jit_kd_batch().lower(s.student, t, batch0, self._key0).compile()
       return self._compile(name, make, scanned=False)
-    host = self.structure.kd == "host"
-    steps = self.host_steps(n_steps) if host else n_steps
-    key0 = jax.random.split(self._key0, steps) if host else self._key0
+    steps, unroll = (n_steps, False) if name != "kd1" else (1, True)
     extra = () if self.data_pool is None else (self.data_pool,)
-    make = lambda: d.jit_kd_steps(s, steps, host, self.data_pool, host_keys=host).lower(
-        s, t, key0, *extra).compile()
-    return self._compile(name, make, scanned=not host)
+    make = lambda: d.jit_kd_steps(s, steps, unroll, self.data_pool).lower(
+        s, t, self._key0, *extra).compile()
+    return self._compile(name, make, scanned=not unroll)
 
   def epoch_executable(self, n_steps: int) -> Executable:
     """The fused epoch (structure.fused only)."""
@@ -159,8 +146,7 @@ class Programs:
 
   def kd(self, state, teacher_vars, key, n_steps: int,
          on_step: Callable[[int], None] | None = None):
-    """n_steps KD updates -> (state, {'kd_loss': mean}). On the host loops step i draws
-    from fold_in(key, i) however many steps a dispatch holds; a scan gets fold_in(key, 0).
+    """n_steps KD updates -> (state, {'kd_loss': mean}); dispatch i gets fold_in(key, i).
     Nothing syncs with the host; `on_step(steps_done)` runs after each dispatch."""
     name, calls = self.kd_dispatch(n_steps)
     fn = self.kd_executable(n_steps).fn
@@ -168,9 +154,6 @@ class Programs:
     student, loss_sum = state.student, 0.0
     for i in range(calls):
       step_key = jax.random.fold_in(key, i)
-      if self.structure.kd == "host":
-        step_key = jnp.stack([jax.random.fold_in(key, i * per_call + j)
-                              for j in range(per_call)])
       if name == "kd_batch":
         batch = parallel.put_batch(self.host_pool.sample(jax.random.fold_in(step_key, 1),
                                                          self.distiller.kd_batch),

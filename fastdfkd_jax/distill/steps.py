@@ -99,10 +99,10 @@ class Distiller:
       return noise if self.axis is None else parallel.local_stripe(noise, self.axis)
     return pool_lib.sample(pool, key, self.kd_batch, self.axis)
 
-  def _kd_steps(self, state: DistillState, teacher_vars, keys, unroll: bool,
+  def _kd_steps(self, state: DistillState, teacher_vars, key, n_steps: int, unroll: bool,
                 data_pool: pool_lib.Pool | None = None):
-    """One KD update per key of `keys` (n, ...); batches from `data_pool` when given
-    (kd.source='real'), else from the synthetic pool in the state (or noise)."""
+    """n_steps KD updates; batches from `data_pool` when given (kd.source='real'),
+    else from the synthetic pool in the state (or noise)."""
     pool = state.pool if data_pool is None else data_pool
 
     def body(student, step_key):
@@ -110,14 +110,14 @@ class Distiller:
       images = self._kd_inputs(pool, k_sample, state.synth)
       return self._kd_update(student, teacher_vars, images, k_aug)
 
+    keys = jax.random.split(key, n_steps)
     student, kd_loss = loops.scan(body, state.student, keys, unroll)
     return state.replace(student=student), dict(kd_loss=kd_loss.mean())
 
   def _epoch(self, state, teacher_vars, key, adv_weight, n_steps):
     k_synth, k_kd = jax.random.split(key)
     state, _, metrics = self._synth(state, teacher_vars, k_synth, adv_weight)
-    state, kd_metrics = self._kd_steps(state, teacher_vars, jax.random.split(k_kd, n_steps),
-                                       unroll=False)
+    state, kd_metrics = self._kd_steps(state, teacher_vars, k_kd, n_steps, unroll=False)
     return state, dict(metrics, **kd_metrics)
 
   # ---------------------------------------------------------- jitted maps
@@ -179,23 +179,15 @@ class Distiller:
 
     return call
 
-  def jit_kd_steps(self, state, n_steps: int, unroll: bool, data_pool=None,
-                   host_keys: bool = False):
+  def jit_kd_steps(self, state, n_steps: int, unroll: bool, data_pool=None):
     """f(state, teacher_vars, key[, data_pool]) -> (state, metrics): n_steps KD
-    updates on the keys `split(key, n_steps)`; the extra `data_pool` argument exists
-    when one is given here. host_keys: `key` is instead (n_steps, ...) keys, one per
-    step, each step drawing from `split(key_i, 1)[0]` as a one-step program called with
-    key_i does, so n steps per dispatch repeat n one-step dispatches' batches."""
+    updates; the extra `data_pool` argument exists when one is given here."""
     specs = self.state_specs(state)
-    if host_keys:
-      step_keys = lambda k: jax.vmap(lambda ki: jax.random.split(ki, 1)[0])(k)
-    else:
-      step_keys = lambda k: jax.random.split(k, n_steps)
     if data_pool is None:
-      fn = lambda s, t, k: self._kd_steps(s, t, step_keys(k), unroll)
+      fn = lambda s, t, k: self._kd_steps(s, t, k, n_steps, unroll)
       in_specs = (specs, P(), P())
     else:
-      fn = lambda s, t, k, d: self._kd_steps(s, t, step_keys(k), unroll, d)
+      fn = lambda s, t, k, d: self._kd_steps(s, t, k, n_steps, unroll, d)
       in_specs = (specs, P(), P(), self.pool_specs(data_pool))
     fn = parallel.shard(fn, self.mesh, in_specs=in_specs, out_specs=(specs, P()))
     return jax.jit(fn, donate_argnums=(0,))
