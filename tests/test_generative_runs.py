@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config_file
-from test_runs import _main, _rows
+from runlib import main as _main, rows as _rows
 
 pytestmark = pytest.mark.slow
 

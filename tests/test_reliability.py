@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from test_runs import REPO, TINY, _accuracies, _main, _rows, teacher, uninterrupted  # noqa: F401
+from runlib import REPO, main as _main, rows as _rows
+from test_runs import TINY, _accuracies, teacher, uninterrupted  # noqa: F401
 
 from fastdfkd_jax import runs
 

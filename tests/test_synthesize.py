@@ -12,7 +12,8 @@ import pytest
 from fastdfkd_jax import config_checks, config_lib, errors, synthesize
 from fastdfkd_jax.data import transfer_set
 from fastdfkd_jax.distill import steps
-from test_runs import _main, _rows, teacher  # noqa: F401  (the subprocess helpers)
+from runlib import main as _main, rows as _rows
+from test_runs import teacher  # noqa: F401  (the module's teacher fixture)
 
 # 200 images in calls of 64: 4 calls, the last one cut to 8 images.
 NUM_IMAGES, BATCH = 200, 64
