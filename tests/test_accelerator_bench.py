@@ -8,9 +8,7 @@ import sys
 
 import pytest
 
-from conftest import load_tool
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, load_tool
 
 
 def _driver():

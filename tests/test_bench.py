@@ -13,7 +13,7 @@ import pytest
 
 from fastdfkd_jax import bench
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 COMMON_KEYS = ("what", "teacher", "student", "k", "batch", "num_devices", "device_kind",
                "backend", "dtype", "loop", "compile_s", "median_s", "min_s", "max_s",

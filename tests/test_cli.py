@@ -9,7 +9,7 @@ import pytest
 
 from fastdfkd_jax import cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 ENV = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
 

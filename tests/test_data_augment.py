@@ -17,7 +17,7 @@ import pytest
 
 from fastdfkd_jax.data import augment as aug
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 DEVICE_COUNTS = (1, 2, 4, 8)
 # (padding, flip) settings the multi-device test covers.
 STRIPE_CASES = ((4, True), (1, True), (0, True), (4, False))

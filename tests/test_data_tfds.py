@@ -8,7 +8,7 @@ import pytest
 
 from fastdfkd_jax import data, errors
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def test_tfds_failure_is_user_error(monkeypatch):

@@ -18,7 +18,7 @@ from fastdfkd_jax.data import transfer_set
 from fastdfkd_jax.distill import steps
 from fastdfkd_jax.teacher import loader
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 # 6 epochs of 32 images, a pool of 4 slots: the ring wraps, calls 2..5 stay.
 EPOCHS, BATCH, SLOTS = 6, 32, 4
 

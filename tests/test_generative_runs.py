@@ -16,12 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import load_config_file
+from conftest import REPO, load_config_file
 from runlib import main as _main, rows as _rows
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(os.path.dirname(__file__), "generative_worker.py")
 TIMING = ("synth_seconds", "kd_seconds", "wall_seconds")
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 PACKAGE = "fastdfkd_jax"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80

@@ -29,7 +29,7 @@ from torch_testlib import (  # noqa: E402
     BasicBlock, assert_close, flax_logits, randomize, torch_logits)
 
 torch.set_num_threads(2)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 # ------------------------------------------------------------ release-layout torch models

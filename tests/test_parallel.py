@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def _env(devices: int, **extra) -> dict:

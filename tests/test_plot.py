@@ -14,7 +14,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from fastdfkd_jax import plot  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def fake_run(root, name, method, k, per_epoch_synth, epochs=6, with_summary=True):

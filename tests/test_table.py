@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 
 from fastdfkd_jax import table
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def fake_run(root, name, accs, synth_per_epoch, teacher_acc=80.0):

@@ -16,7 +16,7 @@ from conftest import TEACHER_EPOCHS
 
 DIGITS_TRAIN = 1437
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def read_rows(workdir):

@@ -6,6 +6,7 @@ ratios stay meaningful on a shared core.
   python tools/cpu_kd_probe.py model --eval --arch=wrn40_2          # the teacher's eval fwd
   python tools/cpu_kd_probe.py conv                                 # 3x3 conv fwd / dx / dW
   python tools/cpu_kd_probe.py dw                                   # weight-gradient rewrites
+  python tools/cpu_kd_probe.py dwparts    # XLA's weight gradient: its transposes, its conv
   python tools/cpu_kd_probe.py ops         # relu / BN gradients: jax.nn, flax vs cpu_bf16
   EXTRA_XLA_FLAGS=--xla_cpu_use_xnnpack=true python tools/cpu_kd_probe.py model
 """
@@ -121,6 +122,12 @@ def _dw_rewrites(h: int, c: int) -> dict:
       "2-D dot": lambda x, dy: jax.lax.dot_general(
           jnp.concatenate(shifts(x), -1).reshape(-1, 9 * c), dy.reshape(-1, c),
           (((0,), (0,)), ((), ())), preferred_element_type=f32),
+      "9 dots bf16 out": lambda x, dy: jnp.stack([jax.lax.dot_general(
+          s.reshape(-1, c), dy.reshape(-1, c), (((0,), (0,)), ((), ()))) for s in shifts(x)]),
+      "2-D dot bf16 out": lambda x, dy: jax.lax.dot_general(
+          jnp.concatenate(shifts(x), -1).reshape(-1, 9 * c), dy.reshape(-1, c),
+          (((0,), (0,)), ((), ()))),
+      "patches alone": lambda x, dy: jnp.concatenate(shifts(x), -1),
   }
 
 
@@ -131,9 +138,29 @@ def probe_dw() -> None:
     rewrites = _dw_rewrites(h, c)
     ref = np.asarray(rewrites["conv f32 out"](x, dy)).reshape(-1)
     for name, fn in rewrites.items():
-      err = np.abs(np.asarray(fn(x, dy), np.float32).reshape(-1) - ref).max() / np.abs(ref).max()
-      print(f"{h}x{h}x{c} {name}: {cpu_ms(jax.jit(fn), x, dy):.1f} ms (rel. err {err:.1e})",
-            flush=True)
+      out = np.asarray(fn(x, dy), np.float32).reshape(-1)
+      err = (f" (rel. err {np.abs(out - ref).max() / np.abs(ref).max():.1e})"
+             if out.size == ref.size else "")
+      print(f"{h}x{h}x{c} {name}: {cpu_ms(jax.jit(fn), x, dy):.1f} ms{err}", flush=True)
+
+
+def probe_dw_parts() -> None:
+  """XLA's weight gradient is two transposes and a oneDNN conv with a HxW window: each
+  part alone, and the patches' matmul with the patches already built (and transposed)."""
+  for h, c in SHAPES:
+    x, dy = (jnp.asarray(np.random.RandomState(s).randn(BATCH, h, h, c), jnp.bfloat16)
+             for s in (0, 1))
+    whole = _dw_rewrites(h, c)["XLA's (jax.vjp)"]
+    transposes = lambda x, dy: (jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))  # noqa: E731
+                                        ).transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3))
+    conv = lambda a, b: jax.lax.conv_general_dilated(  # noqa: E731
+        a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    patches_t = jnp.ones((9 * c, BATCH * h * h), jnp.bfloat16)
+    line = [f"whole {cpu_ms(jax.jit(whole), x, dy):.1f}",
+            f"transposes {cpu_ms(jax.jit(transposes), x, dy):.1f}",
+            f"conv {cpu_ms(jax.jit(conv), *jax.jit(transposes)(x, dy)):.1f}",
+            f"patches @ dy {cpu_ms(jax.jit(jnp.matmul), patches_t, dy.reshape(-1, c)):.1f}"]
+    print(f"{h}x{h}x{c} dW ms: " + ", ".join(line), flush=True)
 
 
 def probe_ops() -> None:
@@ -158,7 +185,7 @@ def probe_ops() -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("what", choices=("model", "conv", "dw", "ops"))
+  parser.add_argument("what", choices=("model", "conv", "dw", "dwparts", "ops"))
   parser.add_argument("--arch", default="wrn16_1")
   parser.add_argument("--no_bn", action="store_true")
   parser.add_argument("--eval", action="store_true", help="model: the eval-mode forward only")
@@ -166,7 +193,7 @@ def main() -> None:
   if args.what == "model":
     probe_model(args.arch, args.no_bn, args.eval)
   else:
-    {"conv": probe_conv, "dw": probe_dw, "ops": probe_ops}[args.what]()
+    {"conv": probe_conv, "dw": probe_dw, "dwparts": probe_dw_parts, "ops": probe_ops}[args.what]()
 
 
 if __name__ == "__main__":
