@@ -106,6 +106,11 @@ def _dw_rewrites(h: int, c: int) -> dict:
         "NHWC", "HWIO", "NHWC"))
     return jax.vjp(conv, jnp.zeros((3, 3, c, c), x.dtype))[1](dy)[0]
 
+  def dot_2d(out_dtype):   # (N H W, 9 C)^T (N H W, C): the patches built, one dot
+    return lambda x, dy: jax.lax.dot_general(
+        jnp.concatenate(shifts(x), -1).reshape(-1, 9 * c), dy.reshape(-1, c),
+        (((0,), (0,)), ((), ())), preferred_element_type=out_dtype)
+
   def chunks(x, dy, n=8):   # the batch in n chunks, partial weight gradients summed
     parts = [weight_vjp(a, b).astype(f32) for a, b in zip(jnp.split(x, n), jnp.split(dy, n))]
     return sum(parts)
@@ -119,14 +124,10 @@ def _dw_rewrites(h: int, c: int) -> dict:
       "9 dots": lambda x, dy: jnp.stack([jnp.einsum("nhwc,nhwo->co", s, dy,
                                                     preferred_element_type=f32)
                                          for s in shifts(x)]),
-      "2-D dot": lambda x, dy: jax.lax.dot_general(
-          jnp.concatenate(shifts(x), -1).reshape(-1, 9 * c), dy.reshape(-1, c),
-          (((0,), (0,)), ((), ())), preferred_element_type=f32),
+      "2-D dot": dot_2d(f32),
       "9 dots bf16 out": lambda x, dy: jnp.stack([jax.lax.dot_general(
           s.reshape(-1, c), dy.reshape(-1, c), (((0,), (0,)), ((), ()))) for s in shifts(x)]),
-      "2-D dot bf16 out": lambda x, dy: jax.lax.dot_general(
-          jnp.concatenate(shifts(x), -1).reshape(-1, 9 * c), dy.reshape(-1, c),
-          (((0,), (0,)), ((), ()))),
+      "2-D dot bf16 out": dot_2d(None),
       "patches alone": lambda x, dy: jnp.concatenate(shifts(x), -1),
   }
 
