@@ -159,7 +159,7 @@ def probe_dw_parts() -> None:
     patches_t = jnp.ones((9 * c, BATCH * h * h), jnp.bfloat16)
     line = [f"whole {cpu_ms(jax.jit(whole), x, dy):.1f}",
             f"transposes {cpu_ms(jax.jit(transposes), x, dy):.1f}",
-            f"conv {cpu_ms(jax.jit(conv), *jax.jit(transposes)(x, dy)):.1f}",
+            f"conv {cpu_ms(jax.jit(conv), *transposes(x, dy)):.1f}",
             f"patches @ dy {cpu_ms(jax.jit(jnp.matmul), patches_t, dy.reshape(-1, c)):.1f}"]
     print(f"{h}x{h}x{c} dW ms: " + ", ".join(line), flush=True)
 
