@@ -26,7 +26,7 @@ def test_every_run_parses_validates_and_sees_the_same_kd_images(monkeypatch):
     fv = flags.FlagValues()
     cmd = tool.command(tool.main.__globals__["argparse"].Namespace(
         python="python", out="/tmp/study", data_dir="d", teacher="t", teacher_arch="resnet20",
-        cache_dir=""), name, config, extra)
+        cache_dir="", flags=""), name, config, extra)
     argv = ["prog"] + [a for a in cmd[3:] if not a.startswith("--workdir")]
     cli.parse_flags(argv, fv)
     c = fv.config
@@ -49,6 +49,14 @@ def test_list_prints_commands_and_the_report(tmp_path, capsys):
 def test_runs_selects_by_name(tmp_path, capsys):
   tool = _tool()
   assert tool.main(["--out", str(tmp_path), "--teacher", "t", "--list",
-                    "--runs", "dafl,dfad"]) == 0
+                    "--runs", "dfad,dafl"]) == 0
   workdirs = [w for w in capsys.readouterr().out.split() if w.startswith("--workdir=")]
-  assert workdirs == [f"--workdir={tmp_path}/dafl", f"--workdir={tmp_path}/dfad"]
+  assert workdirs == [f"--workdir={tmp_path}/dfad", f"--workdir={tmp_path}/dafl"]
+
+
+def test_flags_reach_every_listed_run(tmp_path, capsys):
+  tool = _tool()
+  assert tool.main(["--out", str(tmp_path), "--teacher", "t", "--list", "--runs", "cmi50_s0",
+                    "--flags", "--config.loop=host --config.k=3"]) == 0
+  line = next(l for l in capsys.readouterr().out.splitlines() if "--workdir=" in l)
+  assert line.endswith("--config.seed=0 --config.loop=host --config.k=3")

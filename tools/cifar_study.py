@@ -63,7 +63,7 @@ def command(args, name: str, config: str, flags: list[str]) -> list[str]:
   cmd = [args.python, "-m", "fastdfkd_jax.main", f"--workdir={os.path.join(args.out, name)}",
          f"--config={config}", f"--config.dataset.data_dir={args.data_dir}",
          f"--config.teacher.checkpoint={args.teacher}",
-         f"--config.teacher.arch={args.teacher_arch}"] + flags
+         f"--config.teacher.arch={args.teacher_arch}"] + flags + args.flags.split()
   return cmd + ([f"--config.dataset.cache_dir={args.cache_dir}"] if args.cache_dir else [])
 
 
@@ -98,7 +98,7 @@ def report_commands(args, runs) -> str:
 
 def run_all(args, todo) -> int:
   cores = [c for c in args.cores.split(",") if c]
-  pin = shutil.which("taskset") is not None
+  pin = args.pin and shutil.which("taskset") is not None
   running, failed = {}, 0
   while todo or running:
     while todo and len(running) < len(cores):
@@ -127,6 +127,9 @@ def main(argv=None) -> int:
   parser.add_argument("--runs", default="", help="only these run names (comma-separated)")
   parser.add_argument("--cores", default="0,1", help="one run per listed core")
   parser.add_argument("--python", default=sys.executable)
+  parser.add_argument("--flags", default="", help="extra flags for every run (space-separated)")
+  parser.add_argument("--no_pin", dest="pin", action="store_false",
+                      help="do not pin runs to cores (accelerator runs: --cores only counts slots)")
   parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
   args = parser.parse_args(argv)
   tables = set(args.only.split(","))
@@ -134,6 +137,9 @@ def main(argv=None) -> int:
   todo = [r for r in plan() if r[0] in tables and (not names or r[1] in names)
           and not os.path.isfile(os.path.join(args.out, r[1], "summary.json"))]
   todo = list({r[1]: r for r in todo}.values())
+  if names:   # in the order asked for (a short session runs the most needed rows first)
+    order = [n for n in args.runs.split(",") if n]
+    todo.sort(key=lambda r: order.index(r[1]))
   if args.list:
     for _, name, config, flags in todo:
       print(" ".join(command(args, name, config, flags)))

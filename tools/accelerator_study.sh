@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Rows of the CIFAR-10 comparison study (tools/cifar_study.py) side by side on one accelerator,
+# for rows too long for a CPU session (CMI-50: about 3.5 one-core hours each).
+#
+#   bash tools/accelerator_study.sh OUT TEACHER DATA RUN[,RUN...] [cifar_study.py flags]
+#
+# The runs are the study's own commands (`cifar_study.py --list`), one process each, not
+# pinned. .accel/whl (bash tools/accelerator_bench.sh prepare; add a pillow wheel) supplies
+# ml_collections and Pillow where the image lacks them. Workdirs stay in /tmp/study on the
+# machine; OUT/<run>/ gets what fastdfkd_jax.table and .plot read (summary.json,
+# metrics.jsonl), the config and the log, not the checkpoints. STUDY_END_S (default 480 s
+# after the script starts) bounds the runs: then the unfinished ones are stopped and keep only
+# their curves. Where TEACHER has no summary.json it is trained first with
+# configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the study's recipe:
+# "--config.dtype=bfloat16 --config.epochs=8").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+out=${1:?usage: accelerator_study.sh OUT TEACHER DATA RUN[,RUN...]}
+teacher=${2:?teacher workdir} data=${3:?data archive} runs=${4:?run names}
+site=/tmp/accel_site
+for pair in ml_collections:ml_collections PIL:pillow; do
+  if ! PYTHONPATH=$site "$PY" -c "import ${pair%%:*}" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --target $site .accel/whl/"${pair##*:}"-*.whl || exit 1
+  fi
+done
+export PYTHONPATH="$PWD:$site" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+# Decode the archive once before the runs start, so they do not all write its cache at once.
+"$PY" -c "from fastdfkd_jax.data import datasets; datasets.load_dataset('cifar10', '$data')" || exit 1
+"$PY" - "$out" <<'EOF' || exit 1
+import json, os, shutil, subprocess, sys, jax
+os.makedirs(sys.argv[1], exist_ok=True)
+smi = shutil.which("nvidia-smi") and subprocess.run(
+    ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+    capture_output=True, text=True).stdout.strip()
+json.dump(dict(python=sys.version.split()[0], jax=jax.__version__, backend=jax.default_backend(),
+               devices=[d.device_kind for d in jax.devices()], nvidia_smi=smi,
+               commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip()),
+          open(os.path.join(sys.argv[1], "environment.json"), "w"), indent=1)
+EOF
+if [ ! -f "$teacher/summary.json" ]; then
+  "$PY" -m fastdfkd_jax.main --workdir="$teacher" --config=configs/teacher.py:cifar10 \
+      --config.dataset.data_dir="$data" ${STUDY_TEACHER_FLAGS:-} > "$out/teacher.log" 2>&1 || exit 1
+  mkdir -p "$out/teacher" && cp "$teacher"/{summary.json,metrics.jsonl,config.json} "$out/teacher/"
+  echo "teacher trained in $SECONDS s"
+fi
+n=$(tr ',' '\n' <<<"$runs" | grep -c .)
+work=${STUDY_WORK:-/tmp/study}
+slots=${STUDY_SLOTS:-$n}
+"$PY" tools/cifar_study.py --out=$work --teacher="$teacher" --data_dir="$data" --runs="$runs" \
+    --cores="$(seq -s, 0 $((slots - 1)))" --no_pin --python="$PY" "${@:5}" &
+study=$!
+deadline=${STUDY_END_S:-480}
+while kill -0 $study 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 2; done
+if kill -0 $study 2>/dev/null; then
+  echo "deadline: stopping $(pgrep -fc 'fastdfkd_jax.main') unfinished runs"
+  kill $study; pkill -KILL -f "fastdfkd_jax.main --workdir=$work"
+fi
+wait $study; rc=$?
+for d in "$work"/*/; do
+  name=$(basename "$d")
+  mkdir -p "$out/$name"
+  find "$d" -maxdepth 1 -type f -size -20M ! -name .lock -exec cp {} "$out/$name/" \;
+  cp "$work/$name.log" "$out/$name/" 2>/dev/null
+done
+exit $rc
