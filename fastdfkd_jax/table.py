@@ -15,6 +15,11 @@ reference's final accuracy (mean over seeds of the evaluated epochs' cumulative
 synth_seconds; the seeds' mean curve), and the speed-up = the reference's synthesis
 seconds / those seconds, the paper's "speed-up at its accuracy"; '-' where a row never
 reaches it.
+
+--until_kd_step=S reads every row as it stood at its last evaluation with at most S KD
+steps (metrics.jsonl's `step`): accuracy, best so far, synthesis and wall seconds there,
+KD images = step x batch (config.json); no summary.json is needed, so a run stopped
+before its end still has a row, compared at equal KD images with the others.
 """
 
 import argparse
@@ -26,22 +31,45 @@ from typing import Sequence
 from fastdfkd_jax import errors, plot
 
 
-def read_row(spec: str) -> dict:
-  """NAME=WD[,WD...] -> {name, summaries, curves}; a curve is [(synth_seconds, acc)]."""
+def read_row(spec: str, until_kd_step: int | None = None) -> dict:
+  """NAME=WD[,WD...] -> {name, summaries, curves}; a curve is [(synth_seconds, acc)].
+
+  With `until_kd_step`, each summary is the run's state at its last evaluation with at
+  most that many KD steps (`summary_at`)."""
   name, sep, dirs = spec.partition("=")
   if not sep or not name or not dirs:
     raise ValueError(f"{spec!r}: write a row as NAME=WORKDIR[,WORKDIR...]")
   summaries, curves = [], []
   for wd in (d for d in dirs.split(",") if d):
-    path = os.path.join(wd, "summary.json")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{wd} has no summary.json; has the run finished?")
-    with open(path) as f:
-      summaries.append(json.load(f))
-    rows, _ = plot.read_run(wd)
+    if until_kd_step is None and not os.path.isfile(os.path.join(wd, "summary.json")):
+      raise FileNotFoundError(f"{wd} has no summary.json; has the run finished? "
+                              "(--until_kd_step reads a stopped run)")
+    rows, summary = plot.read_run(wd)
+    evals = [r for r in rows if r.get("student_acc") is not None]
+    if until_kd_step is not None:
+      evals = [r for r in evals if r.get("step", 0) <= until_kd_step]
+      summary = summary_at(wd, evals, until_kd_step)
+    summaries.append(summary)
     curves.append([(float(r.get("synth_seconds", 0.0)), float(r["student_acc"]))
-                   for r in rows if r.get("student_acc") is not None])
+                   for r in evals])
   return dict(name=name, summaries=summaries, curves=curves)
+
+
+def summary_at(wd: str, evals: list[dict], until_kd_step: int) -> dict:
+  """A summary.json-like dict from a run's evaluated metrics rows up to a KD step."""
+  if not evals:
+    raise ValueError(f"{wd} has no evaluation within {until_kd_step} KD steps")
+  last = evals[-1]
+  batch = math.nan
+  cpath = os.path.join(wd, "config.json")
+  if os.path.isfile(cpath):
+    with open(cpath) as f:
+      batch = json.load(f).get("batch_size", math.nan)
+  return dict(student_acc=last["student_acc"],
+              best_student_acc=max(r["student_acc"] for r in evals),
+              teacher_acc=last.get("teacher_acc"), synth_seconds=last.get("synth_seconds"),
+              wall_seconds=last.get("wall_seconds"), synth_images=None,
+              kd_images=last.get("step", 0) * batch, epoch=last.get("epoch"))
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -90,14 +118,14 @@ def row_cells(row: dict, reference: dict | None) -> list[str]:
   return cells
 
 
-def markdown(rows: list[dict], reference: str | None = None) -> str:
+def markdown(rows: list[dict], reference: str | None = None, when: str = "final") -> str:
   ref = None
   if reference is not None:
     ref = next((r for r in rows if r["name"] == reference), None)
     if ref is None:
       raise ValueError(f"--reference={reference} names no row; rows: "
                        f"{', '.join(r['name'] for r in rows)}")
-  head = ["run", "seeds", "student acc. final (%)", "best (%)", "of teacher",
+  head = ["run", "seeds", f"student acc. {when} (%)", "best (%)", "of teacher",
           "synthesis (s)", "wall (min)", "synthetic images", "KD images"]
   if ref is not None:
     head += [f"synthesis s to {reference}'s acc.", "speed-up"]
@@ -112,9 +140,12 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("rows", nargs="+", metavar="NAME=WORKDIR[,WORKDIR...]")
   parser.add_argument("--reference", default=None,
                       help="row whose final accuracy and synthesis time set the speed-up")
+  parser.add_argument("--until_kd_step", type=int, default=None,
+                      help="every row at its last evaluation with at most this many KD steps")
   args = parser.parse_args(argv)
   with errors.exit_2_on(FileNotFoundError, ValueError, KeyError):
-    text = markdown([read_row(r) for r in args.rows], args.reference)
+    when = "final" if args.until_kd_step is None else f"at <= {args.until_kd_step:,} KD steps"
+    text = markdown([read_row(r, args.until_kd_step) for r in args.rows], args.reference, when)
   print(text)
   return text
 

@@ -59,3 +59,22 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
   res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.table", "nodirs"],
                        capture_output=True, text=True, cwd=REPO)
   assert res.returncode == 2 and "NAME=WORKDIR" in res.stderr
+
+
+def test_until_kd_step_reads_stopped_runs_at_equal_kd_steps(tmp_path):
+  wd = tmp_path / "stopped"
+  wd.mkdir()
+  rows = [dict(epoch=e, step=40 * e, student_acc=10.0 * e, synth_seconds=2.0 * e,
+               wall_seconds=3.0 * e, teacher_acc=80.0) for e in range(1, 6)]
+  rows[1]["student_acc"] = 45.0          # best before the cut, not the last
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (wd / "config.json").write_text(json.dumps(dict(batch_size=128)))
+  with pytest.raises(FileNotFoundError, match="--until_kd_step"):
+    table.read_row(f"S={wd}")
+  row = table.read_row(f"S={wd}", until_kd_step=130)   # evaluations at steps 40..120
+  s = row["summaries"][0]
+  assert (s["student_acc"], s["best_student_acc"], s["synth_seconds"]) == (30.0, 45.0, 6.0)
+  assert s["kd_images"] == 120 * 128 and s["epoch"] == 3
+  assert row["curves"][0] == [(2.0, 10.0), (4.0, 45.0), (6.0, 30.0)]
+  with pytest.raises(ValueError, match="no evaluation within 10 KD steps"):
+    table.read_row(f"S={wd}", until_kd_step=10)
