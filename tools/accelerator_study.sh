@@ -7,8 +7,10 @@
 # The runs are the study's own commands (`cifar_study.py --list`), one process each, not
 # pinned. .accel/whl (bash tools/accelerator_bench.sh prepare; add a pillow wheel) supplies
 # ml_collections and Pillow where the image lacks them. Workdirs stay in /tmp/study on the
-# machine; OUT/<run>/ gets what fastdfkd_jax.table and .plot read (summary.json,
-# metrics.jsonl), the config and the log, not the checkpoints. STUDY_END_S (default 480 s
+# machine; OUT/records.tgz gets, per run, what fastdfkd_jax.table and .plot read
+# (summary.json, metrics.jsonl), the config and the log, not the checkpoints (one archive:
+# the device tool returns only a few files), and OUT/teacher.tgz the teacher's workdir, so
+# a later session can rerun rows on the same teacher. STUDY_END_S (default 480 s
 # after the script starts) bounds the runs: then the unfinished ones are stopped and keep only
 # their curves. Where TEACHER has no summary.json it is trained first with
 # configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the study's recipe:
@@ -55,13 +57,18 @@ deadline=${STUDY_END_S:-480}
 while kill -0 $study 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 2; done
 if kill -0 $study 2>/dev/null; then
   echo "deadline: stopping $(pgrep -fc 'fastdfkd_jax.main') unfinished runs"
-  kill $study; pkill -KILL -f "fastdfkd_jax.main --workdir=$work"
+  kill $study; pkill -KILL -f "[f]astdfkd_jax.main --workdir=$work"
+  wait $study; rc=124   # as timeout(1): the records of what ran still follow
+else
+  wait $study; rc=$?
 fi
-wait $study; rc=$?
+rec=$(mktemp -d)
 for d in "$work"/*/; do
   name=$(basename "$d")
-  mkdir -p "$out/$name"
-  find "$d" -maxdepth 1 -type f -size -20M ! -name .lock -exec cp {} "$out/$name/" \;
-  cp "$work/$name.log" "$out/$name/" 2>/dev/null
+  mkdir -p "$rec/$name"
+  find "$d" -maxdepth 1 -type f -size -20M ! -name .lock -exec cp {} "$rec/$name/" \;
+  cp "$work/$name.log" "$rec/$name/" 2>/dev/null
 done
+tar czf "$out/records.tgz" -C "$rec" . && rm -rf "$rec"
+tar czf "$out/teacher.tgz" -C "$(dirname "$teacher")" --exclude=.lock "$(basename "$teacher")"
 exit $rc
