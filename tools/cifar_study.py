@@ -16,6 +16,8 @@ checkpoint, so the study can be run piecewise. At the end (and with --list) it p
 Batch-wise rows of Table 1 (DeepInversion, CMI) use k = BATCHWISE_K steps per call
 instead of their scripts' 1000 / 200: at the scripts' counts one run would take 10-40
 CPU-hours here. The few-step rows (Table 4) run k = 2 / 5 / 10 as the paper's.
+`--only=scripts` adds those two at their scripts' counts (deepinversion1000_s0, cmi200_s0),
+for an accelerator (tools/accelerator_study.sh); they are not among the CPU study's 29.
 """
 
 import argparse
@@ -53,6 +55,9 @@ def plan() -> list[tuple[str, str, str, list[str]]]:
     for s in (SEEDS if k == 5 else (0,)):
       runs.append(("metagrad", f"fast{k}_suminner_s{s}", f"configs/fastdfkd_cpu.py:cifar10-k{k}",
                    ["--config.synth.meta_grad=sum_inner_grads", f"--config.seed={s}"]))
+  for preset, k in (("deepinversion", 1000), ("cmi", 200)):   # the release's scripts' steps
+    runs.append(("scripts", f"{preset}{k}_s0", f"configs/batchwise_cifar.py:{preset}-cpu",
+                 [f"--config.k={k}", "--config.seed=0"]))
   runs.append(("table1", "kd_real", "configs/fastdfkd_cpu.py:cifar10", ["--config.kd.source=real"]))
   runs.append(("table1", "kd_noise", "configs/fastdfkd_cpu.py:cifar10",
                ["--config.kd.source=noise"]))
@@ -124,7 +129,8 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", default="../shared/data/cifar10_jpeg.tar.gz")
   parser.add_argument("--cache_dir", default="")
   parser.add_argument("--only", default="table1,table4,table5,metagrad")
-  parser.add_argument("--runs", default="", help="only these run names (comma-separated)")
+  parser.add_argument("--runs", default="",
+                      help="only these run names (comma-separated; --only is then ignored)")
   parser.add_argument("--cores", default="0,1", help="one run per listed core")
   parser.add_argument("--python", default=sys.executable)
   parser.add_argument("--flags", default="", help="extra flags for every run (space-separated)")
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   tables = set(args.only.split(","))
   names = set(args.runs.split(",")) - {""}
-  todo = [r for r in plan() if r[0] in tables and (not names or r[1] in names)
+  todo = [r for r in plan() if (r[1] in names if names else r[0] in tables)
           and not os.path.isfile(os.path.join(args.out, r[1], "summary.json"))]
   todo = list({r[1]: r for r in todo}.values())
   if names:   # in the order asked for (a short session runs the most needed rows first)
