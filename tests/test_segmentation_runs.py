@@ -93,8 +93,12 @@ def test_label_of_another_size_is_one_line(shapes_dir, tmp_path):
 @pytest.mark.slow  # 1 vs 8 devices in a subprocess (~2.5 min on 2 cores)
 def test_segmentation_steps_on_8_devices_equal_1_device(tmp_path):
   """Teacher training steps, fast_meta synthesis + KD and a DAFL round (tests/seg_worker.py)
-  on 8 forced devices equal 1 device: per-leaf relative error (measured up to ~5e-6);
-  misaligned randomness or a missing all-reduce gives O(1)."""
+  on 8 forced devices equal 1 device, leaf by leaf: misaligned randomness or a missing
+  all-reduce gives O(1) relative errors, rounding gives small ones. How small depends on
+  the CPU's kernels: on an AMD EPYC every leaf was within ~5e-6; on an Intel Ice Lake the
+  median leaf is at 2e-7 but 29 of 314 leaves, all in the DAFL student after its KD steps
+  (KL at T = 20 between near-uniform softmaxes: a difference of near-equal numbers), are at
+  1e-4..3.1e-3. So every leaf within 1e-2 and the median within 1e-5."""
   out = tmp_path / "eq.npz"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=8 "
@@ -105,6 +109,7 @@ def test_segmentation_steps_on_8_devices_equal_1_device(tmp_path):
   data = np.load(out)
   keys = sorted(k[3:] for k in data.files if k.startswith("d1/"))
   assert {"fast_meta/pool", "dafl/call1/images", "teacher/step1/loss"} <= set(keys)
+  rels = []
   for k in keys:
     one, eight = data["d1/" + k], data["d8/" + k]
     assert one.shape == eight.shape, k
@@ -115,4 +120,6 @@ def test_segmentation_steps_on_8_devices_equal_1_device(tmp_path):
       assert (one == eight).all(), k
     else:
       rel = np.linalg.norm((one - eight).astype(np.float64)) / (np.linalg.norm(one) + 1e-12)
-      assert rel < 1e-4, (k, rel)
+      assert rel < 1e-2, (k, rel)
+      rels.append(rel)
+  assert np.median(rels) < 1e-5, np.median(rels)
