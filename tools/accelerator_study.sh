@@ -35,16 +35,17 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 # Decode the archive once before the runs start, so they do not all write its cache at once.
 "$PY" -c "from fastdfkd_jax.data import datasets; datasets.load_dataset('cifar10', '$data')" || exit 1
 "$PY" - "$out" <<'EOF' || exit 1
-import json, os, shutil, subprocess, sys, jax
+import json, os, subprocess, sys
+import jax
+sys.path.insert(0, "tools")
+from accelerator_bench import environment   # python, nvidia-smi: the benchmark's own record
+env = dict(environment(jax.default_backend()), jax=jax.__version__,
+           devices=[d.device_kind for d in jax.devices()],
+           commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip())
 os.makedirs(sys.argv[1], exist_ok=True)
-smi = shutil.which("nvidia-smi") and subprocess.run(
-    ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-    capture_output=True, text=True).stdout.strip()
-json.dump(dict(python=sys.version.split()[0], jax=jax.__version__, backend=jax.default_backend(),
-               devices=[d.device_kind for d in jax.devices()], nvidia_smi=smi,
-               commit=subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip()),
-          open(os.path.join(sys.argv[1], "environment.json"), "w"), indent=1)
+with open(os.path.join(sys.argv[1], "environment.json"), "w") as f:
+  json.dump(env, f, indent=1)
 EOF
 if [ ! -f "$teacher/summary.json" ]; then
   "$PY" -m fastdfkd_jax.main --workdir="$teacher" --config=configs/teacher.py:cifar10 \
