@@ -50,7 +50,6 @@ EOF
 if [ ! -f "$teacher/summary.json" ]; then
   "$PY" -m fastdfkd_jax.main --workdir="$teacher" --config=configs/teacher.py:cifar10 \
       --config.dataset.data_dir="$data" ${STUDY_TEACHER_FLAGS:-} > "$out/teacher.log" 2>&1 || exit 1
-  mkdir -p "$out/teacher" && cp "$teacher"/{summary.json,metrics.jsonl,config.json} "$out/teacher/"
   echo "teacher trained in $SECONDS s"
 fi
 n=$(tr ',' '\n' <<<"$runs" | grep -c .)
