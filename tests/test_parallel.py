@@ -110,42 +110,55 @@ def eight_device_run(teacher, tmp_path_factory):
   return workdir, _summary(_run(["run", str(workdir), "4", teacher]))
 
 
+# The README's first command, shortened by flags only (teacher 30 -> 5 epochs, student 40 -> 6).
+SHORT_DEFAULT = ["--config.teacher.epochs=5", "--config.epochs=6", "--config.warmup=1",
+                 "--config.kd.cosine_epochs=6"]
+
+
 def _embedded_default(workdir, devices: int, log) -> subprocess.Popen:
   """The README's first command, `python -m fastdfkd_jax.main --workdir=W` (the embedded
-  default: a resnet20 digits teacher trained first, then FastDFKD), on `devices` CPU
-  devices, its output to the file `log`; no other JAX/XLA setting of this process
-  reaches it."""
+  default: a resnet20 digits teacher trained first, then FastDFKD), shortened by
+  SHORT_DEFAULT, on `devices` CPU devices, its output to the file `log`; no other JAX/XLA
+  setting of this process reaches it."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return subprocess.Popen([sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}"],
-                          env=env, stdout=log, stderr=subprocess.STDOUT)
+  return subprocess.Popen([sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}",
+                           *SHORT_DEFAULT], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def test_embedded_default_on_8_devices_matches_1_device(tmp_path):
-  """Device-count invariance as a new user meets it: the embedded default on 8 forced CPU
-  devices ends with a teacher and a student within 2 points (7 of 360 test images) of the
-  1-device run's. The two runs compute the same steps but round differently (reduction
-  order), and over 660 teacher steps that alone moves the end by up to a seed's spread
-  (docs/RESULTS.md: seed s.d. 0.5-0.6 points, paired 1-vs-8 gaps up to 1.9). Measured:
-  AMD EPYC teacher 97.22 / 97.22 %, student 94.44 / 94.17 %; Intel Ice Lake teacher
-  96.67 / 98.06 %, student 91.39 / 91.11 %. A missing all-reduce or misaligned randomness
-  is caught step by step, to rounding, by the other 1-vs-8 tests here and in
-  test_teacher_train / test_segmentation_runs."""
+def _steps(path) -> list[int]:
+  with open(path) as f:
+    return [json.loads(line)["step"] for line in f if line.strip()]
+
+
+def test_embedded_default_runs_on_8_devices_as_on_1(tmp_path):
+  """The embedded default as a new user meets it, on 1 and on 8 forced CPU devices,
+  shortened (SHORT_DEFAULT): both train the teacher and then the student through the same
+  global steps, and both learn. Their accuracies are not compared: 1 and 8 devices round
+  differently, and early in training that difference grows by 10-100x per step, as fast
+  as a 1e-7 perturbation of one device's start does (tools/device_divergence.py: relative
+  parameter difference 1.8e-6 after one step, 3e-3 after three, 0.33 after 22), so a short
+  run's end differs by as much as a seed does (measured, Intel Ice Lake: teacher
+  90.56 / 86.67 %, student 47.78 / 46.39 %). Equality to rounding is checked
+  step by step by the other 1-vs-8 tests here and in test_teacher_train /
+  test_segmentation_runs; the full-length pair is measured in README.md (same command
+  without the flags)."""
   logs = {n: open(tmp_path / f"devices{n}.log", "w") for n in (1, 8)}
   procs = {n: _embedded_default(tmp_path / f"devices{n}", n, logs[n]) for n in (1, 8)}
   summaries = {}
   for n, proc in procs.items():
-    proc.wait(timeout=3600)
+    proc.wait(timeout=1800)
     logs[n].close()
     assert proc.returncode == 0, (tmp_path / f"devices{n}.log").read_text()[-4000:]
     with open(tmp_path / f"devices{n}" / "summary.json") as f:
       summaries[n] = json.load(f)
-  one, eight = summaries[1], summaries[8]
-  assert (one["num_devices"], eight["num_devices"]) == (1, 8)
-  for key in ("teacher_acc", "student_acc"):
-    assert abs(one[key] - eight[key]) <= 2.0, (key, one[key], eight[key])
+    assert summaries[n]["num_devices"] == n
+    assert summaries[n]["teacher_acc"] >= 70.0 and summaries[n]["student_acc"] >= 25.0, (
+        n, summaries[n]["teacher_acc"], summaries[n]["student_acc"])
+  for name in ("teacher/metrics.jsonl", "metrics.jsonl"):
+    assert _steps(tmp_path / "devices1" / name) == _steps(tmp_path / "devices8" / name), name
 
 
 def test_checkpoint_saved_on_8_devices_resumes_on_1(eight_device_run, teacher, tmp_path):
