@@ -200,7 +200,7 @@ def _two_processes(workdir, flags):
 def test_a_dead_process_stops_the_other_with_a_message_and_all_resume(teacher, tmp_path,
                                                                        victim):
   flags = [f"--config.teacher.checkpoint={teacher}",
-           *[f for f in TINY if not f.startswith("--config.epochs=")], "--config.epochs=10"]
+           *[f for f in TINY if not f.startswith("--config.epochs=")], "--config.epochs=5"]
   procs = _two_processes(tmp_path, flags)
   deadline = time.time() + 600
   while len(_rows(tmp_path)) < 2 and time.time() < deadline:
@@ -227,4 +227,4 @@ def test_a_dead_process_stops_the_other_with_a_message_and_all_resume(teacher, t
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "resumed after epoch" in outs[0][1]
-  assert [r["epoch"] for r in _rows(tmp_path)] == list(range(10))
+  assert [r["epoch"] for r in _rows(tmp_path)] == list(range(5))
