@@ -11,8 +11,9 @@
 # (summary.json, metrics.jsonl), the config and the log, not the checkpoints (one archive:
 # the device tool returns only a few files), and OUT/teacher.tgz the teacher's workdir, so
 # a later session can rerun rows on the same teacher. STUDY_END_S (default 480 s
-# after the script starts) bounds the runs: then the unfinished ones are stopped and keep only
-# their curves. Where TEACHER has no summary.json it is trained first with
+# after the script starts) bounds the runs: then the unfinished ones get SIGTERM, checkpoint
+# and stop (killed after STUDY_GRACE_S, default 30 s), so a second call on the still-warm
+# machine resumes them; records.tgz keeps their curves. Where TEACHER has no summary.json it is trained first with
 # configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the study's recipe:
 # "--config.dtype=bfloat16 --config.epochs=8").
 set -uo pipefail
@@ -61,9 +62,18 @@ study=$!
 deadline=${STUDY_END_S:-480}
 while kill -0 $study 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 2; done
 if kill -0 $study 2>/dev/null; then
-  echo "deadline: stopping $(pgrep -fc 'fastdfkd_jax.main') unfinished runs"
-  kill $study; pkill -KILL -f "[f]astdfkd_jax.main --workdir=$work"
-  wait $study; rc=124   # as timeout(1): the records of what ran still follow
+  # SIGTERM: each run checkpoints at its next safe point and exits 0, so a second call
+  # resumes it from there; a run still alive after STUDY_GRACE_S is killed (it resumes from
+  # its previous checkpoint).
+  echo "deadline: stopping $(pgrep -fc "[f]astdfkd_jax.main --workdir=$work") unfinished runs"
+  kill $study; wait $study 2>/dev/null
+  pkill -TERM -f "[f]astdfkd_jax.main --workdir=$work"
+  grace=$((SECONDS + ${STUDY_GRACE_S:-30}))
+  while pgrep -f "[f]astdfkd_jax.main --workdir=$work" >/dev/null && [ $SECONDS -lt $grace ]; do
+    sleep 1
+  done
+  pkill -KILL -f "[f]astdfkd_jax.main --workdir=$work"
+  rc=124   # as timeout(1): the records of what ran still follow
 else
   wait $study; rc=$?
 fi
