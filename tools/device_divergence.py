@@ -14,6 +14,7 @@ sensitivity to rounding, not the device count.
 """
 
 import argparse
+import sys
 
 import jax
 import numpy as np
@@ -33,8 +34,9 @@ def main(argv=None) -> None:
   ap.add_argument("--batch", type=int, default=64)
   a = ap.parse_args(argv)
   if jax.device_count() < 8:
-    raise SystemExit("error: needs 8 devices; set "
-                     "XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    print("error: needs 8 devices; set XLA_FLAGS=--xla_force_host_platform_device_count=8",
+          file=sys.stderr)
+    raise SystemExit(2)
   c = config_lib.default_config()
   c.model = a.arch
   ds = data.load_dataset("digits")
