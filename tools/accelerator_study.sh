@@ -14,8 +14,8 @@
 # after the script starts) bounds the runs: then the unfinished ones get SIGTERM, checkpoint
 # and stop (killed after STUDY_GRACE_S, default 30 s), so a second call on the still-warm
 # machine resumes them; records.tgz keeps their curves. Where TEACHER has no summary.json
-# it is trained first with configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the study's recipe:
-# "--config.dtype=bfloat16 --config.epochs=8").
+# it is trained first with configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the study's
+# recipe: "--config.dtype=bfloat16 --config.epochs=8").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -60,20 +60,21 @@ slots=${STUDY_SLOTS:-$n}
     --cores="$(seq -s, 0 $((slots - 1)))" --no_pin --python="$PY" "${@:5}" &
 study=$!
 deadline=${STUDY_END_S:-480}
+runs_pat="[f]astdfkd_jax.main --workdir=$work"   # the runs, never this script's own shell
 while kill -0 $study 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 2; done
 if kill -0 $study 2>/dev/null; then
   # SIGTERM: each run checkpoints at its next safe point (its epoch's end) and exits 0, so a
   # second call resumes it from there; a run still alive after STUDY_GRACE_S is killed (it
-  # resumes from its previous checkpoint). The grace must outlast one epoch: about 3 s on
-  # the H200 with 14 runs sharing it, 30-60 s on one CPU core.
-  echo "deadline: stopping $(pgrep -fc "[f]astdfkd_jax.main --workdir=$work") unfinished runs"
+  # resumes from its previous checkpoint, or from the start without one). The grace must
+  # outlast one epoch: about 3 s on the H200 with 14 runs sharing it, 30-60 s on one CPU core.
+  echo "deadline: stopping $(pgrep -fc "$runs_pat") unfinished runs"
   kill $study; wait $study 2>/dev/null
-  pkill -TERM -f "[f]astdfkd_jax.main --workdir=$work"
+  pkill -TERM -f "$runs_pat"
   grace=$((SECONDS + ${STUDY_GRACE_S:-30}))
-  while pgrep -f "[f]astdfkd_jax.main --workdir=$work" >/dev/null && [ $SECONDS -lt $grace ]; do
+  while pgrep -f "$runs_pat" >/dev/null && [ $SECONDS -lt $grace ]; do
     sleep 1
   done
-  pkill -KILL -f "[f]astdfkd_jax.main --workdir=$work"
+  pkill -KILL -f "$runs_pat"
   rc=124   # as timeout(1): the records of what ran still follow
 else
   wait $study; rc=$?
