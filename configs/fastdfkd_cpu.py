@@ -23,11 +23,15 @@ CPU sizing (deviations from the paper's CIFAR scripts, for a 2-core budget): bat
 128 and a generator with ngf = 32 (4x fewer generator FLOPs than ngf = 64; the
 generator is otherwise the paper's). cifar10 is the one-CPU-hour setting: 160 epochs
 (5 synthesis-only) of one synthesis call + 40 KD steps, KD lr 0.1 (the release's 0.2 at
-batch 256, scaled to 128), bfloat16 activations (oneDNN); measured 43-50 min on ONE
-core of the 2-core development machine for three teachers (docs/RESULTS.md, "One CPU
-hour"). mnist and fashion_mnist take the same recipe (nz 128): Fashion-MNIST students of
-89.19 / 88.07 % (resnet8 / wrn16_1 teachers), MNIST 97.69 %, 25-40 one-core minutes. The
-digits default keeps 40 epochs, KD lr 0.05 and float32 (it is the few-minute install check). The
+batch 256, scaled to 128), `dtype=auto` activations; measured 43-50 min on ONE core of
+the first 2-core development machine (AMD EPYC with AVX-512 BF16, where auto is bfloat16
+on oneDNN) for three teachers (docs/RESULTS.md, "One CPU hour"). auto is float32 on a CPU
+without native bfloat16, where bfloat16 is emulated: on an Intel Ice Lake a Fast-5 call
+took 4.47 s in float32 against 13.98 s in bfloat16 (docs/BENCHMARKS.md, "CPUs without
+native bfloat16"). mnist and fashion_mnist take the same recipe (nz 128): Fashion-MNIST
+students of 89.19 / 88.07 % (resnet8 / wrn16_1 teachers), MNIST 97.69 %, 25-40 one-core
+minutes. The digits default keeps 40 epochs, KD lr 0.05 and float32 (it is the few-minute
+install check). The
 meta-gradient is stated explicitly: the paper's parameter difference
 (`synth.meta_grad=param_diff`, Eq. 10), unlike the release's scripts (`--is_maml 1`,
 `sum_inner_grads`, which configs/fastdfkd_cifar.py follows), because every number
@@ -43,15 +47,16 @@ from fastdfkd_jax import config_lib
 _SETTINGS = {
     "digits": ("resnet20", "resnet8", 40, 5, 30, 128, 64, 32, 30, 1, 0.05, "float32"),
     # mnist and fashion_mnist take the cifar10 one-hour recipe below unchanged (epochs,
-    # KD steps, lr, bfloat16), fixed before any of their students ran (issue 13).
-    "mnist": ("resnet8", "resnet8", 160, 5, 40, 128, 128, 32, 4, 10, 0.1, "bfloat16"),
-    "fashion_mnist": ("resnet8", "resnet8", 160, 5, 40, 128, 128, 32, 5, 10, 0.1, "bfloat16"),
+    # KD steps, lr, dtype), fixed before any of their students ran (issue 13).
+    "mnist": ("resnet8", "resnet8", 160, 5, 40, 128, 128, 32, 4, 10, 0.1, "auto"),
+    "fashion_mnist": ("resnet8", "resnet8", 160, 5, 40, 128, 128, 32, 5, 10, 0.1, "auto"),
     # The one-CPU-hour setting (issue 13): 160 synthesis calls and 6,200 KD steps,
     # 43-50 min measured on ONE core of the development machine (the other busy; three
-    # teachers, docs/RESULTS.md), so well inside an hour on two; bfloat16 on oneDNN (1.5-1.7x
-    # faster here, 0.8 points on the digits default); KD lr 0.1, the release's 0.2 at batch
-    # 256 scaled to 128.
-    "cifar10": ("resnet20", "resnet8", 160, 5, 40, 128, 256, 32, 8, 10, 0.1, "bfloat16"),
+    # teachers, docs/RESULTS.md), so well inside an hour on two; dtype auto: bfloat16 on
+    # oneDNN where the CPU has it natively (1.5-1.7x faster there, 0.8 points on the digits
+    # default), float32 where not (bfloat16 emulated: 3.1x slower synthesis measured);
+    # KD lr 0.1, the release's 0.2 at batch 256 scaled to 128.
+    "cifar10": ("resnet20", "resnet8", 160, 5, 40, 128, 256, 32, 8, 10, 0.1, "auto"),
 }
 _STEP_LRS = config_lib.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
 

@@ -164,7 +164,8 @@ class Bench:
         method=config.method, k=config.k, batch=config.batch_size,
         num_devices=parallel.num_shards(self.mesh),
         device_kind=jax.devices()[0].device_kind, backend=jax.default_backend(),
-        dtype=config.dtype, loop=self.structure.description, jax=jax.__version__)
+        dtype=model_util.activation_dtype_name(config.dtype),
+        loop=self.structure.description, jax=jax.__version__)
 
   # ------------------------------------------------------------ plumbing
   def _key(self):

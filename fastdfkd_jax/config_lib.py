@@ -23,7 +23,7 @@ KD_SOURCES = ("synthetic", "real", "noise", "dataset")
 META_GRADS = ("param_diff", "sum_inner_grads")
 LOOPS = ("auto", "scan", "host", "fused")
 INNER_LOOPS = ("auto", "scan", "unroll", "host")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "auto")
 KD_LOSSES = ("kl", "l1")
 AUGMENTS = ("crop", "resized_crop")
 KEEP_IMAGES = ("best", "last")
@@ -93,7 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   # call, the k steps traced straight-line), 'host' (k dispatches of one compiled
   # step); 'auto' = 'host' on CPU, 'scan' on TPU/GPU (see loops.inner_structure).
   c.inner_unroll = "auto"
-  c.dtype = "float32"            # activations; params, BN stats and losses stay float32
+  # Activations: 'float32' | 'bfloat16' | 'auto' (bfloat16 on TPU/GPU and on CPUs with
+  # native bfloat16, float32 on other CPUs, where bfloat16 is emulated and slower:
+  # xla_env.py); params, BN stats and losses stay float32.
+  c.dtype = "float32"
   # bfloat16 on CPU: the project sets XLA's oneDNN custom-call flag (xla_env.py) so
   # the CPU's bfloat16 units run the convolutions; False leaves XLA_FLAGS alone.
   c.cpu_onednn = True

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fastdfkd_jax import checkpoint, export, parallel, reporting, runs
+from fastdfkd_jax import checkpoint, export, parallel, reporting, runs, xla_env
 from fastdfkd_jax.distill import builder, loop, state as state_lib
 
 TRANSFER_DIR = "transfer_set"
@@ -127,6 +127,7 @@ def run_synthesize(config: ml_collections.ConfigDict, workdir: str,
                  wall_seconds=out.reporter.wall_seconds(), compile_seconds=compile_seconds,
                  num_devices=parallel.num_shards(run.mesh), transfer_set=transfer_dir,
                  format=config.transfer.format,
+                 dtype=xla_env.resolve_dtype(config.dtype, jax.default_backend()),
                  **{k: inspection[k] for k in ("per_class_count", "count_over_uniform",
                                                "mean_confidence", "diversity")})
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)

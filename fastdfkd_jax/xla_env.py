@@ -10,19 +10,61 @@ oneDNN rewriter claims them (`--xla_cpu_experimental_onednn_custom_call`); with
 it, and with the input gradients in forward form (`models/conv.py`), the CPU's
 bfloat16 units run the convolutions (docs/BENCHMARKS.md, "CPU speed work").
 The flag only affects the CPU backend; a user's own setting of it wins.
+
+`dtype='auto'` picks per machine: bfloat16 on accelerators and on CPUs with native
+bfloat16 instructions (AVX-512 BF16 or AMX-BF16, read from /proc/cpuinfo), float32 on
+other CPUs. There bfloat16 is emulated, and measured slower than float32 on an Intel
+Ice Lake: one-hour CIFAR-10 synthesis call 13.98 s against 4.47 s, KD 243 against 298
+images/s (docs/BENCHMARKS.md, "CPUs without native bfloat16").
 """
 
+import functools
 import os
 from typing import MutableMapping
 
 from absl import logging
 
 ONEDNN_CUSTOM_CALL = "--xla_cpu_experimental_onednn_custom_call"
+# /proc/cpuinfo flags of x86 CPUs whose oneDNN convolutions run bfloat16 natively.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this CPU has bfloat16 instructions oneDNN uses (False where unknown)."""
+  try:
+    with open(cpuinfo) as f:
+      text = f.read()
+  except OSError:
+    return False
+  flags = set()
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() == "flags":
+      flags.update(value.split())
+  return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def resolve_dtype(name: str, backend: str) -> str:
+  """The activation dtype `config.dtype` names on `backend` ('auto' resolved)."""
+  if name != "auto":
+    return name
+  return "bfloat16" if backend != "cpu" or cpu_has_native_bf16() else "float32"
+
+
+def dtype_note(name: str, backend: str) -> str | None:
+  """A line for the log where the dtype choice is slow on this machine, else None."""
+  if name == "bfloat16" and backend == "cpu" and not cpu_has_native_bf16():
+    return ("dtype=bfloat16 on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16 "
+            "in /proc/cpuinfo): XLA emulates it, slower than float32 (measured 3.1x on "
+            "synthesis); --config.dtype=auto picks float32 here")
+  return None
 
 
 def flags_for(config) -> list[str]:
   """The XLA flags this config asks for."""
-  if config.dtype == "bfloat16" and config.cpu_onednn:
+  bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and cpu_has_native_bf16())
+  if bf16 and config.cpu_onednn:
     return [f"{ONEDNN_CUSTOM_CALL}=true"]
   return []
 

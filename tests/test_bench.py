@@ -46,6 +46,7 @@ def test_every_line_has_all_keys_and_sane_values(rows):
     assert not missing, (r["what"], missing)
     assert (r["teacher"], r["student"], r["k"], r["batch"]) == ("resnet8", "resnet8", 2, 16)
     assert r["num_devices"] >= 1 and r["repeats"] == 2
+    assert r["dtype"] in ("float32", "bfloat16")   # 'auto' resolved
     assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
     assert r["compile_s"] > 0 and r["images_per_s"] > 0
     assert r["flops"] > 0 and r["achieved_flops_per_s"] > 0

@@ -123,6 +123,7 @@ def test_e2e_workdir_files(e2e_run):
   assert (on_disk["method"], on_disk["k"], on_disk["epochs"]) == ("fast_meta", config.k,
                                                                   config.epochs)
   assert on_disk["num_devices"] == jax.device_count()
+  assert on_disk["dtype"] == config.dtype == "float32"   # the activation dtype it ran in
   assert 0 < on_disk["synth_seconds"] < on_disk["wall_seconds"]
   # Images produced (one batch per synthesis call) and seen by the student (KD batches),
   # and the synthesis seconds of the synthesis-only epochs apart from all of them.

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs, synthesis
+from fastdfkd_jax import checkpoint, data, optim, parallel, reporting, runs, synthesis, xla_env
 from fastdfkd_jax.data import segmentation, transfer_set
 from fastdfkd_jax.distill import builder, pool as pool_lib, samples, state as state_lib, steps
 from fastdfkd_jax.teacher import evaluate as evaluate_lib, loader, train as teacher_train
@@ -390,7 +390,8 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                  synth_images=counters["synth_images"], kd_images=counters["kd_images"],
                  wall_seconds=out.reporter.wall_seconds(),
                  num_devices=parallel.num_shards(run.mesh),
-                 compile_seconds=compile_seconds, loop=loop)
+                 compile_seconds=compile_seconds, loop=loop,
+                 dtype=xla_env.resolve_dtype(config.dtype, jax.default_backend()))
   if run.teacher_scores:   # segmentation: pixel accuracy, mIoU and per-class IoU
     summary.update(teacher_scores=run.teacher_scores,
                    student_scores=student_scores(run, out, state))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fastdfkd_jax import xla_env
 from fastdfkd_jax.models.deep_generator import DeepGenerator
 from fastdfkd_jax.models.generator import Generator
 
@@ -53,9 +54,15 @@ def init_variables(model: nn.Module, key: jax.Array,
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
+def activation_dtype_name(name: str) -> str:
+  """'float32' or 'bfloat16': `config.dtype` with 'auto' resolved for the default backend
+  (xla_env.resolve_dtype)."""
+  return xla_env.resolve_dtype(name, jax.default_backend())
+
+
 def activation_dtype(name: str):
-  """The activation dtype of `config.dtype` ('float32' or 'bfloat16')."""
-  return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+  """The activation dtype of `config.dtype` ('float32', 'bfloat16' or 'auto')."""
+  return jnp.bfloat16 if activation_dtype_name(name) == "bfloat16" else jnp.float32
 
 
 def count_params(params: Any) -> int:
