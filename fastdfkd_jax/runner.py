@@ -4,7 +4,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from fastdfkd_jax import config_checks, errors, parallel, runs, xla_env
+from fastdfkd_jax import config_checks, errors, parallel, runs
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -18,11 +18,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   parallel.maybe_initialize_distributed()
   config_checks.validate(config)
-  backend = jax.default_backend()
-  logging.info("activations in %s (config.dtype=%s, backend %s)",
-               xla_env.resolve_dtype(config.dtype, backend), config.dtype, backend)
-  if note := xla_env.dtype_note(config.dtype, backend):
-    logging.warning(note)
   with runs.WorkdirLock(workdir), runs.Preemption() as preemption:
     runs.prepare_workdir(config, workdir)
     try:

@@ -113,9 +113,9 @@ def run_synthesize(config: ml_collections.ConfigDict, workdir: str,
                                         host_pool=run.source.host_pool)
   compile_seconds = run.programs.synth_executable().compile_seconds
   logging.info("synthesize %d images with %s (method=%s k=%d, adversarial term off): "
-               "%d calls of %d, %d devices", config.transfer.num_images, run.teacher_arch,
+               "%d calls of %d, %d devices, %s", config.transfer.num_images, run.teacher_arch,
                config.method, config.k, num_calls(config), config.batch_size,
-               parallel.num_shards(run.mesh))
+               parallel.num_shards(run.mesh), xla_env.describe_dtype(config.dtype))
   _synthesis_calls(run, out, state, counters, preemption)
   t0 = time.time()
   transfer_dir = os.path.join(workdir, TRANSFER_DIR)

@@ -22,6 +22,7 @@ import functools
 import os
 from typing import MutableMapping
 
+import jax
 from absl import logging
 
 ONEDNN_CUSTOM_CALL = "--xla_cpu_experimental_onednn_custom_call"
@@ -50,6 +51,17 @@ def resolve_dtype(name: str, backend: str) -> str:
   if name != "auto":
     return name
   return "bfloat16" if backend != "cpu" or cpu_has_native_bf16() else "float32"
+
+
+def describe_dtype(name: str) -> str:
+  """The dtype part of a run's start line ('dtype=float32 (auto)'); where that choice is
+  slow on this machine, `dtype_note` goes to the log as a warning first (once)."""
+  backend = jax.default_backend()
+  note = dtype_note(name, backend)
+  if note:
+    logging.log_first_n(logging.WARNING, note, 1)
+  resolved = resolve_dtype(name, backend)
+  return f"dtype={resolved}" + (" (auto)" if name == "auto" else "")
 
 
 def dtype_note(name: str, backend: str) -> str | None:

@@ -79,6 +79,18 @@ def test_note_only_for_emulated_bfloat16(monkeypatch):
   assert xla_env.dtype_note("bfloat16", "cpu") is None
 
 
+def test_start_line_names_the_dtype_and_warns_once(monkeypatch):
+  monkeypatch.setattr(xla_env, "cpu_has_native_bf16", lambda: False)
+  monkeypatch.setattr(xla_env.jax, "default_backend", lambda: "cpu")
+  warned = []
+  monkeypatch.setattr(xla_env.logging, "log_first_n", lambda level, msg, n: warned.append(msg))
+  assert xla_env.describe_dtype("auto") == "dtype=float32 (auto)"
+  assert xla_env.describe_dtype("float32") == "dtype=float32"
+  assert not warned
+  assert xla_env.describe_dtype("bfloat16") == "dtype=bfloat16"
+  assert warned == [xla_env.dtype_note("bfloat16", "cpu")]
+
+
 def test_apply_keeps_a_users_own_setting(monkeypatch):
   monkeypatch.setattr(xla_env, "cpu_has_native_bf16", lambda: False)
   c = config_lib.default_config()

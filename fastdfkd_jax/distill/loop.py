@@ -371,9 +371,9 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
   logging.info("compiled the jitted steps in %.1f s", compile_seconds)
   loop = run.programs.structure.description
   logging.info("distill %s -> %s, kd on %s, method=%s k=%d, %d epochs (warmup %d), "
-               "%d devices, %s", run.teacher_arch, config.student.arch, config.kd.source,
+               "%d devices, %s, %s", run.teacher_arch, config.student.arch, config.kd.source,
                config.method, config.k, config.epochs, config.warmup,
-               parallel.num_shards(run.mesh), loop)
+               parallel.num_shards(run.mesh), loop, xla_env.describe_dtype(config.dtype))
   first_epoch = 0 if run.synthetic else config.warmup   # baselines: no synthesis-only epochs
   for epoch in range(max(counters["epoch"] + 1, first_epoch), config.epochs):
     state, metrics = run_epoch(run, state, epoch, counters)

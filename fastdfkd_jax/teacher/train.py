@@ -28,7 +28,7 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from fastdfkd_jax import checkpoint, data, loops, losses, models, optim, parallel, reporting
-from fastdfkd_jax import runs
+from fastdfkd_jax import runs, xla_env
 from fastdfkd_jax.data import augment, segmentation
 from fastdfkd_jax.models import precise_bn, util as model_util
 from fastdfkd_jax.teacher import evaluate as evaluate_lib
@@ -124,7 +124,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   preemption = preemption or runs.Preemption()
   mesh = parallel.make_mesh()
   ds = data.load_dataset(config.dataset.name, config.dataset.data_dir,
-                                   config.dataset.cache_dir or None)
+                         config.dataset.cache_dir or None)
   info = ds.info
   parallel.local_batch_size(config.batch_size, mesh)
   steps_per_epoch = len(ds.train_images) // config.batch_size
@@ -146,15 +146,15 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   reporter.truncate_metrics(start_epoch - 1)
   if start_epoch:
     logging.info("resumed from epoch %d", start_epoch)
-
   model = models.get_model(config.model, info.num_classes,
                            dtype=model_util.activation_dtype(config.dtype), axis_name=AXIS)
   scan = loops.use_scan(config)
   train_chunk = make_train_chunk(model, tx, info, mesh, unroll=not scan, task=config.task)
   eval_step = evaluate_lib.make_eval_step(model, info, mesh, config.task)
-  logging.info("train_teacher %s on %s: %d epochs x %d steps, batch %d, %d devices, %s",
+  logging.info("train_teacher %s on %s: %d epochs x %d steps, batch %d, %d devices, %s, %s",
                config.model, info.name, config.epochs, steps_per_epoch, config.batch_size,
-               parallel.num_shards(mesh), loops.describe(config))
+               parallel.num_shards(mesh), loops.describe(config),
+               xla_env.describe_dtype(config.dtype))
   test_acc, scores = None, {}
   rate = reporting.RateLogger(steps_per_epoch * config.epochs, config.log_every,
                               config.batch_size, "teacher")
