@@ -13,9 +13,9 @@
 # a later session can rerun rows on the same teacher. STUDY_END_S (default 480 s
 # after the script starts) bounds the runs: then the unfinished ones get SIGTERM, checkpoint
 # and stop (killed after STUDY_GRACE_S, default 30 s), so a second call on the still-warm
-# machine resumes them; records.tgz keeps their curves. Where TEACHER has no summary.json
-# it is trained first with configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the study's
-# recipe: "--config.dtype=bfloat16 --config.epochs=8").
+# machine resumes them; records.tgz keeps their curves. TEACHER: docs/study_teacher, the
+# study's teacher in git. Where TEACHER has no summary.json it is trained first with
+# configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the recipe: "--config.epochs=8").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
