@@ -132,7 +132,7 @@ class Bench:
   def __init__(self, config, profile_dir: str = "", warmup_calls: int = 1):
     import jax
     import jax.numpy as jnp
-    from fastdfkd_jax import data, models, parallel
+    from fastdfkd_jax import data, models, parallel, xla_env
     from fastdfkd_jax.distill import builder, state as state_lib, steps
     from fastdfkd_jax.models import util as model_util
     self.config = config
@@ -164,7 +164,7 @@ class Bench:
         method=config.method, k=config.k, batch=config.batch_size,
         num_devices=parallel.num_shards(self.mesh),
         device_kind=jax.devices()[0].device_kind, backend=jax.default_backend(),
-        dtype=model_util.activation_dtype_name(config.dtype),
+        dtype=xla_env.resolve_dtype(config.dtype),
         loop=self.structure.description, jax=jax.__version__)
 
   # ------------------------------------------------------------ plumbing

@@ -127,7 +127,7 @@ def run_synthesize(config: ml_collections.ConfigDict, workdir: str,
                  wall_seconds=out.reporter.wall_seconds(), compile_seconds=compile_seconds,
                  num_devices=parallel.num_shards(run.mesh), transfer_set=transfer_dir,
                  format=config.transfer.format,
-                 dtype=xla_env.resolve_dtype(config.dtype, jax.default_backend()),
+                 dtype=xla_env.resolve_dtype(config.dtype),
                  **{k: inspection[k] for k in ("per_class_count", "count_over_uniform",
                                                "mean_confidence", "diversity")})
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)

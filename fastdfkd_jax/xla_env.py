@@ -46,8 +46,10 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
 
 
-def resolve_dtype(name: str, backend: str) -> str:
-  """The activation dtype `config.dtype` names on `backend` ('auto' resolved)."""
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+  """The activation dtype `config.dtype` names on `backend` (default: JAX's default
+  backend), 'float32' or 'bfloat16': 'auto' resolved."""
+  backend = backend or jax.default_backend()
   if name != "auto":
     return name
   return "bfloat16" if backend != "cpu" or cpu_has_native_bf16() else "float32"

@@ -105,7 +105,7 @@ def test_apply_keeps_a_users_own_setting(monkeypatch):
 
 def test_activation_dtype_of_auto_on_this_machine():
   want = xla_env.resolve_dtype("auto", jax.default_backend())
-  assert model_util.activation_dtype_name("auto") == want
+  assert xla_env.resolve_dtype("auto") == want
   assert model_util.activation_dtype("auto") == jnp.dtype(want)
   assert model_util.activation_dtype("float32") == jnp.float32
   assert model_util.activation_dtype("bfloat16") == jnp.bfloat16

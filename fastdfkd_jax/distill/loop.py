@@ -391,7 +391,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str,
                  wall_seconds=out.reporter.wall_seconds(),
                  num_devices=parallel.num_shards(run.mesh),
                  compile_seconds=compile_seconds, loop=loop,
-                 dtype=xla_env.resolve_dtype(config.dtype, jax.default_backend()))
+                 dtype=xla_env.resolve_dtype(config.dtype))
   if run.teacher_scores:   # segmentation: pixel accuracy, mIoU and per-class IoU
     summary.update(teacher_scores=run.teacher_scores,
                    student_scores=student_scores(run, out, state))

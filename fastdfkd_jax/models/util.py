@@ -54,15 +54,10 @@ def init_variables(model: nn.Module, key: jax.Array,
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
-def activation_dtype_name(name: str) -> str:
-  """'float32' or 'bfloat16': `config.dtype` with 'auto' resolved for the default backend
-  (xla_env.resolve_dtype)."""
-  return xla_env.resolve_dtype(name, jax.default_backend())
-
-
 def activation_dtype(name: str):
-  """The activation dtype of `config.dtype` ('float32', 'bfloat16' or 'auto')."""
-  return jnp.bfloat16 if activation_dtype_name(name) == "bfloat16" else jnp.float32
+  """The activation dtype of `config.dtype` ('float32', 'bfloat16' or 'auto':
+  xla_env.resolve_dtype)."""
+  return jnp.bfloat16 if xla_env.resolve_dtype(name) == "bfloat16" else jnp.float32
 
 
 def count_params(params: Any) -> int:

@@ -188,7 +188,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   summary = dict(mode="train_teacher", arch=config.model, dataset=info.name,
                  test_accuracy=test_acc, wall_seconds=reporter.wall_seconds(),
                  num_devices=parallel.num_shards(mesh), epochs=config.epochs,
-                 dtype=model_util.activation_dtype_name(config.dtype),
+                 dtype=xla_env.resolve_dtype(config.dtype),
                  checkpoint=os.path.join(os.path.abspath(workdir), "checkpoints"),
                  **scores)
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
