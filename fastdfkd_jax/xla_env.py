@@ -77,8 +77,9 @@ def dtype_note(name: str, backend: str) -> str | None:
 
 def flags_for(config) -> list[str]:
   """The XLA flags this config asks for."""
-  bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and cpu_has_native_bf16())
-  if bf16 and config.cpu_onednn:
+  # The flag acts on the CPU backend only, so resolve for it (naming the backend also keeps
+  # jax.default_backend(), which would start the backends before XLA_FLAGS is set, uncalled).
+  if resolve_dtype(config.dtype, "cpu") == "bfloat16" and config.cpu_onednn:
     return [f"{ONEDNN_CUSTOM_CALL}=true"]
   return []
 
