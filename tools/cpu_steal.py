@@ -31,7 +31,8 @@ def steal_share(rows, start: dt.datetime, end: dt.datetime) -> tuple[float, floa
   if len(inside) < 2:
     return None
   delta = [b - a for a, b in zip(inside[0][1], inside[-1][1])]
-  return delta[STEAL] / max(sum(delta), 1), (inside[-1][0] - inside[0][0]).total_seconds()
+  total = sum(delta[:STEAL + 1])   # guest and guest_nice, after steal, are inside user and nice
+  return delta[STEAL] / max(total, 1), (inside[-1][0] - inside[0][0]).total_seconds()
 
 
 def sample(path: str, every: float) -> None:
