@@ -49,9 +49,9 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def resolve_dtype(name: str, backend: str | None = None) -> str:
   """The activation dtype `config.dtype` names on `backend` (default: JAX's default
   backend), 'float32' or 'bfloat16': 'auto' resolved."""
-  backend = backend or jax.default_backend()
   if name != "auto":
     return name
+  backend = backend or jax.default_backend()
   return "bfloat16" if backend != "cpu" or cpu_has_native_bf16() else "float32"
 
 
