@@ -8,7 +8,7 @@
 method: dafl | zskt | dfq | dfad; dataset: cifar10 | cifar100; pairs as
 configs/fastdfkd_cifar.py: resnet34-resnet18, vgg11-resnet18, wrn40_2-wrn16_1,
 wrn40_2-wrn40_1, wrn40_2-wrn16_2. Settings of the release's scripts/<method>_cifar.sh
-(config_lib.GENERATIVE_PRESETS for the method's weights, nz, kd_steps and T): 200
+(schema.GENERATIVE_PRESETS for the method's weights, nz, kd_steps and T): 200
 epochs, no warmup, batch 256, 400 KD steps per epoch (--ep_steps) in rounds of
 1 generator update and kd_steps student updates, KD lr 0.1 cosine (T_max 200,
 eta_min 2e-4), generator Adam lr 1e-3 betas (0.5, 0.999), ngf 64, seed 0.
@@ -17,11 +17,11 @@ pair and CIFAR-100 use the same setting unchanged (users of the release report i
 CIFAR-100 baselines far below the paper's table, for this reason).
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 _PAIRS = (("resnet34", "resnet18"), ("vgg11", "resnet18"), ("wrn40_2", "wrn16_1"),
           ("wrn40_2", "wrn40_1"), ("wrn40_2", "wrn16_2"))
-SETTINGS = [f"{m}-{d}-{t}-{s}" for m in config_lib.GENERATIVE_PRESETS
+SETTINGS = [f"{m}-{d}-{t}-{s}" for m in schema.GENERATIVE_PRESETS
             for d in ("cifar10", "cifar100") for t, s in _PAIRS]
 
 
@@ -31,7 +31,7 @@ def get_config(arg: str = "dafl-cifar10-wrn40_2-wrn16_1"):
                      "<dafl|zskt|dfq|dfad>-<cifar10|cifar100>-<teacher>-<student> with "
                      f"pairs {', '.join(t + '-' + s for t, s in _PAIRS)}")
   method, dataset, teacher, student = arg.split("-")
-  c = config_lib.generative_preset(config_lib.base_config(), method)
+  c = schema.generative_preset(schema.base_config(), method)
   c.mode = "distill"
   c.dataset.name = dataset
   c.teacher.arch, c.student.arch = teacher, student

@@ -10,7 +10,7 @@
 
 method: dafl | zskt | dfq | dfad; dataset: as in configs/fastdfkd_cpu.py (digits,
 mnist, fashion_mnist, cifar10). The method's loss weights, criterion, kd_steps, T,
-g_steps (k = 1) and lr_g are the release's scripts (config_lib.GENERATIVE_PRESETS).
+g_steps (k = 1) and lr_g are the release's scripts (schema.GENERATIVE_PRESETS).
 Everything else is configs/fastdfkd_cpu.py:<dataset>, so the student sees the same
 KD images on the same schedule as the FastDFKD rows: teacher, batch, KD lr, kd.steps
 per epoch and the cosine; the generator's ngf (32) and nz (DAFL: twice that config's,
@@ -18,17 +18,17 @@ as the release's 512 is twice 256). The release's generative scripts have no war
 so the epochs are that config's KD epochs (its epochs - warmup) with warmup 0.
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 
 def get_config(arg: str = "dafl-digits"):
   method, _, dataset = arg.partition("-")
-  if method not in config_lib.GENERATIVE_PRESETS or "-" in dataset:
+  if method not in schema.GENERATIVE_PRESETS or "-" in dataset:
     raise ValueError(f"configs/baselines_cpu.py:{arg}: use <method>-<dataset> with method "
-                     f"one of {', '.join(config_lib.GENERATIVE_PRESETS)}")
-  c = config_lib.config_module(__file__, "fastdfkd_cpu.py").get_config(dataset)
+                     f"one of {', '.join(schema.GENERATIVE_PRESETS)}")
+  c = schema.config_module(__file__, "fastdfkd_cpu.py").get_config(dataset)
   nz = c.synth.nz
-  config_lib.generative_preset(c, method)
+  schema.generative_preset(c, method)
   c.synth.nz = 2 * nz if method == "dafl" else nz
   c.epochs, c.warmup = c.epochs - c.warmup, 0
   return c

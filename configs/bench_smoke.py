@@ -7,11 +7,11 @@ digits (8x8x1), random resnet8 -> resnet8, batch 16, k 2, nz 16, ngf 8: seconds
 on a CPU. Only checks that the benchmark runs; its numbers mean nothing.
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 
 def get_config():
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.mode = "distill"
   c.dataset.name = "digits"
   c.teacher.arch, c.student.arch = "resnet8", "resnet8"

@@ -6,8 +6,8 @@ Same as running `main` without `--config`. Offline (scikit-learn's digits),
 a few minutes on a 2-core CPU; see docs/RESULTS.md for the measured time.
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 
 def get_config():
-  return config_lib.default_config()
+  return schema.default_config()

@@ -9,11 +9,12 @@ segmentation set (shapes_seg, nyuv2) sets config.task=segmentation: its summary 
 mIoU (as test_accuracy, %), pixel accuracy and per-class IoU.
 """
 
-from fastdfkd_jax import config_lib, data
+from fastdfkd_jax.config import schema
+from fastdfkd_jax import data
 
 
 def get_config(arg: str = "digits"):
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.mode = "evaluate"
   c.dataset.name = arg
   c.task = data.get_info(arg).task

@@ -17,9 +17,9 @@ These are GPU/TPU-sized runs (the paper reports 0.06-0.28 h of synthesis on one
 GPU for resnet34 -> resnet18); `--config.method=fast|deepinv` for the ablations.
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
-_STEP_LRS = config_lib.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
+_STEP_LRS = schema.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
 # (teacher, student) -> (adv, bn, oh)
 _PAIRS = {
     ("resnet34", "resnet18"): (1.33, 10.0, 0.5),
@@ -43,7 +43,7 @@ def get_config(arg: str = "cifar10-resnet34-resnet18-k5"):
     raise ValueError(f"configs/fastdfkd_cifar.py:{arg}: not a paper setting; use "
                      "<cifar10|cifar100>-<teacher>-<student>-k<2|5|10> with pairs "
                      f"{', '.join(t + '-' + s for t, s in _PAIRS)}") from None
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.mode = "distill"
   c.dataset.name = dataset
   c.teacher.arch, c.student.arch = teacher, student

@@ -40,7 +40,7 @@ measured with this file in docs/RESULTS.md was measured with it;
 Measured runtimes and accuracies: docs/RESULTS.md.
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 # dataset -> teacher, student, epochs, warmup, kd steps, batch, nz, ngf, teacher epochs,
 #            eval_every, KD lr, dtype
@@ -58,7 +58,7 @@ _SETTINGS = {
     # KD lr 0.1, the release's 0.2 at batch 256 scaled to 128.
     "cifar10": ("resnet20", "resnet8", 160, 5, 40, 128, 256, 32, 8, 10, 0.1, "auto"),
 }
-_STEP_LRS = config_lib.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
+_STEP_LRS = schema.PAPER_STEP_LRS   # k -> (lr_g, lr_z)
 
 
 def get_config(arg: str = "digits"):
@@ -69,7 +69,7 @@ def get_config(arg: str = "digits"):
                      f"{', '.join(str(k) for k in _STEP_LRS)}")
   (teacher, student, epochs, warmup, kd_steps, batch, nz, ngf, t_epochs,
    eval_every, kd_lr, dtype) = _SETTINGS[dataset]
-  c = config_lib.default_config() if dataset == "digits" else config_lib.base_config()
+  c = schema.default_config() if dataset == "digits" else schema.base_config()
   c.mode = "distill"
   c.dataset.name = dataset
   c.teacher.arch, c.student.arch = teacher, student

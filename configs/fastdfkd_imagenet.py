@@ -8,7 +8,7 @@
 <arg>: resnet50-resnet50 | resnet50-resnet18 | resnet50-mobilenetv2 (the models
 resnet50_imagenet -> resnet50_imagenet / resnet18_imagenet / mobilenetv2_imagenet),
 or `cpu`: the same synthesis semantics at CPU size on the 64 px procedural set of
-tools/make_imagenet_folder.py (dataset imagenet_mini; a resnet8 teacher trained
+experiments/make_imagenet_folder.py (dataset imagenet_mini; a resnet8 teacher trained
 first, a resnet8 student).
 
 Every setting is the release's logged run (logs/log-imagenet-resnet50_imagenet-
@@ -40,7 +40,7 @@ The pool of 400 epochs x 10 calls x 100 images does not fit on a device: it is a
 memory-mapped file in the workdir (pool.on_device False, pool.memmap).
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 # student -> adv (the logs' l.61 / l.60 / l.2, see above)
 _PAIRS = {"resnet50": 0.1, "resnet18": 1.0, "mobilenetv2": 0.1}
@@ -66,7 +66,7 @@ def get_config(arg: str = "resnet50-resnet18"):
   if arg not in SETTINGS:
     raise ValueError(f"configs/fastdfkd_imagenet.py:{arg}: not a setting; use one of "
                      f"{', '.join(SETTINGS)}")
-  c = _imagenet_synthesis(config_lib.base_config())
+  c = _imagenet_synthesis(schema.base_config())
   c.mode, c.seed = "distill", 0
   if arg == "cpu":
     return _cpu(c)

@@ -43,7 +43,7 @@ release no segmentation script, so most of this is chosen; each choice says why)
   * deepinversion: the release's DeepInversion (pixel Adam lr 0.1, adv 1 on the
     JS term, bn 10; configs/batchwise_cifar.py) with fast_meta's k = 5 steps per
     batch, the equal-steps comparison of the paper (its 1-2k steps cost 200-400x).
-  * dafl / dfad: the release's generative presets (config_lib.GENERATIVE_PRESETS),
+  * dafl / dfad: the release's generative presets (schema.GENERATIVE_PRESETS),
     every term per pixel; their epochs are fast_meta's KD epochs (no warmup), so
     every row trains the student on (epochs - warmup) x 400 batches of 64.
 No number has been measured with this file (it needs NYUv2 and an accelerator).
@@ -52,7 +52,7 @@ configs/fastdfkd_seg_cpu.py is the same recipe at CPU size on the procedural set
 
 import dataclasses
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 RUNS = ("teacher", "fast_meta", "deepinversion", "dafl", "dfad", "noise", "real")
 
@@ -85,7 +85,7 @@ def make(run: str, s: Sizes, source: str):
   """The config of `run` at sizes `s` (`source`: the file named in errors)."""
   if run not in RUNS:
     raise ValueError(f"{source}:{run}: use one of {', '.join(RUNS)}")
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.task, c.dataset.name = "segmentation", s.dataset
   c.eval_batch_size = s.eval_batch
   if run == "teacher":
@@ -98,7 +98,7 @@ def make(run: str, s: Sizes, source: str):
   c.teacher.arch, c.student.arch = s.teacher, s.student
   c.epochs, c.warmup, c.batch_size = s.epochs, s.warmup, s.batch
   c.k = 5
-  c.synth.lr_g, c.synth.lr_z = config_lib.PAPER_STEP_LRS[5]
+  c.synth.lr_g, c.synth.lr_z = schema.PAPER_STEP_LRS[5]
   c.synth.nz, c.synth.ngf, c.synth.reset_l0 = s.nz, s.ngf, s.reset_l0
   c.synth.bn, c.synth.adv, c.synth.oh = 10.0, 1.1, 0.0
   c.kd.steps, (c.kd.optimizer, c.kd.lr, c.kd.lr_min) = s.kd_steps, s.kd_optim
@@ -108,7 +108,7 @@ def make(run: str, s: Sizes, source: str):
   elif run == "deepinversion":   # the release's pixel step size and JS weight, fast_meta's k
     c.method, c.synth.lr_g, c.synth.adv = "deepinversion", 0.1, 1.0
   elif run in ("dafl", "dfad"):
-    config_lib.generative_preset(c, run)
+    schema.generative_preset(c, run)
     c.synth.nz = 2 * s.nz if run == "dafl" else s.nz   # the release: DAFL's 512 = 2 x 256
     c.epochs, c.warmup = s.epochs - s.warmup, 0
   return c

@@ -2,7 +2,7 @@
 `configs/fastdfkd_seg_cpu.py:<run>`.
 
   # the data set (5 classes, 32 px; 1024 train and 128 test images, seconds)
-  python tools/make_shapes_seg.py runs/shapes_seg --train 1024 --test 128
+  python experiments/make_shapes_seg.py runs/shapes_seg --train 1024 --test 128
   # the teacher (deeplab_tiny: pixel-wise cross-entropy, poly decay; mIoU, pixel
   # accuracy and per-class IoU in its summary)
   python -m fastdfkd_jax.main --workdir=runs/seg_teacher \
@@ -44,11 +44,11 @@ without (one seed), DAFL 43.43 %, noise 16.19 %, real images 78.39 %.
 (Segmentation).
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 
 def get_config(arg: str = "fast_meta"):
-  nyuv2 = config_lib.config_module(__file__, "fastdfkd_nyuv2.py")
+  nyuv2 = schema.config_module(__file__, "fastdfkd_nyuv2.py")
   cpu = nyuv2.Sizes(dataset="shapes_seg", teacher="deeplab_tiny", student="deeplab_tiny_half",
                     epochs=85, warmup=5, kd_steps=40, batch=64,
                     kd_optim=("adam", 3e-3, 3e-5), nz=64, ngf=32,

@@ -9,7 +9,7 @@ paper's teachers by `--config.model=resnet34|vgg11|wrn40_2`. Runtimes and
 accuracies measured on a 2-core CPU are in docs/RESULTS.md.
 """
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 
 # dataset -> (CPU-sized default arch, epochs, batch, lr, weight decay)
 _SETTINGS = {
@@ -27,7 +27,7 @@ def get_config(arg: str = "digits"):
     raise ValueError(f"configs/teacher.py:{arg}: unknown dataset; use one of "
                      f"{', '.join(_SETTINGS)}")
   arch, epochs, batch, lr, wd = _SETTINGS[arg]
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.mode = "train_teacher"
   c.dataset.name = arg
   c.model = arch

@@ -1,8 +1,10 @@
-"""Command-line plumbing of the entry points: the `--config` flag and user-error exits.
+"""The command-line layer's one flags library (absl): the `--config` flag, positional
+arguments and user-error exits, shared by the entry points `main`, `bench`, `export`,
+`import_torch`, `plot` and `table`.
 
-An `errors.UserError` (or a bad flag) ends an entry point with one
-`error: ...` line on stderr and exit code 2; any other exception is a bug and
-keeps its traceback (exit 1).
+An `errors.UserError` (or a bad flag) ends an entry point with one `error: ...` line on
+stderr and exit code 2; any other exception is a bug and keeps its traceback (exit 1).
+No library module imports this one.
 """
 
 import contextlib
@@ -14,9 +16,11 @@ from typing import Iterator, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from fastdfkd_jax import config_checks, errors, xla_env
+from fastdfkd_jax.config import checks as config_checks
+from fastdfkd_jax import errors
+from fastdfkd_jax.run import xla_env
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default_config.py")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "config", "default.py")
 CONFIG_HELP = "A configs/*.py file (optionally :ARG); default: the embedded digits run."
 
 
@@ -31,6 +35,29 @@ def user_errors() -> Iterator[None]:
       sys.stderr.flush()
       os._exit(2)
     sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_2_on(*types: type[BaseException]) -> Iterator[None]:
+  """`user_errors`, and these exception types too are the user's to fix (a missing file,
+  a bad argument of the small tools `plot` and `table`)."""
+  try:
+    with user_errors():
+      yield
+  except types as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def positional(argv: Sequence[str], names: Sequence[str], usage: str,
+               at_least: bool = False) -> list[str]:
+  """The positional arguments after absl's flag parsing (argv[0] is the program): exactly
+  `names`, or with `at_least` one or more; otherwise the usage line and exit 2."""
+  args = list(argv[1:])
+  if len(args) < len(names) or (len(args) > len(names) and not at_least):
+    print(f"usage: {usage}", file=sys.stderr)
+    raise SystemExit(2)
+  return args
 
 
 def override_names(argv: Sequence[str]) -> list[str]:

@@ -1,8 +1,6 @@
 """Errors a user can act on (exit 2 with one line); everything else is a bug (traceback, exit 1)."""
 
-import contextlib
 import errno
-import sys
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
@@ -48,14 +46,3 @@ def one_line(text: str) -> str:
   if len(lines) <= 1:
     return lines[0] if lines else ""
   return f"{lines[0]} {lines[-1]}"
-
-
-@contextlib.contextmanager
-def exit_2_on(*types: type[BaseException]):
-  """For the small command-line tools (plot, table): these exception types are the user's
-  to fix (a missing file, a bad argument): one `error: ...` line on stderr, exit 2."""
-  try:
-    yield
-  except types as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None

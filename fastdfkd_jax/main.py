@@ -24,9 +24,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   quiet_library_logs()
-  from fastdfkd_jax import runner  # heavy imports after flag parsing
+  from fastdfkd_jax import modes  # heavy imports after flag parsing
   with cli.user_errors():
-    runner.run(config, FLAGS.workdir)
+    modes.run(config, FLAGS.workdir)
 
 
 class _DropLibraryInfo(py_logging.Filter):

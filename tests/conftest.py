@@ -1,18 +1,44 @@
-"""Shared fixtures: config-file loading and one digits teacher per session."""
+"""The suite's one process setup and its shared fixtures.
+
+Three layers (markers in setup.cfg): unit and property tests (unmarked, the bulk);
+`integration`: in-process runs of `modes.run` on tiny settings; `e2e`: the few
+subprocess tests where the process boundary is the point (SIGKILL and SIGTERM
+resume, a dead peer of a multi-process run, the notebook, the README command, exit
+codes).
+
+Before JAX starts, this process gets 8 CPU devices (XLA's forced host platform
+count), so every test compares 1 with 8 devices in process on meshes it builds
+itself (`mesh1`, `mesh8`); a run on one device uses the first. The persistent
+compilation cache is shared by the whole session (both xdist workers and their
+subprocesses): the tiny runs of the suite compile the same programs many times
+(a tiny digits run measured 25.3 s cold, 11.4 s with the cache warm).
+"""
 
 import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 
-import numpy as np
-import pytest
+DEVICES = 8
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={DEVICES}"])
+os.environ["JAX_PLATFORMS"] = "cpu"
+# One compilation cache for the session: its base directory is the pytest run's (xdist
+# workers share the parent of their base temp directories), made before JAX is imported.
+_CACHE = os.path.join(tempfile.gettempdir(), f"fastdfkd_test_cache_{os.getuid()}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
-# The session teacher: configs/teacher.py:digits shrunk to resnet8, batch 64,
-# lr 0.05, 15 epochs; measured 96.9% test accuracy in ~15 s on a free CPU.
+# The session teacher: configs/teacher.py:digits shrunk to resnet8, batch 64, lr 0.05,
+# 15 epochs; measured 96.9% test accuracy in ~15 s on a free CPU.
 TEACHER_ARCH = "resnet8"
 TEACHER_EPOCHS = 15
 
@@ -26,35 +52,44 @@ def load_config_file(name: str, arg: str | None = None):
   return module.get_config() if arg is None else module.get_config(arg)
 
 
-def load_tool(name: str):
-  """The module of tools/NAME.py (tools are scripts, not a package)."""
-  path = os.path.join(os.path.dirname(CONFIGS), "tools", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def make_mesh(n: int):
+  from fastdfkd_jax.run import parallel
+  return parallel.make_mesh(jax.devices()[:n])
 
 
-@pytest.fixture(scope="session", autouse=True)
-def subprocess_compilation_cache(tmp_path_factory):
-  """One persistent XLA compilation cache per test session, for the subprocesses it starts.
+@pytest.fixture(scope="session")
+def mesh1():
+  return make_mesh(1)
 
-  The end-to-end tests start `python -m fastdfkd_jax.main` and the workers dozens of
-  times on the same tiny settings; each compiled the same programs again (about half
-  of a tiny run's CPU time: a tiny digits run took 20.8 s, 12.9 s with the cache). Set in
-  os.environ, which every subprocess inherits (jax reads it at import, so this process's
-  jax, imported at collection, keeps compiling as before). A cached executable is the one
-  the compile gives: results do not change. Under pytest-xdist the workers share one
-  cache (their base temp dirs' parent is this session's): runs of the same settings on
-  two workers compile once. An entry read while another process still writes it fails to
-  decompress; jax then warns and compiles.
-  """
-  base = tmp_path_factory.getbasetemp()
-  cache = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache")
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("JAX_COMPILATION_CACHE_DIR", cache)
-    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    yield cache
+
+@pytest.fixture(scope="session")
+def mesh8():
+  return make_mesh(DEVICES)
+
+
+def run(config, workdir, devices: int = 1) -> dict:
+  """`modes.run` on the first `devices` devices (the suite's default: one)."""
+  from fastdfkd_jax import modes
+  return modes.run(config, str(workdir), make_mesh(devices))
+
+
+def tiny_distill(teacher_dir: str, **changes):
+  """The suite's tiny FastDFKD run on digits (resnet8 -> resnet8, k=2, batch 16, 3 epochs
+  with 1 warmup, 2 KD steps): runs of the same shapes share their compiled programs."""
+  from fastdfkd_jax.config import schema
+  c = schema.default_config()
+  c.teacher.arch, c.student.arch = TEACHER_ARCH, "resnet8"
+  c.teacher.checkpoint, c.teacher.train_if_missing = teacher_dir, False
+  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
+  c.epochs, c.warmup, c.kd.steps, c.kd.cosine_epochs = 3, 1, 2, 2
+  c.eval_every, c.sample_every, c.checkpoint_every = 1, 0, 1
+  for name, value in changes.items():
+    group = c
+    *parents, leaf = name.split(".")
+    for p in parents:
+      group = group[p]
+    group[leaf] = value
+  return c
 
 
 @pytest.fixture(scope="session")
@@ -62,14 +97,12 @@ def config_file():
   return load_config_file
 
 
-# Programs a test runs a handful of times are compiled without XLA's backend
-# optimisation: about 2x less compile time on CPU, and runtime does not matter.
 COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def compile_unoptimized(fn, *args):
-  """jax.jit(fn) lowered for `args` and compiled unoptimised; call with the same shapes."""
-  import jax
+  """jax.jit(fn) lowered for `args` and compiled unoptimised (about 2x less compile time on
+  CPU; for programs a test runs a handful of times)."""
   lowered = jax.jit(fn).lower(*args)
   try:
     return lowered.compile(COMPILE_OPTIONS)
@@ -83,7 +116,6 @@ def tiny_nets():
 
   Returns (teacher, student, generator, teacher_vars, student_vars).
   """
-  import jax
   from fastdfkd_jax import models
   from fastdfkd_jax.models import util as model_util
   teacher = models.get_model("resnet8", 10, axis_name=None)
@@ -91,9 +123,10 @@ def tiny_nets():
                                axis_name=None)
   init = model_util.init_variables(teacher, jax.random.key(1), (8, 8, 1))
   # Non-trivial running statistics, so the BN prior is not centred on (0, 1).
-  tv = dict(init, batch_stats=jax.tree.map(lambda s: np.asarray(s) * 0.5 + 0.1, init["batch_stats"]))
-  # A different student without a second init compile: the params scaled by
-  # host-side noise, running statistics as initialised (0, 1).
+  tv = dict(init, batch_stats=jax.tree.map(lambda s: np.asarray(s) * 0.5 + 0.1,
+                                           init["batch_stats"]))
+  # A different student without a second init compile: the params scaled by host-side
+  # noise, running statistics as initialised (0, 1).
   rng = np.random.default_rng(2)
   sv = dict(init, params=jax.tree.map(
       lambda p: np.asarray(p) * rng.uniform(0.5, 1.5, p.shape).astype(p.dtype),
@@ -103,28 +136,41 @@ def tiny_nets():
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory):
-  """A resnet8 digits teacher trained once via runner.run: (workdir, summary)."""
-  from fastdfkd_jax import runner
+  """A resnet8 digits teacher trained once per process in process: (workdir, summary)."""
   c = load_config_file("teacher.py", "digits")
   c.model, c.batch_size, c.optim.lr = TEACHER_ARCH, 64, 0.05
   c.epochs = TEACHER_EPOCHS
   c.checkpoint_every = TEACHER_EPOCHS   # only the final checkpoint
   workdir = str(tmp_path_factory.mktemp("digits_teacher"))
-  summary = runner.run(c, workdir)
-  return workdir, summary
+  return workdir, run(c, workdir)
 
 
 @pytest.fixture(scope="session")
-def cli_teacher(tmp_path_factory):
-  """A resnet8 digits teacher trained by the CLI (`python -m fastdfkd_jax.main
-  --config=configs/teacher.py:digits`, 3 epochs), once per test process: the teacher
-  of the end-to-end runs of test_runs and test_reliability. Returns its workdir."""
-  work = tmp_path_factory.mktemp("cli_teacher")
-  proc = subprocess.run(
-      [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={work}",
-       f"--config={os.path.join(CONFIGS, 'teacher.py')}:digits", "--config.epochs=3",
-       "--config.model=resnet8"],
-      env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), capture_output=True,
-      text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return str(work)
+def teacher(digits_teacher):
+  """The session teacher's workdir."""
+  return digits_teacher[0]
+
+
+def main(workdir, *flags, wait: bool = True, timeout: int = 600):
+  """`python -m fastdfkd_jax.main --workdir=... flags` in a subprocess on one CPU device,
+  from the repository root: the finished process (output captured), or the running
+  Popen with wait=False."""
+  cmd = [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
+                 f"--xla_force_host_platform_device_count={DEVICES}", ""))
+  if not wait:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                        cwd=REPO)
+
+
+def rows(workdir) -> list[dict]:
+  """The run's metrics.jsonl rows ([] before the first)."""
+  import json
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -9,7 +9,7 @@ FAULT is
   metrics:N     appending the epoch-N row of metrics.jsonl writes half the row,
                 then fails with OSError(ENOSPC).
 The package code runs unchanged; only orbax's save and the `open` seen by
-`fastdfkd_jax.reporting` are wrapped.
+`fastdfkd_jax.run.reporting` are wrapped.
 """
 
 import builtins
@@ -61,7 +61,7 @@ class _HalfWriter:
 
 
 def inject_metrics(epoch: int) -> None:
-  from fastdfkd_jax import reporting
+  from fastdfkd_jax.run import reporting
 
   def faulty_open(path, mode="r", *args, **kwargs):
     f = builtins.open(path, mode, *args, **kwargs)

@@ -19,13 +19,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fastdfkd_jax import config_checks, config_lib, data, models, parallel  # noqa: E402
+from fastdfkd_jax.config import checks as config_checks, schema  # noqa: E402
+from fastdfkd_jax import data, models
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.distill import state as state_lib, steps  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
 
 
 def tiny_config():
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.method, c.k, c.batch_size, c.synth.nz, c.synth.ngf = "generative", 2, 16, 16, 8
   c.synth.adv, c.synth.bn, c.synth.oh, c.synth.act, c.synth.balance = 1.0, 1.0, 1.0, 0.1, 5.0
   c.synth.lr_g, c.synth.kd_steps, c.kd.steps, c.kd.lr = 1e-3, 2, 4, 0.1

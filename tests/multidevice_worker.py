@@ -17,15 +17,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fastdfkd_jax import config_lib, data, parallel, runner  # noqa: E402
-from fastdfkd_jax import models, optim  # noqa: E402
+from fastdfkd_jax.config import schema  # noqa: E402
+from fastdfkd_jax import data, modes
+from fastdfkd_jax.run import parallel
+from fastdfkd_jax import models  # noqa: E402
+from fastdfkd_jax.training import optim
 from fastdfkd_jax.distill import state as state_lib, steps  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
 from fastdfkd_jax.teacher import train as teacher_train  # noqa: E402
 
 
 def tiny_config():
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
   c.kd.steps, c.epochs, c.warmup = 2, 3, 1
   c.teacher.arch, c.student.arch = "resnet8", "resnet8"
@@ -115,7 +118,7 @@ def method(name, out_path):
 
 def teacher(out_path, steps=3, batch=32):
   """Teacher-training steps (the CPU loop: one jitted step per call) on 1 vs 8 devices."""
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.model = "resnet8"
   ds = data.load_dataset("digits")
   tx = optim.teacher_optimizer(c.optim, steps, 1)
@@ -145,7 +148,7 @@ def run(workdir, epochs, teacher_dir=""):
   if teacher_dir:
     c.teacher.checkpoint = teacher_dir
   c.allow_config_change = True  # the resumed run differs only in epochs/devices
-  summary = runner.run(c, workdir)
+  summary = modes.run(c, workdir)
   print("SUMMARY " + json.dumps({k: v for k, v in summary.items()
                                  if isinstance(v, (int, float, str))}))
 

@@ -20,7 +20,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fastdfkd_jax import config_lib, data, models, optim, parallel  # noqa: E402
+from fastdfkd_jax.config import schema  # noqa: E402
+from fastdfkd_jax import data, models
+from fastdfkd_jax.training import optim
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.data import shapes_seg  # noqa: E402
 from fastdfkd_jax.distill import state as state_lib, steps  # noqa: E402
 from fastdfkd_jax.models import util  # noqa: E402
@@ -31,13 +34,13 @@ INFO = dataclasses.replace(data.get_info("shapes_seg"), image_shape=(SIZE, SIZE,
 
 
 def seg_config(method: str):
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.task, c.dataset.name, c.method = "segmentation", "shapes_seg", method
   c.batch_size, c.k, c.synth.nz, c.synth.ngf, c.synth.oh = BATCH, 2, 8, 4, 0.0
   c.kd.steps, c.kd.lr, c.epochs, c.warmup = 2, 0.1, 3, 1
   c.teacher.arch = c.student.arch = "deeplab_tiny_half"
   if method == "dafl":
-    config_lib.generative_preset(c, "dafl")
+    schema.generative_preset(c, "dafl")
     c.synth.nz, c.synth.kd_steps = 8, 2
   return c
 

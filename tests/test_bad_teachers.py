@@ -2,14 +2,16 @@
 
 A release `.pth` whose input channels, class count or architecture do not fit
 the config, or whose weights hold NaN/Inf. The state_dicts are built with numpy
-in the release layout (`import_torch.torch_layout`), so these run without
+in the release layout (`torch_import.torch_layout`), so these run without
 PyTorch; the real `.pth` file route runs where PyTorch is installed.
 """
 
 import numpy as np
 import pytest
 
-from fastdfkd_jax import checkpoint, errors, import_torch
+from fastdfkd_jax.run import checkpoint
+from fastdfkd_jax import errors
+from fastdfkd_jax.teacher import torch_import
 from fastdfkd_jax.teacher import loader
 
 DIGITS = (8, 8, 1)
@@ -18,11 +20,11 @@ DIGITS = (8, 8, 1)
 def _state_dict(arch="resnet8", num_classes=10, input_shape=DIGITS, seed=0):
   rng = np.random.default_rng(seed)
   return {key: rng.uniform(0.5, 1.5, shape).astype(np.float32)
-          for key, shape in import_torch.torch_layout(arch, num_classes, input_shape).items()}
+          for key, shape in torch_import.torch_layout(arch, num_classes, input_shape).items()}
 
 
 def test_a_fitting_state_dict_converts():
-  variables = import_torch.convert_state_dict(_state_dict(), "resnet8", 10, DIGITS)
+  variables = torch_import.convert_state_dict(_state_dict(), "resnet8", 10, DIGITS)
   loader.check_finite(variables, "x.pth")
 
 
@@ -33,7 +35,7 @@ def test_a_fitting_state_dict_converts():
 ])
 def test_a_mismatched_state_dict_is_refused_with_the_reason(made_for, reason):
   with pytest.raises(errors.UserError, match="does not fit resnet8") as info:
-    import_torch.convert_state_dict(_state_dict(**made_for), "resnet8", 10, DIGITS)
+    torch_import.convert_state_dict(_state_dict(**made_for), "resnet8", 10, DIGITS)
   assert reason in str(info.value)
 
 
@@ -42,7 +44,7 @@ def test_a_pth_with_non_finite_weights_is_refused_by_the_loader(monkeypatch, bad
   sd = _state_dict()
   sd["layer1.0.conv2.weight"][0, 0, 0, 0] = bad
   monkeypatch.setattr(import_torch, "load_pth",
-                      lambda path, *args: import_torch.convert_state_dict(sd, *args))
+                      lambda path, *args: torch_import.convert_state_dict(sd, *args))
   with pytest.raises(checkpoint.CheckpointError, match="NaN or Inf") as info:
     loader.load("teacher.pth", arch="resnet8", num_classes=10, input_shape=DIGITS)
   assert "layer1_0" in str(info.value) and "teacher.pth" in str(info.value)

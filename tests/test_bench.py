@@ -2,7 +2,7 @@
 
 configs/bench_smoke.py: digits 8x8x1, random resnet8 -> resnet8, batch 16, k 2,
 nz 16, ngf 8. Only checks that every measurement runs and reports sane fields;
-the PyTorch comparison (fastdfkd_jax.bench_torch) is tested in test_bench_torch.py.
+the PyTorch comparison (fastdfkd_jax.study.bench_torch) is tested in test_bench_torch.py.
 """
 
 import importlib.util
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from fastdfkd_jax import bench
+from fastdfkd_jax.study import bench
 
 from conftest import REPO
 

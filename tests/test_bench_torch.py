@@ -1,4 +1,4 @@
-"""The PyTorch comparison of the benchmark (fastdfkd_jax.bench_torch), with a mocked
+"""The PyTorch comparison of the benchmark (fastdfkd_jax.study.bench_torch), with a mocked
 subprocess."""
 
 import json
@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from fastdfkd_jax import bench_torch
+from fastdfkd_jax.study import bench_torch
 
 from test_bench import smoke_config
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from fastdfkd_jax import checkpoint, errors
+from fastdfkd_jax.run import checkpoint
+from fastdfkd_jax import errors
 
 
 def _manager(tmp_path, steps=(1, 2, 3)):

@@ -5,7 +5,8 @@ import os
 from absl import flags
 import pytest
 
-from fastdfkd_jax import cli, config_checks
+from fastdfkd_jax import cli
+from fastdfkd_jax.config import checks as config_checks
 from conftest import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from fastdfkd_jax import cli, config_checks, config_lib, data, errors, models
+from fastdfkd_jax import cli, data, errors, models
+from fastdfkd_jax.config import checks as config_checks, schema
 from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
@@ -63,22 +64,22 @@ THIN_DEFAULT_FILES = [os.path.join(CONFIGS, "default.py"), cli.DEFAULT_CONFIG]
 @pytest.mark.parametrize("path", THIN_DEFAULT_FILES, ids=os.path.basename)
 def test_default_config_files_return_config_libs(path):
   """configs/default.py and the embedded default (`main` without --config) are thin:
-  their get_config() only returns config_lib.default_config(), the one source."""
+  their get_config() only returns schema.default_config(), the one source."""
   with open(path) as f:
     tree = ast.parse(f.read())
   functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
   assert [f.name for f in functions] == ["get_config"]
-  assert ast.unparse(functions[0].body[-1]) == "return config_lib.default_config()"
+  assert ast.unparse(functions[0].body[-1]) == "return schema.default_config()"
   assert len(functions[0].body) == 1 + isinstance(functions[0].body[0], ast.Expr)
   spec = importlib.util.spec_from_file_location("_thin_default", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  assert module.get_config() == config_lib.default_config()
+  assert module.get_config() == schema.default_config()
 
 
 def test_base_and_default_configs_validate():
-  config_checks.validate(config_lib.default_config())
-  config_checks.validate(config_lib.base_config())
+  config_checks.validate(schema.default_config())
+  config_checks.validate(schema.base_config())
 
 
 @pytest.mark.parametrize("dataset", CPU_DATASETS)
@@ -136,7 +137,7 @@ def test_batchwise_cpu_form_sees_the_fastdfkd_cpu_kd_images(preset):
 
 
 def test_config_module_loads_a_sibling_config_file():
-  module = config_lib.config_module(os.path.join(CONFIGS, "anything.py"), "fastdfkd_cpu.py")
+  module = schema.config_module(os.path.join(CONFIGS, "anything.py"), "fastdfkd_cpu.py")
   assert module.get_config("cifar10") == load_config_file("fastdfkd_cpu.py", "cifar10")
 
 
@@ -192,7 +193,7 @@ def test_bad_config_args(name, arg):
 
 
 def _bad(field, value):
-  c = config_lib.default_config()
+  c = schema.default_config()
   node = c
   *parents, leaf = field.split(".")
   for p in parents:
@@ -203,12 +204,12 @@ def _bad(field, value):
 
 @pytest.mark.parametrize("field,value,choices", [
     ("method", "nope", synthesis.available()),
-    ("mode", "trian_teacher", config_lib.MODES),
-    ("synth.meta_grad", "maml", config_lib.META_GRADS),
-    ("loop", "forever", config_lib.LOOPS),
-    ("dtype", "float16", config_lib.DTYPES),
-    ("kd.source", "imagenet", config_lib.KD_SOURCES),
-    ("inner_unroll", "true", config_lib.INNER_LOOPS),
+    ("mode", "trian_teacher", schema.MODES),
+    ("synth.meta_grad", "maml", schema.META_GRADS),
+    ("loop", "forever", schema.LOOPS),
+    ("dtype", "float16", schema.DTYPES),
+    ("kd.source", "imagenet", schema.KD_SOURCES),
+    ("inner_unroll", "true", schema.INNER_LOOPS),
 ])
 def test_bad_choice_names_field_and_choices(field, value, choices):
   with pytest.raises(errors.UserError) as e:
@@ -255,7 +256,7 @@ def test_non_positive(field):
 
 
 def test_warmup_must_be_below_epochs():
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.warmup = c.epochs
   with pytest.raises(errors.UserError, match="config.warmup"):
     config_checks.validate(c)

@@ -2,7 +2,7 @@
 the inconsistent combinations; each exits 2 with one line naming the field, writes
 nothing into the workdir, and never shows a traceback.
 
-Validation only: `runner.run` goes as far as validation; were a bad value to pass it,
+Validation only: `modes.run` goes as far as validation; were a bad value to pass it,
 the workdir lock (the first write) raises instead of a run starting.
 """
 
@@ -17,9 +17,11 @@ import pytest
 from absl import flags
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from fastdfkd_jax import cli, config_checks, config_lib, data, models, runner, runs, synthesis
+from fastdfkd_jax import cli, data, models, modes, synthesis
+from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax.run import workdir as workdir_lib
 
-BASE = config_lib.base_config()
+BASE = schema.base_config()
 
 
 def _get(c, name):
@@ -34,10 +36,10 @@ def _default(name):
 
 LEAVES = [n for n in config_checks.field_names(BASE)
           if not isinstance(_get(BASE, n), ml_collections.ConfigDict)]
-CHOICES = {"mode": config_lib.MODES, "method": synthesis.available(),
-           "kd.source": config_lib.KD_SOURCES, "synth.meta_grad": config_lib.META_GRADS,
-           "loop": config_lib.LOOPS, "dtype": config_lib.DTYPES,
-           "inner_unroll": config_lib.INNER_LOOPS, "model": models.list_models(),
+CHOICES = {"mode": schema.MODES, "method": synthesis.available(),
+           "kd.source": schema.KD_SOURCES, "synth.meta_grad": schema.META_GRADS,
+           "loop": schema.LOOPS, "dtype": schema.DTYPES,
+           "inner_unroll": schema.INNER_LOOPS, "model": models.list_models(),
            "teacher.arch": models.list_models(), "student.arch": models.list_models()}
 FUZZ = settings(max_examples=10, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -58,13 +60,13 @@ class Accepted(Exception):
 
 
 def _refusal(config, workdir) -> str | None:
-  """The one stderr line of runner.run refusing `config`; None if it was accepted."""
+  """The one stderr line of modes.run refusing `config`; None if it was accepted."""
   err = io.StringIO()
-  with mock.patch.object(runs.WorkdirLock, "__enter__", side_effect=Accepted), \
+  with mock.patch.object(workdir_lib.WorkdirLock, "__enter__", side_effect=Accepted), \
       contextlib.redirect_stderr(err):
     try:
       with cli.user_errors():
-        runner.run(config, workdir)
+        modes.run(config, workdir)
     except Accepted:
       return None
     except SystemExit as e:
@@ -77,7 +79,7 @@ def _refusal(config, workdir) -> str | None:
 
 def _config(fields: dict, mode: str = "distill"):
   """The default config (not type-safe, as a config file may build one) with `fields` set."""
-  c = ml_collections.ConfigDict(config_lib.default_config().to_dict(), type_safe=False)
+  c = ml_collections.ConfigDict(schema.default_config().to_dict(), type_safe=False)
   c.mode = mode
   if mode == "evaluate":
     c.checkpoint = "/some/checkpoint"
@@ -87,7 +89,7 @@ def _config(fields: dict, mode: str = "distill"):
 
 
 def _fits(value, default) -> bool:
-  """The accepted types, spelled out independently of config_lib."""
+  """The accepted types, spelled out independently of schema."""
   if isinstance(default, tuple):
     return (isinstance(value, tuple) and len(value) == len(default)
             and all(_fits(v, d) for v, d in zip(value, default)))
@@ -197,7 +199,7 @@ def test_any_command_line_override_is_accepted_or_refused_in_one_line(tmp_path, 
 def test_a_config_file_with_a_wrong_type_is_refused_in_one_line(tmp_path):
   path = tmp_path / "bad.py"
   path.write_text("from fastdfkd_jax import config_lib\n"
-                  "def get_config():\n  c = config_lib.base_config()\n"
+                  "def get_config():\n  c = schema.base_config()\n"
                   "  c.epochs = 'ten'\n  return c\n")
   err = io.StringIO()
   with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:

@@ -180,7 +180,7 @@ def test_augment_stripe_without_axis_is_augment():
 def stripe_results(num_devices):
   """augment_stripe under shard_map on `num_devices` devices, per STRIPE_CASES."""
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from fastdfkd_jax import parallel  # pylint: disable=g-import-not-at-top
+  from fastdfkd_jax.run import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
   x = images(b=16)
   out = {}

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fastdfkd_jax import errors, parallel  # noqa: E402
+from fastdfkd_jax import errors  # noqa: E402
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.data import segmentation as seg  # noqa: E402
 from fastdfkd_jax.data import shapes_seg  # noqa: E402
 

@@ -6,13 +6,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fastdfkd_jax import config_lib, data, loops, models, parallel
+from fastdfkd_jax.config import schema
+from fastdfkd_jax import data, models
+from fastdfkd_jax.run import loops, parallel
 from fastdfkd_jax.distill import builder, state as state_lib, steps
 from fastdfkd_jax.models import util as model_util
 
 
 def tiny_config(**fields):
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
   c.kd.steps, c.epochs, c.warmup = 2, 3, 1
   c.teacher.arch, c.student.arch = "resnet8", "resnet8"

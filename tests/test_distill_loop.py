@@ -1,5 +1,5 @@
-"""The run loop (fastdfkd_jax.distill.loop): an
-end-to-end digits run through `runner.run` that also checks every jitted step
+"""The run loop (fastdfkd_jax.modes.distill): an
+end-to-end digits run through `modes.run` that also checks every jitted step
 is traced once.
 
 The end-to-end run distills the session teacher (conftest.py `digits_teacher`,
@@ -15,26 +15,28 @@ import os
 import jax
 import pytest
 
-from fastdfkd_jax import config_lib, loops
-from fastdfkd_jax.distill import loop, steps
+from fastdfkd_jax.config import schema
+from fastdfkd_jax.run import loops
+from fastdfkd_jax.modes import distill as distill_mode
+from fastdfkd_jax.distill import steps
 from fastdfkd_jax.synthesis import inversion
 
 # ------------------------------------------------------- kd_learning_rate
 
 
 def test_kd_learning_rate_cosine():
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.warmup, c.kd.lr, c.kd.lr_min, c.kd.cosine_epochs = 5, 0.2, 2e-4, 200
-  assert loop.kd_learning_rate(c, 0) == pytest.approx(0.2)            # during warmup
-  assert loop.kd_learning_rate(c, c.warmup) == pytest.approx(0.2)     # first KD epoch
-  assert loop.kd_learning_rate(c, c.warmup + 200) == pytest.approx(2e-4)  # after T_max
-  assert loop.kd_learning_rate(c, c.warmup + 100) == pytest.approx((0.2 + 2e-4) / 2)
+  assert distill_mode.kd_learning_rate(c, 0) == pytest.approx(0.2)            # during warmup
+  assert distill_mode.kd_learning_rate(c, c.warmup) == pytest.approx(0.2)     # first KD epoch
+  assert distill_mode.kd_learning_rate(c, c.warmup + 200) == pytest.approx(2e-4)  # after T_max
+  assert distill_mode.kd_learning_rate(c, c.warmup + 100) == pytest.approx((0.2 + 2e-4) / 2)
   e = 37
   expected = 2e-4 + (0.2 - 2e-4) * (1 + math.cos(math.pi * e / 200)) / 2
-  assert loop.kd_learning_rate(c, c.warmup + e) == pytest.approx(expected)
-  lrs = [loop.kd_learning_rate(c, epoch) for epoch in range(c.warmup, c.warmup + 201)]
+  assert distill_mode.kd_learning_rate(c, c.warmup + e) == pytest.approx(expected)
+  lrs = [distill_mode.kd_learning_rate(c, epoch) for epoch in range(c.warmup, c.warmup + 201)]
   assert all(a >= b for a, b in zip(lrs, lrs[1:]))
-  assert loop.kd_learning_rate(c, c.warmup + 250) == lrs[-1]   # constant after T_max
+  assert distill_mode.kd_learning_rate(c, c.warmup + 250) == lrs[-1]   # constant after T_max
 
 
 # ----------------------------------------------------------- end to end
@@ -45,7 +47,7 @@ E2E_MIN_ACC = 65.0
 
 
 def e2e_config(teacher_dir):
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.teacher.arch, c.student.arch = "resnet8", "resnet8"
   c.teacher.checkpoint, c.teacher.train_if_missing = teacher_dir, False
   c.method, c.k = "fast_meta", E2E["k"]
@@ -62,8 +64,8 @@ def e2e_config(teacher_dir):
 
 @pytest.fixture(scope="module")
 def e2e_run(digits_teacher, tmp_path_factory):
-  """runner.run(distill) once, counting the traces of the per-device steps."""
-  from fastdfkd_jax import runner
+  """modes.run(distill) once, counting the traces of the per-device steps."""
+  from fastdfkd_jax import modes
   teacher_dir, teacher_summary = digits_teacher
   config = e2e_config(teacher_dir)
   counts = {}
@@ -81,7 +83,7 @@ def e2e_run(digits_teacher, tmp_path_factory):
     for name in ("begin", "inner_step", "end"):
       mp.setattr(inversion.InversionSynthesizer, name,
                  counting(name, getattr(inversion.InversionSynthesizer, name)))
-    summary = runner.run(config, workdir)
+    summary = modes.run(config, workdir)
   return config, workdir, summary, counts, teacher_summary
 
 
@@ -161,7 +163,7 @@ def test_e2e_workdir_files(e2e_run):
 @pytest.fixture(scope="module")
 def baseline_runs(digits_teacher, tmp_path_factory):
   """The same short KD schedule on the real training set and on uniform noise."""
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   teacher_dir, _ = digits_teacher
   out = {}
   for source in ("real", "noise"):
@@ -175,7 +177,7 @@ def baseline_runs(digits_teacher, tmp_path_factory):
       def no_synthesis(*args, **kwargs):
         raise AssertionError("a KD baseline must not synthesize")
       mp.setattr(steps.Distiller, "compile_synth", no_synthesis)
-      out[source] = (c, workdir, runner.run(c, workdir))
+      out[source] = (c, workdir, modes.run(c, workdir))
   return out
 
 
@@ -207,12 +209,12 @@ def test_kd_baselines_skip_warmup_and_synthesis_outputs(baseline_runs):
 def test_loop_fused_runs_and_estimates_synthesis_time(digits_teacher, tmp_path):
   """loop=fused: warmup synthesis calls are timed, KD epochs are one dispatch each and
   their synthesis share is the mean timed call."""
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   c = e2e_config(digits_teacher[0])
   c.loop = "fused"
   c.epochs, c.warmup, c.kd.steps, c.batch_size, c.k = 3, 1, 2, 16, 2
   c.kd.cosine_epochs, c.eval_every, c.sample_every = 2, 1, 0
-  summary = runner.run(c, str(tmp_path))
+  summary = modes.run(c, str(tmp_path))
   assert "fused_epoch=True" in summary["loop"]
   with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -220,4 +222,4 @@ def test_loop_fused_runs_and_estimates_synthesis_time(digits_teacher, tmp_path):
   assert first > 0 and rows[0]["kd_seconds"] == 0.0
   assert [r["synth_seconds"] for r in rows] == pytest.approx([first, 2 * first, 3 * first])
   assert rows[-1]["kd_seconds"] > 0 and rows[-1]["step"] == 2 * c.kd.steps
-  assert rows[-1]["kd_lr"] == pytest.approx(loop.kd_learning_rate(c, 2))
+  assert rows[-1]["kd_lr"] == pytest.approx(distill_mode.kd_learning_rate(c, 2))

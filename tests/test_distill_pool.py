@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 from fastdfkd_jax.distill import pool as pool_lib
 
 SHAPE = (2, 2, 1)
@@ -211,7 +211,7 @@ def test_memory_mapped_host_pool_samples_as_the_in_memory_one_and_reopens(tmp_pa
 
 
 def test_config_slots_count_every_call():
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.epochs, c.batch_size, c.synth.calls_per_epoch = 4, 8, 10
   assert pool_lib.config_slots(c) == 40
   c.pool.capacity = 64

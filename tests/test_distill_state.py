@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 
-from fastdfkd_jax import parallel, train_state
+from fastdfkd_jax.run import parallel
+from fastdfkd_jax.training import train_state
 from fastdfkd_jax.distill import pool as pool_lib, state as state_lib
 
 from test_distill_builder import tiny_config, tiny_setup

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_lib, optim, train_state
+from fastdfkd_jax.config import schema
+from fastdfkd_jax.training import optim, train_state
 from fastdfkd_jax.distill import pool as pool_lib, state as state_lib, steps
 from fastdfkd_jax.synthesis import fast_meta, inversion
 
@@ -24,7 +25,7 @@ def test_one_kd_update_reduces_kd_loss(tiny_nets):
       generator=generator, teacher=teacher, student=student_model,
       hp=inversion.SynthesisHParams(k=2, batch_size=16, nz=16), num_classes=10,
       image_shape=shape, mean=(0.3054,), std=(0.3757,), padding=1, axis_name=None)
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.kd.lr = 0.1
   d = steps.Distiller(synth=synth, student_model=student_model,
                       tx=optim.kd_optimizer(c.kd), kd_batch=16, temperature=20.0, mesh=None)
@@ -46,7 +47,8 @@ def test_bfloat16_activations_synthesis_and_kd_run(digits_teacher):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from fastdfkd_jax import data, parallel
+  from fastdfkd_jax import data
+  from fastdfkd_jax.run import parallel
   from fastdfkd_jax.teacher import loader
   teacher_dir = digits_teacher[0] if isinstance(digits_teacher, tuple) else digits_teacher
   c = e2e_config(teacher_dir)
@@ -95,7 +97,8 @@ def test_kd_noise_inputs_are_uniform_uint8_and_device_invariant(tiny_nets):
 def test_kd_steps_on_a_data_pool_scan_equals_unrolled(digits_teacher):
   """kd.source='real': the data pool is an argument of the jitted KD steps (sharded like the
   synthetic pool); the scanned form (TPU/GPU) and the unrolled one (CPU) agree."""
-  from fastdfkd_jax import data, parallel
+  from fastdfkd_jax import data
+  from fastdfkd_jax.run import parallel
   from fastdfkd_jax.teacher import loader
   teacher_dir, _ = digits_teacher
   c = e2e_config(teacher_dir)

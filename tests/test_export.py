@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdfkd_jax import config_checks, config_lib, data, errors, export, models, reporting
-from fastdfkd_jax.data import transfer_set
+from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax import data, errors, models
+from fastdfkd_jax.transfer import export
+from fastdfkd_jax.run import reporting
+from fastdfkd_jax.transfer import formats
 from fastdfkd_jax.distill import steps
 from fastdfkd_jax.teacher import loader
 
@@ -24,7 +27,7 @@ EPOCHS, BATCH, SLOTS = 6, 32, 4
 
 
 def tiny_config(teacher_dir):
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.teacher.arch, c.student.arch = "resnet8", "resnet8"
   c.teacher.checkpoint, c.teacher.train_if_missing = teacher_dir, False
   c.epochs, c.warmup, c.batch_size, c.k = EPOCHS, 1, BATCH, 2
@@ -39,10 +42,10 @@ def tiny_config(teacher_dir):
 @pytest.fixture(scope="module")
 def tiny_run(digits_teacher, tmp_path_factory):
   """(config, workdir, summary) of a tiny FastDFKD run on the session teacher."""
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   config = tiny_config(digits_teacher[0])
   workdir = str(tmp_path_factory.mktemp("export_run"))
-  return config, workdir, runner.run(config, workdir)
+  return config, workdir, modes.run(config, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def exports(tiny_run, tmp_path_factory):
   """{format: (out dir, summary)} of the tiny run exported in every format."""
   _, workdir, _ = tiny_run
   out = {}
-  for fmt in transfer_set.FORMATS:
+  for fmt in formats.FORMATS:
     directory = str(tmp_path_factory.mktemp(f"export_{fmt}"))
     out[fmt] = directory, export.export(workdir, directory, fmt)
   return out
@@ -71,7 +74,7 @@ def test_export_round_trip_is_byte_identical_in_every_format(tiny_run, exports):
   # The ring kept the newest calls, oldest first.
   np.testing.assert_array_equal(calls, np.repeat(np.arange(EPOCHS - SLOTS, EPOCHS), BATCH))
   for fmt, (directory, _) in exports.items():
-    back = transfer_set.load(directory)
+    back = formats.load(directory)
     assert back.images.tobytes() == images.tobytes(), fmt
     np.testing.assert_array_equal(back.synthesis_call, calls)
   # Independently of the checkpoint reader: the last call's images are the run's
@@ -83,7 +86,7 @@ def test_export_round_trip_is_byte_identical_in_every_format(tiny_run, exports):
 
 @pytest.mark.slow
 def test_export_labels_are_the_teachers_predictions(digits_teacher, exports):
-  back = transfer_set.load(exports["npz"][0])
+  back = formats.load(exports["npz"][0])
   variables, meta = loader.load(digits_teacher[0])
   info = data.get_info("digits")
   x = (back.images.astype(np.float32) / 255.0 - np.float32(info.mean)) / np.float32(info.std)
@@ -96,7 +99,7 @@ def test_export_labels_are_the_teachers_predictions(digits_teacher, exports):
 @pytest.mark.slow
 def test_summary_histogram_and_grids(exports):
   directory, summary = exports["image_folder"]
-  back = transfer_set.load(directory)
+  back = formats.load(directory)
   with open(os.path.join(directory, "summary.json")) as f:
     on_disk = json.load(f)
   counts = np.bincount(back.labels, minlength=10)
@@ -121,7 +124,7 @@ def test_cli_writes_and_user_errors_exit_2(tiny_run, tmp_path):
   proc = subprocess.run(cmd + [tiny_run[1], str(tmp_path / "o"), "--format=array_record"],
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert transfer_set.detect_format(str(tmp_path / "o")) == "array_record"
+  assert formats.detect_format(str(tmp_path / "o")) == "array_record"
   proc = subprocess.run(cmd + [str(tmp_path / "none"), str(tmp_path / "p")], env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2 and "no config.json" in proc.stderr
@@ -129,7 +132,7 @@ def test_cli_writes_and_user_errors_exit_2(tiny_run, tmp_path):
 
 
 def test_dataset_source_needs_a_directory():
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.kd.source = "dataset"
   with pytest.raises(errors.UserError, match="kd.dataset_dir"):
     config_checks.validate(c)
@@ -141,7 +144,7 @@ def test_dataset_source_needs_a_directory():
 @pytest.mark.slow
 def test_kd_source_dataset_distills_from_the_export(tiny_run, exports, tmp_path):
   """KD on the exported set: the same schedule, no synthesis, a student above chance."""
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   config, _, produced = tiny_run
   c = ml_collections.ConfigDict(config.to_dict())
   c.kd.source, c.kd.dataset_dir = "dataset", exports["image_folder"][0]
@@ -149,7 +152,7 @@ def test_kd_source_dataset_distills_from_the_export(tiny_run, exports, tmp_path)
     def no_synthesis(*args, **kwargs):
       raise AssertionError("kd.source=dataset must not synthesize")
     mp.setattr(steps.Distiller, "compile_synth", no_synthesis)
-    summary = runner.run(c, str(tmp_path))
+    summary = modes.run(c, str(tmp_path))
   assert summary["kd_source"] == "dataset" and summary["synth_seconds"] == 0.0
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
@@ -159,8 +162,8 @@ def test_kd_source_dataset_distills_from_the_export(tiny_run, exports, tmp_path)
 
 
 def test_kd_source_dataset_with_a_missing_set_is_a_user_error(tmp_path):
-  from fastdfkd_jax.distill import loop
-  c = config_lib.default_config()
+  from fastdfkd_jax.modes import distill as distill_mode
+  c = schema.default_config()
   c.kd.source, c.kd.dataset_dir = "dataset", str(tmp_path)
   with pytest.raises(errors.UserError, match="no exported transfer set"):
-    loop.kd_source(c, None, data.get_info("digits"), None, str(tmp_path))
+    distill_mode.kd_source(c, None, data.get_info("digits"), None, str(tmp_path))

@@ -12,9 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_checks, config_lib, errors, losses as kd_losses, models, synthesis
+from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax import errors, models, synthesis
+from fastdfkd_jax.training import objectives as kd_losses
 from fastdfkd_jax.data import augment
-from fastdfkd_jax.distill import loop, steps
+from fastdfkd_jax.modes import distill as distill_mode
+from fastdfkd_jax.distill import steps
 from fastdfkd_jax.models import layers, util as model_util
 from fastdfkd_jax.synthesis import base, generative
 from fastdfkd_jax.synthesis import losses as synth_losses
@@ -203,12 +206,12 @@ def test_features_are_the_classifier_input():
 
 # ---------------------------------------------------- presets, configs
 def test_presets_are_the_release_scripts():
-  p = config_lib.GENERATIVE_PRESETS
+  p = schema.GENERATIVE_PRESETS
   # scripts/{dafl,dfad,dfq,zskt}_cifar.sh: (adv, bn, oh, act, balance, T, kd_steps).
   scripts = dict(dafl=(0, 0, 1, 0.001, 20, 20, 5), dfad=(1, 0, 0, 0, 0, 1, 5),
                  dfq=(1, 1, 1, 0, 20, 20, 10), zskt=(1, 0, 0, 0, 0, 20, 5))
   for method, values in scripts.items():
-    got = tuple(p[method][f] for f in config_lib.GENERATIVE_WEIGHTS)
+    got = tuple(p[method][f] for f in schema.GENERATIVE_WEIGHTS)
     assert got + (p[method]["temperature"], p[method]["kd_steps"]) == values, method
     assert (p[method]["k"], p[method]["lr_g"]) == (1, 1e-3)
     assert p[method]["nz"] == (512 if method == "dafl" else 256)
@@ -216,7 +219,7 @@ def test_presets_are_the_release_scripts():
 
 
 def test_validate_holds_presets_and_whole_rounds():
-  c = config_lib.generative_preset(config_lib.default_config(), "zskt")
+  c = schema.generative_preset(schema.default_config(), "zskt")
   config_checks.validate(c)
   c.synth.balance = 3.0
   with pytest.raises(errors.UserError, match="synth.balance=3.0 .*method=generative"):
@@ -252,7 +255,7 @@ def test_cifar_configs_cover_the_paper_pairs():
 @pytest.mark.parametrize("dataset", ["digits", "mnist", "fashion_mnist", "cifar10"])
 def test_cpu_configs_see_the_fastdfkd_cpu_kd_images(dataset):
   fast = load_config_file("fastdfkd_cpu.py", dataset)
-  for method in config_lib.GENERATIVE_PRESETS:
+  for method in schema.GENERATIVE_PRESETS:
     c = load_config_file("baselines_cpu.py", f"{method}-{dataset}")
     config_checks.validate(c)
     assert c.method == method and c.warmup == 0
@@ -277,19 +280,19 @@ def test_an_epoch_alternates_generator_and_student_updates():
       events.append(("S", n_steps))
       return state, dict(kd_loss=jnp.float32(0.5))
 
-  c = config_lib.generative_preset(config_lib.default_config(), "dfq")
+  c = schema.generative_preset(schema.default_config(), "dfq")
   c.kd.steps = 40
   run = types.SimpleNamespace(
       config=c, programs=Programs(), teacher_vars=None, synthetic=True, last_images=None,
       distiller=types.SimpleNamespace(synth=types.SimpleNamespace(uses_pool=False,
                                                                    kd_steps=10)),
       source=types.SimpleNamespace(host_pool=None))
-  counters = loop.fresh_counters()
-  state, metrics = loop.generator_rounds(run, 0, jax.random.key(0), 1.0, True, counters)
+  counters = distill_mode.fresh_counters()
+  state, metrics = distill_mode.generator_rounds(run, 0, jax.random.key(0), 1.0, True, counters)
   assert events == [("G", 2), ("S", 10)] * 4
   assert state == 8 and counters["synth_calls_timed"] == 4
   assert metrics == dict(loss=1.0, kd_loss=0.5)
   assert run.last_images is not None and counters["kd_seconds"] > 0
   events.clear()
-  loop.generator_rounds(run, 0, jax.random.key(0), 0.0, False, counters)   # warmup
+  distill_mode.generator_rounds(run, 0, jax.random.key(0), 0.0, False, counters)   # warmup
   assert events == [("G", 2)] * 4

@@ -104,14 +104,14 @@ E2E_MIN_ACC = 20.0
 
 @pytest.mark.parametrize("method", sorted(EPOCHS))
 def test_digits_run_ends_above_chance(method, digits_teacher, tmp_path):
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   c = load_config_file("baselines_cpu.py", f"{method}-digits")
   c.teacher.checkpoint, c.teacher.arch, c.student.arch = digits_teacher[0], "resnet8", "resnet8"
   c.epochs = c.kd.cosine_epochs = c.eval_every = c.sample_every = EPOCHS[method]
   c.checkpoint_every, c.log_every = c.epochs, 1000
   c.kd.steps, c.batch_size, c.kd.lr = 20, 64, 0.1
   c.synth.nz, c.synth.ngf = (64 if method == "dafl" else 32), 16
-  summary = runner.run(c, str(tmp_path))
+  summary = modes.run(c, str(tmp_path))
   assert summary["method"] == method and summary["synth_seconds"] > 0
   assert summary["student_acc"] >= E2E_MIN_ACC, summary
   assert _rows(tmp_path)[-1]["step"] == c.epochs * c.kd.steps

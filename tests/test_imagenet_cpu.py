@@ -13,9 +13,10 @@ import os
 import numpy as np
 import pytest
 
-from fastdfkd_jax import data, runner, runs
+from fastdfkd_jax import data, modes
+from fastdfkd_jax.run import workdir as workdir_lib
 from fastdfkd_jax.data import info as info_lib, procedural_folder
-from fastdfkd_jax.distill import loop
+from fastdfkd_jax.modes import distill as distill_mode
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "fastdfkd_imagenet.py")
 
@@ -30,7 +31,7 @@ def imagenet_config(arg):
 @pytest.mark.parametrize("arg", ["resnet50-resnet50", "resnet50-resnet18",
                                  "resnet50-mobilenetv2", "cpu"])
 def test_imagenet_configs_validate(arg):
-  from fastdfkd_jax import config_checks
+  from fastdfkd_jax.config import checks as config_checks
   c = imagenet_config(arg)
   config_checks.validate(c)
   assert c.synth.meta_latent and c.method == "fast_meta"
@@ -69,21 +70,21 @@ def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkey
   assert c.synth.calls_per_epoch == 2 and c.pool.memmap and not c.pool.on_device
   workdir = str(tmp_path / "run")
   preempt_after_first = {"on": False}
-  count_epoch = loop.count_epoch
+  count_epoch = distill_mode.count_epoch
 
   def count_and_preempt(run, epoch, counters):
     count_epoch(run, epoch, counters)
     preempt_after_first["on"] = epoch == 0
 
   monkeypatch.setattr(loop, "count_epoch", count_and_preempt)
-  monkeypatch.setattr(runs.Preemption, "requested",
+  monkeypatch.setattr(workdir_lib.Preemption, "requested",
                       property(lambda self: preempt_after_first["on"]))
-  first = runner.run(c, workdir)
+  first = modes.run(c, workdir)
   assert first.get("preempted"), first
   assert os.path.isfile(os.path.join(workdir, "pool.npy"))
   monkeypatch.setattr(loop, "count_epoch", count_epoch)
   preempt_after_first["on"] = False
-  summary = runner.run(c, workdir)
+  summary = modes.run(c, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -93,7 +94,7 @@ def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkey
   assert np.isfinite(summary["student_acc"])
   pool = np.load(os.path.join(workdir, "pool.npy"), mmap_mode="r")
   assert pool.shape == (6, 16, 64, 64, 3) and pool[5].any()   # every call's batch kept
-  from fastdfkd_jax import export
+  from fastdfkd_jax.transfer import export
   images, calls, _ = export.restore_pool(workdir, c.synth.calls_per_epoch)
   assert images.shape == (6 * 16, 64, 64, 3)
   np.testing.assert_array_equal(calls, np.repeat(np.arange(6), 16))
@@ -101,16 +102,17 @@ def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkey
 
 
 def test_imagenet_options_need_their_method():
-  from fastdfkd_jax import config_checks, config_lib, errors
-  c = config_lib.default_config()
+  from fastdfkd_jax.config import checks as config_checks, schema
+  from fastdfkd_jax import errors
+  c = schema.default_config()
   c.method, c.synth.meta_latent = "fast", True
   with pytest.raises(errors.UserError, match="fast_meta only"):
     config_checks.validate(c)
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.method, c.synth.generator = "cmi", "deep_generator"
   with pytest.raises(errors.UserError, match="builds its own generator"):
     config_checks.validate(c)
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.synth.calls_per_epoch = 7   # kd.steps 30
   with pytest.raises(errors.UserError, match="multiple of"):
     config_checks.validate(c)

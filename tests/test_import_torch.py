@@ -22,7 +22,9 @@ F = torch.nn.functional
 
 import jax  # noqa: E402
 
-from fastdfkd_jax import checkpoint, errors, import_torch  # noqa: E402
+from fastdfkd_jax.run import checkpoint  # noqa: E402
+from fastdfkd_jax import errors
+from fastdfkd_jax.teacher import torch_import
 from fastdfkd_jax.models import get_model  # noqa: E402
 from fastdfkd_jax.teacher import loader  # noqa: E402
 from torch_testlib import (  # noqa: E402
@@ -240,7 +242,7 @@ def test_logits_match_torch(tmp_path, arch, num_classes, input_shape, how):
   net = randomize(make_torch(arch, num_classes, input_shape), seed=len(arch) + input_shape[0])
   path = str(tmp_path / f"{arch}.pth")
   torch.save(wrap(net.state_dict(), how), path)
-  variables = import_torch.load_pth(path, arch, num_classes, input_shape)
+  variables = torch_import.load_pth(path, arch, num_classes, input_shape)
   expected_cols = {"params", "batch_stats"} if not arch.startswith("lenet") else {"params"}
   assert set(variables) == expected_cols
   assert all(isinstance(x, np.ndarray) and x.dtype == np.float32
@@ -254,7 +256,7 @@ def test_generator_matches_torch(channels):
   nz, ngf, img = 8, 4, 16
   net = randomize(Generator(nz, ngf, img, channels), seed=channels)
   sd = {k: v.numpy() for k, v in net.state_dict().items()}
-  variables = import_torch.convert_state_dict(sd, "generator", 0, (img, img, channels))
+  variables = torch_import.convert_state_dict(sd, "generator", 0, (img, img, channels))
   model = get_model("generator", nz=nz, ngf=ngf, img_size=img, channels=channels)
   z = np.random.default_rng(1).normal(size=(4, nz)).astype(np.float32)
   # Eval mode (running statistics) and train mode (batch statistics).
@@ -279,7 +281,7 @@ def test_missing_keys_listed():
   sd = _resnet8_sd()
   del sd["fc.weight"], sd["layer2.0.downsample.1.running_var"]
   with pytest.raises(errors.UserError) as e:
-    import_torch.convert_state_dict(sd, "resnet8", 10, (32, 32, 3))
+    torch_import.convert_state_dict(sd, "resnet8", 10, (32, 32, 3))
   msg = str(e.value)
   assert "2 missing keys" in msg
   assert "fc.weight (expected shape (10, 64))" in msg
@@ -292,7 +294,7 @@ def test_unexpected_keys_listed():
   sd["layer4.0.conv1.weight"] = np.zeros((3, 3, 3, 3), np.float32)
   sd["head.bias"] = np.zeros((3,), np.float32)
   with pytest.raises(errors.UserError) as e:
-    import_torch.convert_state_dict({"state_dict": sd}, "resnet8", 10, (32, 32, 3))
+    torch_import.convert_state_dict({"state_dict": sd}, "resnet8", 10, (32, 32, 3))
   msg = str(e.value)
   assert "2 unexpected keys" in msg
   assert "layer4.0.conv1.weight" in msg and "head.bias" in msg
@@ -302,7 +304,7 @@ def test_unexpected_keys_listed():
 def test_mis_shaped_keys_listed_with_shapes():
   sd = _resnet8_sd(num_classes=10, cin=3)
   with pytest.raises(errors.UserError) as e:  # wrong class count and wrong input channels
-    import_torch.convert_state_dict(sd, "resnet8", 100, (32, 32, 1))
+    torch_import.convert_state_dict(sd, "resnet8", 100, (32, 32, 1))
   msg = str(e.value)
   assert "3 mis-shaped keys" in msg
   assert "fc.weight: expected (100, 64), got (10, 64)" in msg
@@ -316,19 +318,19 @@ def test_all_problems_in_one_error_and_wrong_arch():
   sd["extra.weight"] = np.zeros(2, np.float32)
   sd["fc.bias"] = np.zeros(11, np.float32)
   with pytest.raises(errors.UserError) as e:
-    import_torch.convert_state_dict(sd, "resnet8", 10, (32, 32, 3))
+    torch_import.convert_state_dict(sd, "resnet8", 10, (32, 32, 3))
   msg = str(e.value)
   assert "bn1.weight" in msg and "extra.weight" in msg and "fc.bias: expected (10,), got (11,)" in msg
   with pytest.raises(errors.UserError, match="block1.layer.0.bn1.weight"):
-    import_torch.convert_state_dict(sd, "wrn16_1", 10, (32, 32, 3))
+    torch_import.convert_state_dict(sd, "wrn16_1", 10, (32, 32, 3))
   with pytest.raises(errors.UserError, match="unknown arch"):
-    import_torch.convert_state_dict(sd, "resnet9", 10, (32, 32, 3))
+    torch_import.convert_state_dict(sd, "resnet9", 10, (32, 32, 3))
 
 
 def test_missing_torch_is_a_user_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
   with pytest.raises(errors.UserError, match=r"pip install -e \.\[torch\]"):
-    import_torch.load_pth(str(tmp_path / "x.pth"), "resnet8", 10, (32, 32, 3))
+    torch_import.load_pth(str(tmp_path / "x.pth"), "resnet8", 10, (32, 32, 3))
 
 
 # ------------------------------------------------------------ CLI + teacher.loader
@@ -362,8 +364,8 @@ def test_cli_writes_loadable_teacher_checkpoint(tmp_path):
 
   # A second import into the same directory needs --overwrite.
   with pytest.raises(errors.UserError, match="--overwrite"):
-    import_torch.import_to_checkpoint(pth, out, "resnet8", "cifar10")
-  import_torch.import_to_checkpoint(pth, out, "resnet8", "cifar10", overwrite=True)
+    torch_import.import_to_checkpoint(pth, out, "resnet8", "cifar10")
+  torch_import.import_to_checkpoint(pth, out, "resnet8", "cifar10", overwrite=True)
   assert loader.load(out, **expect)[1]["mode"] == "import"
   with pytest.raises(checkpoint.CheckpointError, match="num_classes"):
     loader.load(out, **dict(expect, num_classes=100))
@@ -374,11 +376,11 @@ def test_import_to_checkpoint_errors(tmp_path):
   pth = str(tmp_path / "lenet.pth")
   torch.save(net.state_dict(), pth)
   with pytest.raises(errors.UserError, match="--num_classes=100"):
-    import_torch.import_to_checkpoint(pth, str(tmp_path / "a"), "lenet5", "mnist", 100)
+    torch_import.import_to_checkpoint(pth, str(tmp_path / "a"), "lenet5", "mnist", 100)
   # A 1-channel net on 3-channel data.
   with pytest.raises(errors.UserError, match="conv1.weight: expected"):
-    import_torch.import_to_checkpoint(pth, str(tmp_path / "b"), "lenet5", "cifar10")
-  meta = import_torch.import_to_checkpoint(pth, str(tmp_path / "c"), "lenet5", "mnist")
+    torch_import.import_to_checkpoint(pth, str(tmp_path / "b"), "lenet5", "cifar10")
+  meta = torch_import.import_to_checkpoint(pth, str(tmp_path / "c"), "lenet5", "mnist")
   assert meta["input_shape"] == [28, 28, 1]
   variables, meta = loader.load(str(tmp_path / "c"))
   model = get_model(meta["arch"], meta["num_classes"])

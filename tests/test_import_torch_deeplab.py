@@ -7,7 +7,7 @@ padding, `_segm_mobilenet`'s low/high-level split, `DeepLabHead`, `ASPP`,
 `_SimpleSegmentationModel`'s bilinear upsampling), written here so the test
 needs neither torchvision nor the release. Their parameter counts must equal
 the Flax zoo's (and the table in test_deeplab.py), and with random weights and
-random BN running statistics, `import_torch.convert_state_dict` must give Flax
+random BN running statistics, `torch_import.convert_state_dict` must give Flax
 logits equal to PyTorch's to 1e-4.
 """
 
@@ -25,7 +25,7 @@ F = torch.nn.functional
 
 import jax  # noqa: E402
 
-from fastdfkd_jax import import_torch  # noqa: E402
+from fastdfkd_jax.teacher import torch_import  # noqa: E402
 from fastdfkd_jax.models import get_model  # noqa: E402
 from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
 from test_deeplab import PARAMS  # noqa: E402
@@ -180,7 +180,7 @@ def test_param_count_equals_release_structure(backbone, num_classes):
   model = get_model(arch, num_classes)
   abstract = jax.eval_shape(lambda k: init_variables(model, k, (64, 64, 3)), jax.random.key(0))
   assert count_params(abstract["params"]) == torch_count == PARAMS[arch][num_classes]
-  layout = import_torch.torch_layout(arch, num_classes, (64, 64, 3))
+  layout = torch_import.torch_layout(arch, num_classes, (64, 64, 3))
   want = {k: tuple(v.shape) for k, v in net.state_dict().items()
           if not k.endswith("num_batches_tracked")}
   assert layout == want
@@ -194,7 +194,7 @@ def test_logits_match_release_structure(arch, output_stride, size):
   net = randomize(DeepLabV3(backbone, 13, output_stride), seed=size)
   x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
   want = torch_logits(net, x).transpose(0, 2, 3, 1)
-  variables = import_torch.convert_state_dict(net.state_dict(), arch, 13, (size, size, 3),
+  variables = torch_import.convert_state_dict(net.state_dict(), arch, 13, (size, size, 3),
                                               output_stride=output_stride)
   got = flax_logits(arch, 13, variables, x, output_stride=output_stride)
   assert got.shape == (1, size, size, 13)

@@ -22,7 +22,8 @@ nn = torch.nn
 
 import jax  # noqa: E402
 
-from fastdfkd_jax import errors, import_torch  # noqa: E402
+from fastdfkd_jax import errors  # noqa: E402
+from fastdfkd_jax.teacher import torch_import
 from fastdfkd_jax.models import get_model  # noqa: E402
 from torch_testlib import (  # noqa: E402
     BasicBlock, assert_close, flax_logits, nchw, projection, randomize, torch_logits)
@@ -151,14 +152,14 @@ def test_torch_reference_has_torchvision_layout(arch):
   assert sum(p.numel() for p in net.parameters()) == TORCHVISION_PARAMS[arch]
   want = {k: tuple(v.shape) for k, v in net.state_dict().items()
           if not k.endswith("num_batches_tracked")}
-  assert import_torch.torch_layout(arch, 1000, (224, 224, 3)) == want
+  assert torch_import.torch_layout(arch, 1000, (224, 224, 3)) == want
 
 
 @pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
 def test_logits_match_torchvision_layout(arch):
   net = randomize(make_torch(arch, 10), seed=len(arch))
   sd = {"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
-  variables = import_torch.convert_state_dict(sd, arch, 10, (32, 32, 3))
+  variables = torch_import.convert_state_dict(sd, arch, 10, (32, 32, 3))
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
   assert_close(flax_logits(arch, 10, variables, x), torch_logits(net, x))
 
@@ -166,7 +167,7 @@ def test_logits_match_torchvision_layout(arch):
 def test_wrong_imagenet_arch_lists_the_keys():
   sd = randomize(make_torch("resnet18_imagenet", 10), seed=0).state_dict()
   with pytest.raises(errors.UserError, match="missing keys") as e:
-    import_torch.convert_state_dict(sd, "resnet50_imagenet", 10, (32, 32, 3))
+    torch_import.convert_state_dict(sd, "resnet50_imagenet", 10, (32, 32, 3))
   assert "layer1.0.conv3.weight" in str(e.value)
 
 
@@ -175,7 +176,7 @@ def test_deep_generator_matches_release(img_size, channels):
   nz, ngf = 8, 4
   net = randomize(DeepGenerator(nz, ngf, img_size, channels), seed=img_size)
   sd = {k: v.numpy() for k, v in net.state_dict().items()}
-  variables = import_torch.convert_state_dict(sd, "deep_generator", 0,
+  variables = torch_import.convert_state_dict(sd, "deep_generator", 0,
                                               (img_size, img_size, channels))
   model = get_model("deep_generator", nz=nz, ngf=ngf, img_size=img_size, channels=channels)
   assert (sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
@@ -195,5 +196,5 @@ def test_deep_generator_matches_release(img_size, channels):
 
 def test_cli_refuses_deep_generator(tmp_path):
   with pytest.raises(errors.UserError, match="classifiers"):
-    import_torch.import_to_checkpoint(str(tmp_path / "g.pth"), str(tmp_path / "out"),
+    torch_import.import_to_checkpoint(str(tmp_path / "g.pth"), str(tmp_path / "out"),
                                       "deep_generator")

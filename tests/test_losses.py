@@ -1,4 +1,4 @@
-"""Tests of fastdfkd_jax.losses (the KD loss) against numpy references and golden values.
+"""Tests of fastdfkd_jax.training.objectives (the KD loss) against numpy references and golden values.
 
 Reference doc, section 3: the KD loss (T^2 * batchmean KL). The synthesis losses
 are tested in test_synthesis_losses.py.
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import losses
+from fastdfkd_jax.training import objectives
 
 from reference_logits import STUDENT, TEACHER, np_kl
 
@@ -21,7 +21,7 @@ def test_kd_loss_golden():
   temperature = 20.0
   expected = np_kl(STUDENT, TEACHER, temperature).mean() * temperature ** 2
   assert expected == pytest.approx(GOLDEN_KD_T20, abs=1e-12)
-  got = losses.kd_loss(jnp.asarray(STUDENT, jnp.float32),
+  got = objectives.kd_loss(jnp.asarray(STUDENT, jnp.float32),
                        jnp.asarray(TEACHER, jnp.float32), temperature)
   chex.assert_shape(got, ())
   # float32: at T = 20 the per-sample KL (~1e-3) is a difference of log-probs
@@ -34,4 +34,4 @@ def test_kd_loss_golden():
 
 def test_kd_loss_zero_for_identical_logits():
   x = jnp.asarray(TEACHER, jnp.float32)
-  np.testing.assert_allclose(float(losses.kd_loss(x, x, 20.0)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(float(objectives.kd_loss(x, x, 20.0)), 0.0, atol=1e-6)

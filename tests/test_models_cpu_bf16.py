@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import parallel
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.models import cpu_bf16, layers
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU paths")

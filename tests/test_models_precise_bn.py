@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from fastdfkd_jax import models, parallel
+from fastdfkd_jax import models
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.models import layers, precise_bn, util as model_util
 
 MEAN, STD = (0.5,), (0.25,)

@@ -1,4 +1,4 @@
-"""Optimizers and schedules shared by teacher training and KD (fastdfkd_jax.optim)."""
+"""Optimizers and schedules shared by teacher training and KD (fastdfkd_jax.training.optim)."""
 
 import math
 
@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from fastdfkd_jax import optim
-from fastdfkd_jax.train_state import TrainState
+from fastdfkd_jax.training import optim
+from fastdfkd_jax.training.train_state import TrainState
 
 
 def test_sgd_matches_pytorch_weight_decay_order():

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from fastdfkd_jax import plot  # noqa: E402
+from fastdfkd_jax.study import plot  # noqa: E402
 
 from conftest import REPO
 

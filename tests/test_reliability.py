@@ -21,7 +21,7 @@ import pytest
 from runlib import REPO, main as _main, rows as _rows
 from test_runs import TINY, _accuracies, teacher, uninterrupted  # noqa: F401
 
-from fastdfkd_jax import runs
+from fastdfkd_jax.run import workdir as workdir_lib
 
 
 def _env():
@@ -31,7 +31,7 @@ def _env():
 def _hold_lock(workdir):
   """A process that holds the workdir lock until killed."""
   code = ("import sys, time; from fastdfkd_jax import runs; "
-          "lock = runs.WorkdirLock(sys.argv[1]); lock.__enter__(); print('locked', flush=True); "
+          "lock = workdir_lib.WorkdirLock(sys.argv[1]); lock.__enter__(); print('locked', flush=True); "
           "time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], env=_env(),
                           stdout=subprocess.PIPE, text=True)
@@ -56,7 +56,7 @@ def test_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capl
   holder.kill()
   holder.wait()
   caplog.set_level("WARNING")
-  with runs.WorkdirLock(tmp_path):
+  with workdir_lib.WorkdirLock(tmp_path):
     assert f"pid {holder.pid}" in caplog.text and "taking over" in caplog.text
     assert f"pid {os.getpid()} on host" in (tmp_path / ".lock").read_text()
   assert (tmp_path / ".lock").read_text() == ""  # a clean exit leaves no holder behind
@@ -137,7 +137,7 @@ def test_full_disk_during_a_metrics_write_resumes_identical(teacher, uninterrupt
 @pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
 def test_nan_teacher_is_refused_before_training(teacher, tmp_path):
   import jax
-  from fastdfkd_jax import checkpoint
+  from fastdfkd_jax.run import checkpoint
   from fastdfkd_jax.teacher import loader
   variables, meta = loader.load(teacher)
   leaves, tree = jax.tree.flatten(variables)

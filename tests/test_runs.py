@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fastdfkd_jax import runs
+from fastdfkd_jax.run import workdir as workdir_lib
 
 from runlib import main as _main, rows as _rows
 
@@ -179,5 +179,5 @@ def test_nan_loss_stops_with_epoch_and_term(teacher, tmp_path):
 
 
 def test_config_diff_lists_changed_fields():
-  diff = runs.config_diff({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4})
+  diff = workdir_lib.config_diff({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4})
   assert diff == ["b.c: 2 -> 3", "d: '<absent>' -> 4"]

@@ -2,7 +2,7 @@
 
 Pixel-wise losses, the tiny DeepLab pair, the segmentation synthesis loss
 (bn * L_BN + adv * L_adv, no class target) of fast_meta / deepinversion / the
-generative baselines, the config checks, and runs of `runner.run` on a small
+generative baselines, the config checks, and runs of `modes.run` on a small
 procedural set (64 images of 32 px: a teacher, then fast_meta and dafl students).
 """
 
@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_checks, data, errors, losses, models, runner, synthesis
+from fastdfkd_jax.config import checks as config_checks
+from fastdfkd_jax import data, errors, models, modes, synthesis
+from fastdfkd_jax.training import objectives
 from fastdfkd_jax.data import shapes_seg
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import generative, losses as synth_losses
@@ -30,7 +32,7 @@ def test_pixel_cross_entropy_leaves_out_ignored_pixels():
   logits = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
   labels = rng.integers(0, 3, (2, 4, 4)).astype(np.uint8)
   labels[0, :2] = 255
-  loss, acc = losses.pixel_cross_entropy(logits, jnp.asarray(labels))
+  loss, acc = objectives.pixel_cross_entropy(logits, jnp.asarray(labels))
   valid = labels != 255
   logp = jax.nn.log_softmax(logits, -1)
   picked = np.take_along_axis(np.asarray(logp), np.where(valid, labels, 0)[..., None], -1)[..., 0]
@@ -145,7 +147,7 @@ def shapes_dir(tmp_path_factory):
 def _tiny_run(config, shapes_dir, workdir):
   config.dataset.data_dir = shapes_dir
   config.eval_batch_size, config.checkpoint_every = 16, 100
-  return runner.run(config, str(workdir))
+  return modes.run(config, str(workdir))
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,11 @@ import pytest
 from flax import struct
 
 from fastdfkd_jax.data import augment
-from fastdfkd_jax import config_lib, loops, models, optim, parallel, train_state
-from fastdfkd_jax import losses as kd_losses
+from fastdfkd_jax.config import schema
+from fastdfkd_jax.run import loops, parallel
+from fastdfkd_jax import models
+from fastdfkd_jax.training import optim, train_state
+from fastdfkd_jax.training import objectives as kd_losses
 from fastdfkd_jax.distill import steps
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import base
@@ -36,7 +39,7 @@ INFO = types.SimpleNamespace(num_classes=10, image_shape=IMAGE_SHAPE, mean=MEAN,
 
 
 def tiny_config(method):
-  c = config_lib.base_config()
+  c = schema.base_config()
   c.method, c.batch_size, c.k = method, 8, 2
   c.synth.nz, c.synth.ngf = 16, 8
   return c
@@ -216,7 +219,7 @@ def test_generator_vs_student_round_then_kd_on_fresh_samples(tiny_nets, dummy):
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(s1))
 
   d = steps.Distiller(synth=dummy, student_model=student,
-                      tx=optim.kd_optimizer(config_lib.base_config().kd), kd_batch=8,
+                      tx=optim.kd_optimizer(schema.base_config().kd), kd_batch=8,
                       temperature=20.0, mesh=None)
   st = train_state.TrainState.create(sv, d.tx)
   sample = compiled(lambda s, k: dummy.sample(s, k, 8), s1, jax.random.key(2))  # n static

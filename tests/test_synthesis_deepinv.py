@@ -1,4 +1,4 @@
-"""Tests of fastdfkd_jax.synthesis.deepinv (per-batch pixel inversion) on tiny models.
+"""Tests of fastdfkd_jax.synthesis.no_reuse (per-batch pixel inversion) on tiny models.
 
 Its k = 1 calls also serve the BN momentum test of the shared engine (`inversion`).
 """
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastdfkd_jax.data import augment
-from fastdfkd_jax.synthesis import deepinv, losses
+from fastdfkd_jax.synthesis import no_reuse, losses
 
 from synthesis_testlib import (BATCH, IMAGE_SHAPE, MEAN, PADDING, STD, assert_tree_close,
                                compiled, make_synth, run)
@@ -25,7 +25,7 @@ def nets(tiny_nets):
 # renders sigmoid(latent), so the last step's teacher statistics are recomputable.
 @pytest.fixture(scope="module")
 def deepinv_k1(nets):
-  synth = make_synth(nets, deepinv.DeepInvSynthesizer, k=1)
+  synth = make_synth(nets, no_reuse.DeepInvSynthesizer, k=1)
   s0 = synth.init(jax.random.key(0), nets[3])
   k1, k2 = jax.random.key(11), jax.random.key(12)
   s1, x1, m1 = run(synth, s0, nets, k1)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_lib
+from fastdfkd_jax.config import schema
 from fastdfkd_jax.synthesis import fast_meta, inversion
 
 from synthesis_testlib import ADV, BATCH, IMAGE_SHAPE, compiled, make_synth
@@ -43,7 +43,7 @@ def test_teacher_and_student_get_no_gradient(nets):
 
 
 def test_hparams_from_config():
-  c = config_lib.base_config()
+  c = schema.base_config()
   hp = inversion.hparams_from_config(c, unroll=True)
   assert hp.k == c.k and hp.lr_g == c.synth.lr_g and hp.unroll
   assert hp.betas == tuple(c.synth.betas) and hp.meta_grad == c.synth.meta_grad

@@ -1,4 +1,4 @@
-"""mode=synthesize (fastdfkd_jax.synthesize): a set of exactly num_images from the
+"""mode=synthesize (fastdfkd_jax.modes.synthesize): a set of exactly num_images from the
 teacher alone, its inspection, and resume after SIGKILL with the same images."""
 
 import json
@@ -9,8 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from fastdfkd_jax import config_checks, config_lib, errors, synthesize
-from fastdfkd_jax.data import transfer_set
+from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax import errors
+from fastdfkd_jax.modes import synthesize
+from fastdfkd_jax.transfer import formats
 from fastdfkd_jax.distill import steps
 from runlib import main as _main, rows as _rows
 from test_runs import teacher  # noqa: F401  (the module's teacher fixture)
@@ -20,7 +22,7 @@ NUM_IMAGES, BATCH = 200, 64
 
 
 def tiny_config(teacher_dir):
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.mode = "synthesize"
   c.teacher.arch, c.student.arch = "resnet8", "resnet8"
   c.teacher.checkpoint, c.teacher.train_if_missing = teacher_dir, False
@@ -40,7 +42,7 @@ def test_num_calls_and_validation():
 
 @pytest.fixture(scope="module")
 def synth_run(digits_teacher, tmp_path_factory):
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   config = tiny_config(digits_teacher[0])
   workdir = str(tmp_path_factory.mktemp("synthesize"))
   with pytest.MonkeyPatch.context() as mp:
@@ -48,15 +50,15 @@ def synth_run(digits_teacher, tmp_path_factory):
       raise AssertionError("mode=synthesize must not train a student")
     mp.setattr(steps.Distiller, "jit_kd_steps", no_kd)
     mp.setattr(steps.Distiller, "jit_kd_batch", no_kd)
-    summary = runner.run(config, workdir)
+    summary = modes.run(config, workdir)
   return config, workdir, summary
 
 
 @pytest.mark.slow
 def test_synthesize_writes_num_images_with_their_calls(synth_run):
   config, workdir, summary = synth_run
-  ts = transfer_set.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
-  assert transfer_set.detect_format(os.path.join(workdir, "transfer_set")) == "image_folder"
+  ts = formats.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
+  assert formats.detect_format(os.path.join(workdir, "transfer_set")) == "image_folder"
   assert ts.images.shape == (NUM_IMAGES, 8, 8, 1) and summary["num_images"] == NUM_IMAGES
   np.testing.assert_array_equal(ts.synthesis_call, np.arange(NUM_IMAGES) // BATCH)
   assert summary["mode"] == "synthesize" and summary["synthesis_calls"] == 4
@@ -71,7 +73,7 @@ def test_synthesize_writes_num_images_with_their_calls(synth_run):
 def test_synthesize_histogram_is_the_teachers(synth_run):
   """The per-class histogram of summary.json counts the teacher's predictions."""
   _, workdir, summary = synth_run
-  ts = transfer_set.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
+  ts = formats.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
   counts = np.bincount(ts.labels, minlength=10)
   assert summary["per_class_count"] == counts.tolist()
   assert sum(summary["per_class_count"]) == NUM_IMAGES
@@ -83,9 +85,9 @@ def test_synthesize_histogram_is_the_teachers(synth_run):
 
 @pytest.mark.slow
 def test_rerun_of_a_finished_synthesis_is_a_no_op(synth_run):
-  from fastdfkd_jax import runner
+  from fastdfkd_jax import modes
   config, workdir, summary = synth_run
-  assert runner.run(config, workdir) == json.load(open(os.path.join(workdir, "summary.json")))
+  assert modes.run(config, workdir) == json.load(open(os.path.join(workdir, "summary.json")))
 
 
 # ------------------------------------------------- SIGKILL, then resume (subprocesses)
@@ -115,7 +117,7 @@ def test_sigkill_then_resume_writes_the_same_set(teacher, tmp_path):  # noqa: F8
   proc = _main(killed, *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resumed after epoch" in proc.stderr
-  a, b = (transfer_set.load(str(w / "transfer_set")) for w in (full, killed))
+  a, b = (formats.load(str(w / "transfer_set")) for w in (full, killed))
   assert len(a.images) == 300 and a.images.tobytes() == b.images.tobytes()
   np.testing.assert_array_equal(a.labels, b.labels)
   keep = ("epoch", "images", "loss", "loss_bn", "loss_oh")

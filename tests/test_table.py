@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fastdfkd_jax import table
+from fastdfkd_jax.study import table
 
 from conftest import REPO
 

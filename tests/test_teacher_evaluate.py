@@ -1,11 +1,11 @@
-"""Evaluation (fastdfkd_jax.teacher.evaluate, mode=evaluate) of the digits session teacher."""
+"""Evaluation (fastdfkd_jax.evaluation.metrics, mode=evaluate) of the digits session teacher."""
 
 import json
 import os
 
 import pytest
 
-from fastdfkd_jax import runner
+from fastdfkd_jax import modes
 
 from conftest import load_config_file
 
@@ -19,7 +19,7 @@ def test_evaluate_reproduces_accuracy(digits_teacher, tmp_path):
   teacher_dir, teacher_summary = digits_teacher
   c = load_config_file("evaluate.py", "digits")
   c.checkpoint = teacher_dir
-  summary = runner.run(c, str(tmp_path))
+  summary = modes.run(c, str(tmp_path))
   assert summary["test_accuracy"] == pytest.approx(teacher_summary["test_accuracy"], abs=1e-9)
   assert summary["arch"] == "resnet8" and summary["mode"] == "evaluate"
   with open(tmp_path / "summary.json") as f:
@@ -38,5 +38,5 @@ def test_evaluate_also_accepts_the_checkpoints_dir(digits_teacher, tmp_path):
   c = load_config_file("evaluate.py", "digits")
   c.checkpoint = os.path.join(teacher_dir, "checkpoints")
   c.eval_batch_size = 100   # 360 test images: a padded, masked last batch
-  summary = runner.run(c, str(tmp_path))
+  summary = modes.run(c, str(tmp_path))
   assert summary["test_accuracy"] == pytest.approx(teacher_summary["test_accuracy"], abs=1e-9)

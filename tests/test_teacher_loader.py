@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from fastdfkd_jax import checkpoint, errors
+from fastdfkd_jax.run import checkpoint
+from fastdfkd_jax import errors
 from fastdfkd_jax.teacher import loader
 
 from conftest import TEACHER_EPOCHS

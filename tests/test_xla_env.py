@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import load_config_file
-from fastdfkd_jax import config_checks, config_lib, xla_env
+from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax.run import xla_env
 from fastdfkd_jax.models import util as model_util
 
 _CPUINFO = """processor\t: {i}
@@ -59,7 +60,7 @@ def test_onednn_flag_only_where_bfloat16_runs(monkeypatch, native):
   flag = [f"{xla_env.ONEDNN_CUSTOM_CALL}=true"]
 
   def flags(dtype, onednn=True):
-    c = config_lib.default_config()
+    c = schema.default_config()
     c.dtype, c.cpu_onednn = dtype, onednn
     return xla_env.flags_for(c)
 
@@ -93,7 +94,7 @@ def test_start_line_names_the_dtype_and_warns_once(monkeypatch):
 
 def test_apply_keeps_a_users_own_setting(monkeypatch):
   monkeypatch.setattr(xla_env, "cpu_has_native_bf16", lambda: False)
-  c = config_lib.default_config()
+  c = schema.default_config()
   c.dtype = "bfloat16"
   env = {"XLA_FLAGS": f"--foo=1 {xla_env.ONEDNN_CUSTOM_CALL}=false"}
   xla_env.apply(c, env)

@@ -20,7 +20,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from fastdfkd_jax import parallel
+from fastdfkd_jax.run import parallel
 
 ArrayLike = jax.typing.ArrayLike
 

@@ -159,7 +159,7 @@ def _load_segmentation(info: DatasetInfo, split: Split,
     raise errors.UserError(
         f"dataset {info.name!r} is read from local files only: set "
         f"--config.dataset.data_dir=DIR ({segmentation.SEG_LAYOUT_HELP}; "
-        "tools/make_shapes_seg.py DIR writes the procedural set)")
+        "experiments/make_shapes_seg.py DIR writes the procedural set)")
   path = os.path.abspath(os.path.expanduser(data_dir))
   loaded = segmentation.load_split(path, split, info.num_classes, info.seg_resize or None)
   (h, w), (ch, cw) = loaded.images.shape[1:3], info.image_shape[:2]

@@ -93,7 +93,7 @@ DATASETS: dict[str, DatasetInfo] = {
         # `procedural_folder.py`), decoded into memory: the CPU-sized ImageNet runs.
         DatasetInfo("imagenet_mini", 10, (64, 64, 3), IMAGENET_MEAN, IMAGENET_STD, "",
                     0, resize=True),
-        # Segmentation (local files only). The procedural set of tools/make_shapes_seg.py
+        # Segmentation (local files only). The procedural set of experiments/make_shapes_seg.py
         # at its default 32 px; NYUv2-13 as the release's registry: shorter side 256,
         # training crops of 128, mean/std 0.5; crop padding 1/8 of the side as CIFAR's.
         DatasetInfo("shapes_seg", 5, (32, 32, 3), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "",

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fastdfkd_jax import errors, parallel
+from fastdfkd_jax import errors
+from fastdfkd_jax.run import parallel
 
 IGNORE_INDEX = 255
 SEG_SPLITS = ("train", "test")

@@ -3,10 +3,11 @@
 `choose(config, distiller)` decides the structure from the config and backend
 (via `loops`): KD steps as one scanned dispatch (TPU/GPU) or driven from the
 host one step per call (CPU), or from a host-memory pool; the k inner synthesis
-steps as one program or dispatched from the host; and, only for `loop=fused`,
-synthesis + all KD steps of an epoch as one program. `build_programs` returns
-the callables for that structure; `distill.loop.run_distill` and `bench` both
-use it and keep no copy of the choice.
+steps as one program or dispatched from the host; and synthesis + all KD steps
+of an epoch as one program (`fused`: `loop=auto` on TPU/GPU and `loop=fused`, for a
+pool method with one synthesis call per epoch). `build_programs` returns the
+callables for that structure; `modes.distill`, `modes.synthesize` and `bench` use
+it and keep no copy of the choice.
 """
 
 import dataclasses
@@ -19,8 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fastdfkd_jax import loops, parallel, synthesis
+from fastdfkd_jax.run import loops, parallel
+from fastdfkd_jax import synthesis
 from fastdfkd_jax.distill import pool as pool_lib
+from fastdfkd_jax.distill.sources import KDSource
 from fastdfkd_jax.distill.steps import Distiller
 
 
@@ -39,13 +42,13 @@ class Structure:
 def choose(config: ml_collections.ConfigDict, distiller: Distiller) -> Structure:
   """The structure for a config on this backend."""
   scan = loops.use_scan(config)
-  host_pool = not config.pool.on_device and config.kd.source != "noise"
-  kd = "host_pool" if host_pool else ("scan" if scan else "host")
+  on_host = distiller.kd_kind in ("host_pool", "data_host")
+  kd = "host_pool" if on_host else ("scan" if scan else "host")
   inner = loops.inner_structure(config)
   if inner == "host" and not synthesis.host_steppable(distiller.synth):
     inner = "unroll"
-  fused = (config.loop == "fused" and kd == "scan" and config.kd.source == "synthetic"
-           and distiller.synth.uses_pool and config.synth.calls_per_epoch == 1)
+  fused = (loops.fuse_epochs(config) and kd == "scan" and distiller.kd_kind == "pool"
+           and config.synth.calls_per_epoch == 1)
   description = f"{loops.describe(config)} kd={kd} fused_epoch={fused}"
   return Structure(kd=kd, synth_inner=inner, fused=fused, description=description)
 
@@ -126,17 +129,19 @@ class Programs:
   def epoch_executable(self, n_steps: int) -> Executable:
     """The fused epoch (structure.fused only)."""
     if not self.structure.fused:
-      raise ValueError("the fused epoch exists only with loop=fused")
+      raise ValueError("this structure has no fused epoch (see `choose`)")
     d, s = self.distiller, self._state
     make = lambda: d.jit_epoch(s, n_steps).lower(s, self.teacher_vars, self._key0,
-                                                 self._adv0).compile()
+                                                 self._key0, self._adv0).compile()
     return self._compile(f"epoch{n_steps}", make, scanned=True)
 
   def precompile(self, n_steps: int, synthetic: bool) -> float:
-    """Compiles what one epoch of n_steps KD updates runs; the seconds it took."""
+    """Compiles what the epochs of n_steps KD updates run (a fused structure: the fused
+    epoch and the split one its timed epochs run); the seconds it took."""
     programs = [self.synth_executable()] if synthetic else []
-    programs.append(self.epoch_executable(n_steps) if self.structure.fused
-                    else self.kd_executable(n_steps))
+    programs.append(self.kd_executable(n_steps))
+    if self.structure.fused:
+      programs.append(self.epoch_executable(n_steps))
     return sum(p.compile_seconds for p in programs)
 
   # ----------------------------------------------------------------- calls
@@ -168,15 +173,16 @@ class Programs:
         on_step((i + 1) * per_call)
     return state.replace(student=student), dict(kd_loss=loss_sum / calls)
 
-  def epoch(self, state, teacher_vars, key, adv, n_steps: int):
+  def epoch(self, state, teacher_vars, k_synth, k_kd, adv, n_steps: int):
     """The fused epoch: synthesis + n_steps KD updates in one dispatch."""
-    return self.epoch_executable(n_steps).fn(state, teacher_vars, key, adv)
+    return self.epoch_executable(n_steps).fn(state, teacher_vars, k_synth, k_kd, adv)
 
 
 def build_programs(config: ml_collections.ConfigDict, distiller: Distiller, state,
-                   teacher_vars, data_pool: pool_lib.Pool | None = None,
-                   host_pool: pool_lib.HostPool | None = None) -> Programs:
+                   teacher_vars, source: KDSource | None = None) -> Programs:
   """The programs a run of `config` dispatches on this backend. `state` is the initial
-  state (its shapes and shardings; the host-driven synthesis also runs `begin` on it)."""
-  return Programs(choose(config, distiller), distiller, state, teacher_vars, data_pool,
-                  host_pool)
+  state (its shapes and shardings; the host-driven synthesis also runs `begin` on it);
+  `source` the run's KD source (its data pool or host pool)."""
+  source = source or KDSource(distiller.kd_kind)
+  return Programs(choose(config, distiller), distiller, state, teacher_vars,
+                  source.data_pool, source.host_pool)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from fastdfkd_jax import parallel
+from fastdfkd_jax.run import parallel
 
 
 @struct.dataclass

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from fastdfkd_jax import models, parallel, train_state
+from fastdfkd_jax import models
+from fastdfkd_jax.run import parallel
+from fastdfkd_jax.training import train_state
 from fastdfkd_jax.distill import pool as pool_lib
 from fastdfkd_jax.models import util as model_util
 
@@ -43,7 +45,7 @@ def init_state(distiller, config, info, teacher_vars, key) -> DistillState:
   mesh = distiller.mesh
   state = DistillState(synth=synth_state, student=student, pool=None)
   state = parallel.put_replicated(state, mesh)
-  if distiller.on_device_pool and config.kd.source == "synthetic":
+  if distiller.on_device_pool:
     slots = pool_lib.config_slots(config)
     empty = np.zeros((slots, config.batch_size) + tuple(info.image_shape), np.uint8)
     state = state.replace(pool=put_pool(empty, 0, 0, mesh))

@@ -22,7 +22,9 @@ import ml_collections
 import optax
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import data, loops, losses, models, optim, parallel, synthesis, train_state
+from fastdfkd_jax import data, models, synthesis
+from fastdfkd_jax.run import loops, parallel
+from fastdfkd_jax.training import objectives, optim, train_state
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.distill import pool as pool_lib
 from fastdfkd_jax.distill.state import DistillState
@@ -40,8 +42,7 @@ class Distiller:
   kd_batch: int
   temperature: float
   mesh: Any
-  on_device_pool: bool = True
-  kd_source: str = "synthetic"   # 'synthetic' | 'real' (a fixed data pool) | 'noise'
+  kd_kind: str = "pool"          # where KD batches come from: `sources.kind`
   kd_loss: str = "kl"            # config.kd.loss
   kd_augment: str = "crop"       # config.kd.augment
   kd_crop: tuple | None = None   # (config.kd.crop_scale, crop_ratio) for resized_crop
@@ -49,7 +50,12 @@ class Distiller:
   @property
   def from_generator(self) -> bool:
     """KD batches are fresh generator samples (a generator-vs-student method)."""
-    return self.kd_source == "synthetic" and not self.synth.uses_pool
+    return self.kd_kind == "generator"
+
+  @property
+  def on_device_pool(self) -> bool:
+    """Synthesis calls append to the state's on-device pool."""
+    return self.kd_kind == "pool"
 
   @property
   def axis(self):
@@ -78,7 +84,7 @@ class Distiller:
       s_logits, upd = self.student_model.apply(
           {"params": params, "batch_stats": student.batch_stats}, x, train=True,
           mutable=["batch_stats"])
-      return losses.kd_objective(s_logits, t_logits, self.kd_loss, self.temperature,
+      return objectives.kd_objective(s_logits, t_logits, self.kd_loss, self.temperature,
                                  self.axis), \
           upd.get("batch_stats", student.batch_stats)
 
@@ -93,7 +99,7 @@ class Distiller:
     generator in `synth_state` for a generator-vs-student method)."""
     if self.from_generator:
       return self.synth.sample(synth_state, key, self.kd_batch)
-    if self.kd_source == "noise":
+    if self.kd_kind == "noise":
       shape = (self.kd_batch,) + tuple(self.synth.image_shape)
       noise = jax.random.randint(key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
       return noise if self.axis is None else parallel.local_stripe(noise, self.axis)
@@ -114,8 +120,7 @@ class Distiller:
     student, kd_loss = loops.scan(body, state.student, keys, unroll)
     return state.replace(student=student), dict(kd_loss=kd_loss.mean())
 
-  def _epoch(self, state, teacher_vars, key, adv_weight, n_steps):
-    k_synth, k_kd = jax.random.split(key)
+  def _epoch(self, state, teacher_vars, k_synth, k_kd, adv_weight, n_steps):
     state, _, metrics = self._synth(state, teacher_vars, k_synth, adv_weight)
     state, kd_metrics = self._kd_steps(state, teacher_vars, k_kd, n_steps, unroll=False)
     return state, dict(metrics, **kd_metrics)
@@ -203,28 +208,28 @@ class Distiller:
     return jax.jit(fn, donate_argnums=(0,))
 
   def jit_epoch(self, state, n_steps: int):
-    """f(state, teacher_vars, key, adv) -> (state, metrics): synthesis + n_steps scanned KD
-    updates in one program."""
+    """f(state, teacher_vars, synthesis key, KD key, adv) -> (state, metrics): synthesis +
+    n_steps scanned KD updates in one program (the keys of the split form)."""
     specs = self.state_specs(state)
-    fn = lambda s, t, k, a: self._epoch(s, t, k, a, n_steps)
-    fn = parallel.shard(fn, self.mesh, in_specs=(specs, P(), P(), P()),
+    fn = lambda s, t, ks, kk, a: self._epoch(s, t, ks, kk, a, n_steps)
+    fn = parallel.shard(fn, self.mesh, in_specs=(specs, P(), P(), P(), P()),
                         out_specs=(specs, P()))
     return jax.jit(fn, donate_argnums=(0,))
 
 
-def build(config: ml_collections.ConfigDict, info: data.DatasetInfo,
-          teacher_arch: str, mesh) -> Distiller:
-  """The Distiller for a config: models, synthesizer, optimizer, batch checks."""
-  dtype = model_util.activation_dtype(config.dtype)
+def build(config: ml_collections.ConfigDict, info: data.DatasetInfo, teacher_arch: str,
+          mesh, kd_kind: str, dtype_name: str) -> Distiller:
+  """The Distiller for a config: models, synthesizer, optimizer, batch checks.
+  `kd_kind`: `sources.kind`; `dtype_name`: the run's resolved activation dtype."""
+  dtype = model_util.activation_dtype(dtype_name)
   parallel.local_batch_size(config.batch_size, mesh)
   teacher = models.get_model(teacher_arch, info.num_classes, dtype=dtype, axis_name=AXIS)
   student = models.get_model(config.student.arch, info.num_classes, dtype=dtype,
                              axis_name=AXIS if config.student.sync_bn else None)
   synth = synthesis.build(config, teacher=teacher, student=student, info=info,
-                          axis_name=AXIS, unroll=loops.inner_unroll(config))
+                          axis_name=AXIS, unroll=loops.inner_unroll(config), dtype=dtype)
   return Distiller(synth=synth, student_model=student, tx=optim.kd_optimizer(config.kd),
                    kd_batch=config.batch_size, temperature=config.kd.temperature, mesh=mesh,
-                   on_device_pool=config.pool.on_device and synth.uses_pool,
-                   kd_source=config.kd.source, kd_loss=config.kd.loss,
+                   kd_kind=kd_kind, kd_loss=config.kd.loss,
                    kd_augment=config.kd.augment,
                    kd_crop=(tuple(config.kd.crop_scale), tuple(config.kd.crop_ratio)))

@@ -1,7 +1,7 @@
 """ReLU and train-mode BatchNorm with gradients XLA:CPU runs fast in bfloat16.
 
 A bfloat16 KD step on CPU spent most of its student backward outside the
-convolutions (docs/BENCHMARKS.md, "KD backward"; `python tools/cpu_kd_probe.py ops`
+convolutions (docs/BENCHMARKS.md, "KD backward"; the probe `tools/cpu_kd_probe.py ops` of commit b07663a,
 at wrn16_1's first-stage shape, 256 x 32 x 32 x 16, one core):
 - jax.nn.relu's gradient, `select(x > 0, g, 0)` in bfloat16, compiles to a loop
   that does not vectorise: 20.6 ms, against 3.9 ms with the comparison and the

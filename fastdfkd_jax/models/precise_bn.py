@@ -25,7 +25,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import parallel
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models.layers import BN_STATS
 

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from fastdfkd_jax import xla_env
 from fastdfkd_jax.models.deep_generator import DeepGenerator
 from fastdfkd_jax.models.generator import Generator
 
@@ -55,9 +54,13 @@ def init_variables(model: nn.Module, key: jax.Array,
 
 
 def activation_dtype(name: str):
-  """The activation dtype of `config.dtype` ('float32', 'bfloat16' or 'auto':
-  xla_env.resolve_dtype)."""
-  return jnp.bfloat16 if xla_env.resolve_dtype(name) == "bfloat16" else jnp.float32
+  """The jnp dtype of a resolved activation dtype name, 'float32' or 'bfloat16' (a run
+  resolves `config.dtype`, 'auto' included, once: `run.xla_env.resolve_dtype`)."""
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if name not in dtypes:
+    raise ValueError(f"activation dtype {name!r} is not resolved; "
+                     "use run.xla_env.resolve_dtype first")
+  return dtypes[name]
 
 
 def count_params(params: Any) -> int:

@@ -23,9 +23,10 @@ Members of every method (`Synthesizer`)
     data axis inside `shard_map`, or None.
   (`Members` declares these data fields, num_classes with them, for the methods'
   frozen dataclasses to inherit; `members(info, ...)` fills them in `from_config`.)
-  from_config(config, *, teacher, student, info, axis_name, unroll): classmethod
+  from_config(config, *, teacher, student, info, axis_name, unroll, dtype): classmethod
     building the method; `info` carries num_classes, image_shape, mean, std and
-    crop_padding; `unroll` traces inner loops straight-line (XLA:CPU).
+    crop_padding; `unroll` traces inner loops straight-line (XLA:CPU); `dtype` is the
+    run's activation dtype (resolved once by the run skeleton).
   init(key, teacher_vars) -> state: host-side, outside `shard_map`. The state
     is a pytree of arrays, replicated over devices and checkpointed with the run
     (`DistillState.synth`); whatever a method keeps across calls lives in it
@@ -71,15 +72,16 @@ What the run loop calls, per epoch
   Generator-vs-student methods: kd.steps // kd_steps rounds of `synthesize` (or
   g_steps x `generator_step`) followed by kd_steps KD updates, each on
   `sample(state, key, kd_batch)`; no pool is allocated or checkpointed
-  (`distill.loop.generator_rounds`).
+  (`distill.epochs.rounds`).
 """
 
 import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
-from fastdfkd_jax import loops, parallel
+from fastdfkd_jax.run import loops, parallel
 
 
 @runtime_checkable
@@ -96,7 +98,7 @@ class Synthesizer(Protocol):
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
-                  unroll: bool) -> "Synthesizer":
+                  unroll: bool, dtype) -> "Synthesizer":
     ...
 
   def init(self, key: jax.Array, teacher_vars) -> Any:
@@ -235,10 +237,12 @@ def get(name: str) -> type:
 
 
 def build(config, *, teacher, student, info, axis_name: str | None = parallel.AXIS,
-          unroll: bool = False) -> Synthesizer:
-  """The method named by `config.method`, built from the config (see `Synthesizer`)."""
+          unroll: bool = False, dtype=jnp.float32) -> Synthesizer:
+  """The method named by `config.method`, built from the config (see `Synthesizer`);
+  `dtype`: the run's activation dtype (its generator's)."""
   return get(config.method).from_config(config, teacher=teacher, student=student,
-                                        info=info, axis_name=axis_name, unroll=unroll)
+                                        info=info, axis_name=axis_name, unroll=unroll,
+                                        dtype=dtype)
 
 
 def host_steppable(synth: Synthesizer) -> bool:

@@ -33,10 +33,11 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import errors, models, parallel
+from fastdfkd_jax import errors, models
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import generator as generator_lib
-from fastdfkd_jax.models import layers, util as model_util
+from fastdfkd_jax.models import layers
 from fastdfkd_jax.synthesis import base, losses
 
 
@@ -113,7 +114,7 @@ class CMISynthesizer(base.Members):
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
-                  unroll: bool) -> "CMISynthesizer":
+                  unroll: bool, dtype) -> "CMISynthesizer":
     """The synthesizer of `config` (base.Synthesizer.from_config)."""
     s, m = config.synth, config.cmi
     if not config.batch_size <= m.bank_size or not 0 < m.n_neg <= m.bank_size:
@@ -123,7 +124,7 @@ class CMISynthesizer(base.Members):
     h, _, c = info.image_shape
     generator = models.get_model("generator", nz=s.nz, ngf=s.ngf, img_size=h, channels=c,
                                  axis_name=axis_name,
-                                 dtype=model_util.activation_dtype(config.dtype))
+                                 dtype=dtype)
     hp = CMIHParams(
         k=config.k, batch_size=config.batch_size, nz=s.nz, lr_g=s.lr_g,
         betas=tuple(s.betas), bn=s.bn, oh=s.oh, cr=m.cr, cr_T=m.cr_T,

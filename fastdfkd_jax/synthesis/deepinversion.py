@@ -77,7 +77,7 @@ class DeepInversionSynthesizer(base.Members):
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
-                  unroll: bool) -> "DeepInversionSynthesizer":
+                  unroll: bool, dtype) -> "DeepInversionSynthesizer":
     """The synthesizer of `config` (base.Synthesizer.from_config)."""
     s, d = config.synth, config.deepinversion
     hp = DeepInversionHParams(

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fastdfkd_jax import parallel
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.models import generator as generator_lib
 from fastdfkd_jax.synthesis import base, inversion
 

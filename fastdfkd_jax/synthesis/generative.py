@@ -38,7 +38,9 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import losses as kd_losses, models, parallel
+from fastdfkd_jax.training import objectives as kd_losses
+from fastdfkd_jax import models
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import layers, util as model_util
 from fastdfkd_jax.synthesis import base, losses
@@ -110,13 +112,13 @@ class GenerativeSynthesizer(base.Members):
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
-                  unroll: bool) -> "GenerativeSynthesizer":
+                  unroll: bool, dtype) -> "GenerativeSynthesizer":
     """The synthesizer of `config` (base.Synthesizer.from_config)."""
     s = config.synth
     h, _, c = info.image_shape
     generator = models.get_model("generator", nz=s.nz, ngf=s.ngf, img_size=h, channels=c,
                                  axis_name=axis_name,
-                                 dtype=model_util.activation_dtype(config.dtype))
+                                 dtype=dtype)
     hp = GenerativeHParams(
         g_steps=config.k, kd_steps=s.kd_steps, batch_size=config.batch_size, nz=s.nz,
         lr_g=s.lr_g, betas=tuple(s.betas), adv=s.adv, bn=s.bn, oh=s.oh, act=s.act,

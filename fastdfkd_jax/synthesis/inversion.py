@@ -36,7 +36,8 @@ import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from fastdfkd_jax import models, parallel
+from fastdfkd_jax import models
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import base, losses
@@ -125,13 +126,13 @@ class InversionSynthesizer(base.Members, abc.ABC):
 
   @classmethod
   def from_config(cls, config, *, teacher, student, info, axis_name: str | None,
-                  unroll: bool) -> "InversionSynthesizer":
+                  unroll: bool, dtype) -> "InversionSynthesizer":
     """The synthesizer of `config` (base.Synthesizer.from_config)."""
     h, _, c = info.image_shape
     generator = models.get_model(config.synth.generator, nz=config.synth.nz,
                                  ngf=config.synth.ngf, img_size=h, channels=c,
                                  axis_name=axis_name,
-                                 dtype=model_util.activation_dtype(config.dtype))
+                                 dtype=dtype)
     return cls(generator=generator, hp=hparams_from_config(config, unroll),
                **base.members(info, teacher=teacher, student=student, axis_name=axis_name))
 

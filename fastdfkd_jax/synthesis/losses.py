@@ -10,8 +10,8 @@ any device count gives the same value.
 import jax
 import jax.numpy as jnp
 
-from fastdfkd_jax import losses as kd_losses
-from fastdfkd_jax import parallel
+from fastdfkd_jax.training import objectives as kd_losses
+from fastdfkd_jax.run import parallel
 from fastdfkd_jax.models.layers import BN_STATS as BN_STATS_COLLECTION  # noqa: F401  (re-export)
 
 

@@ -20,7 +20,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from fastdfkd_jax import checkpoint, import_torch, models
+from fastdfkd_jax.run import checkpoint
+from fastdfkd_jax.teacher import torch_import
+from fastdfkd_jax import models
 from fastdfkd_jax.models import util as model_util
 
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -51,7 +53,7 @@ def load(path: str, arch: str | None = None, num_classes: int | None = None,
       raise checkpoint.CheckpointError(
           f"{path}: a PyTorch checkpoint carries no meta; loading it needs the arch, "
           "class count and input shape (from the config's arch and dataset.name)")
-    variables = import_torch.load_pth(path, arch, num_classes, tuple(input_shape))
+    variables = torch_import.load_pth(path, arch, num_classes, tuple(input_shape))
     meta = dict(arch=arch, num_classes=num_classes, input_shape=list(input_shape),
                 source=path)
     check_finite(variables, path)
