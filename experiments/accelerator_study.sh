@@ -38,7 +38,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 "$PY" - "$out" <<'EOF' || exit 1
 import json, os, subprocess, sys
 import jax
-sys.path.insert(0, "tools")
+sys.path.insert(0, "experiments")
 from accelerator_bench import environment   # python, nvidia-smi: the benchmark's own record
 env = dict(environment(jax.default_backend()), jax=jax.__version__,
            devices=[d.device_kind for d in jax.devices()],

@@ -1,23 +1,32 @@
-"""tools/cifar_study.py: every run of the study is a valid config with the same KD images."""
+"""experiments/cifar_study.py: every run of the study is a valid config with the same KD
+images; --list, --runs and --flags; the flags experiments/accelerator_study.sh passes it."""
 
+import argparse
+import importlib.util
 import os
+import re
 
 from absl import flags
 import pytest
 
 from fastdfkd_jax import cli
 from fastdfkd_jax.config import checks as config_checks
-from conftest import load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def _tool():
-  return load_tool("cifar_study")
+  """experiments/cifar_study.py as a module (experiments/ is no package)."""
+  spec = importlib.util.spec_from_file_location(
+      "experiments_cifar_study", os.path.join(REPO, "experiments", "cifar_study.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_every_run_parses_validates_and_sees_the_same_kd_images(monkeypatch):
-  monkeypatch.chdir(ROOT)
+  monkeypatch.chdir(REPO)
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))   # parse_flags may add
   tool = _tool()
   runs = tool.plan()
   names = [name for _, name, _, _ in runs]
@@ -25,11 +34,11 @@ def test_every_run_parses_validates_and_sees_the_same_kd_images(monkeypatch):
   kd_images = set()
   for _, name, config, extra in runs:
     fv = flags.FlagValues()
-    cmd = tool.command(tool.main.__globals__["argparse"].Namespace(
+    cmd = tool.command(argparse.Namespace(
         python="python", out="/tmp/study", data_dir="d", teacher="t", teacher_arch="resnet20",
         cache_dir="", flags=""), name, config, extra)
-    argv = ["prog"] + [a for a in cmd[3:] if not a.startswith("--workdir")]
-    cli.parse_flags(argv, fv)
+    assert cmd[:4] == ["python", "-m", "fastdfkd_jax.main", f"--workdir=/tmp/study/{name}"]
+    assert cli.parse_flags(["main", *cmd[4:]], fv) == ["main"]
     c = fv.config
     config_checks.validate(c)
     assert (c.teacher.arch, c.student.arch, c.dataset.name) == ("resnet20", "resnet8", "cifar10")
@@ -61,3 +70,18 @@ def test_flags_reach_every_listed_run(tmp_path, capsys):
                     "--flags", "--config.loop=host --config.k=3"]) == 0
   line = next(l for l in capsys.readouterr().out.splitlines() if "--workdir=" in l)
   assert line.endswith("--config.seed=0 --config.loop=host --config.k=3")
+
+
+def test_accelerator_study_passes_only_options_of_the_study(capsys):
+  """experiments/accelerator_study.sh runs `cifar_study.py --out=... --no_pin ...`: every
+  option it names is one of the study's (its --help)."""
+  with open(os.path.join(REPO, "experiments", "accelerator_study.sh")) as f:
+    text = f.read()
+  (call,) = re.findall(r'"\$PY" experiments/cifar_study\.py (.*?)&\n', text, re.S)
+  passed = set(re.findall(r"(?<![\w-])--(\w+)", call))
+  assert {"out", "teacher", "runs", "no_pin", "python"} <= passed
+  with pytest.raises(SystemExit) as e:
+    _tool().main(["--help"])
+  assert e.value.code == 0
+  options = set(re.findall(r"(?<![\w-])--(\w+)", capsys.readouterr().out))
+  assert passed <= options, passed - options

@@ -1,16 +1,18 @@
 """The step builder (fastdfkd_jax.distill.builder): which programs a config gets on
-CPU and on scan backends, and that every program traces once across epochs."""
+CPU and on scan backends (loop=auto fuses the epoch on TPU/GPU), and that every program
+traces once across epochs."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import make_mesh
+from fastdfkd_jax import data, models, synthesis
 from fastdfkd_jax.config import schema
-from fastdfkd_jax import data, models
-from fastdfkd_jax.run import loops, parallel
-from fastdfkd_jax.distill import builder, state as state_lib, steps
+from fastdfkd_jax.distill import builder, sources, state as state_lib, steps
 from fastdfkd_jax.models import util as model_util
+from fastdfkd_jax.run import loops, parallel
 
 
 def tiny_config(**fields):
@@ -22,11 +24,15 @@ def tiny_config(**fields):
   return c
 
 
+def distiller(c):
+  kind = sources.kind(c, synthesis.get(c.method).uses_pool)
+  return steps.build(c, data.get_info("digits"), "resnet8", make_mesh(1), kind, "float32")
+
+
 def structure(monkeypatch, backend, **fields):
   monkeypatch.setattr(loops, "backend", lambda: backend)
   c = tiny_config(**fields)
-  d = steps.build(c, data.get_info("digits"), "resnet8", parallel.make_mesh())
-  return builder.choose(c, d)
+  return builder.choose(c, distiller(c))
 
 
 def test_cpu_drives_kd_and_inner_steps_from_the_host(monkeypatch):
@@ -35,10 +41,22 @@ def test_cpu_drives_kd_and_inner_steps_from_the_host(monkeypatch):
   assert "backend=cpu" in s.description and "fused_epoch=False" in s.description
 
 
-def test_scan_backends_scan_kd_and_time_synthesis_separately(monkeypatch):
+def test_scan_backends_fuse_the_epoch_by_default(monkeypatch):
   for backend in ("gpu", "tpu"):
     s = structure(monkeypatch, backend)
-    assert (s.kd, s.synth_inner, s.fused) == ("scan", "scan", False), backend
+    assert (s.kd, s.synth_inner, s.fused) == ("scan", "scan", True), backend
+    assert "fused_epoch=True" in s.description
+    scan = structure(monkeypatch, backend, loop="scan")   # asked for: scanned, not fused
+    assert (scan.kd, scan.fused) == ("scan", False), backend
+
+
+def test_what_cannot_fuse_runs_split_on_scan_backends(monkeypatch):
+  """Only a pool method with one synthesis call per epoch fuses: generator rounds,
+  several calls per epoch and the KD baselines keep host-driven epochs of programs."""
+  assert not structure(monkeypatch, "gpu", method="dafl").fused
+  assert not structure(monkeypatch, "gpu", synth=dict(calls_per_epoch=2)).fused
+  for source in ("real", "noise"):
+    assert not structure(monkeypatch, "gpu", kd=dict(source=source)).fused, source
 
 
 def test_loop_fused_fuses_the_epoch_on_any_backend(monkeypatch):
@@ -58,20 +76,19 @@ def test_loop_fused_fuses_the_epoch_on_any_backend(monkeypatch):
 def test_kd_dispatches_follow_the_structure(monkeypatch):
   monkeypatch.setattr(loops, "backend", lambda: "gpu")
   c = tiny_config()
-  d = steps.build(c, data.get_info("digits"), "resnet8", parallel.make_mesh())
+  d = distiller(c)
   programs = builder.Programs(builder.choose(c, d), d, None, None)
   assert programs.kd_dispatch(7) == ("kd7", 1)
   programs.structure = builder.choose(tiny_config(loop="host"), d)
   assert programs.kd_dispatch(7) == ("kd1", 7)
-  with pytest.raises(ValueError, match="loop=fused"):
+  with pytest.raises(ValueError, match="no fused epoch"):
     programs.epoch_executable(7)
 
 
 def tiny_setup(c):
   """(info, distiller, teacher variables, initial state) of a digits resnet8 pair."""
-  info = data.get_info("digits")
-  mesh = parallel.make_mesh()
-  d = steps.build(c, info, "resnet8", mesh)
+  info, mesh = data.get_info("digits"), make_mesh(1)
+  d = distiller(c)
   t = parallel.put_replicated(model_util.init_variables(
       models.get_model("resnet8", 10), jax.random.key(1), info.image_shape), mesh)
   return info, d, t, state_lib.init_state(d, c, info, t, jax.random.key(0))
@@ -95,7 +112,7 @@ def test_every_program_traces_once_across_epochs(loop):
     for epoch in range(3):
       key = jax.random.key(epoch)
       if programs.structure.fused:
-        state, metrics = programs.epoch(state, t, key, adv, c.kd.steps)
+        state, metrics = programs.epoch(state, t, key, key, adv, c.kd.steps)
       else:
         state, _, metrics = programs.synth(state, t, key, adv)
         state, metrics = programs.kd(state, t, key, c.kd.steps)

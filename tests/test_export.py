@@ -1,11 +1,9 @@
-"""Exporting a run's pool (fastdfkd_jax.export) and distilling from the export
-(kd.source=dataset): a tiny digits distillation with a wrapping pool, exported in
-every format."""
+"""Exporting a run's pool (transfer.export, `python -m fastdfkd_jax.export`) and distilling
+from the export (kd.source=dataset): a tiny digits distillation with a wrapping pool,
+exported in every format."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -21,7 +19,9 @@ from fastdfkd_jax.transfer import formats
 from fastdfkd_jax.distill import steps
 from fastdfkd_jax.teacher import loader
 
-from conftest import REPO
+from absl import flags
+
+from conftest import run
 # 6 epochs of 32 images, a pool of 4 slots: the ring wraps, calls 2..5 stay.
 EPOCHS, BATCH, SLOTS = 6, 32, 4
 
@@ -42,10 +42,9 @@ def tiny_config(teacher_dir):
 @pytest.fixture(scope="module")
 def tiny_run(digits_teacher, tmp_path_factory):
   """(config, workdir, summary) of a tiny FastDFKD run on the session teacher."""
-  from fastdfkd_jax import modes
   config = tiny_config(digits_teacher[0])
   workdir = str(tmp_path_factory.mktemp("export_run"))
-  return config, workdir, modes.run(config, workdir)
+  return config, workdir, run(config, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,8 @@ def exports(tiny_run, tmp_path_factory):
   out = {}
   for fmt in formats.FORMATS:
     directory = str(tmp_path_factory.mktemp(f"export_{fmt}"))
-    out[fmt] = directory, export.export(workdir, directory, fmt)
+    out[fmt] = directory, export.export(workdir, directory, fmt,
+                                        schema.saved_config(workdir))
   return out
 
 
@@ -66,7 +66,7 @@ def test_mean_pairwise_distance_matches_brute_force():
   assert export.mean_pairwise_distance(f[:1]) == 0.0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_export_round_trip_is_byte_identical_in_every_format(tiny_run, exports):
   _, workdir, _ = tiny_run
   images, calls, meta = export.restore_pool(workdir)
@@ -84,7 +84,7 @@ def test_export_round_trip_is_byte_identical_in_every_format(tiny_run, exports):
   np.testing.assert_array_equal(grid, reporting.image_grid(images[-BATCH:], ncol=8))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_export_labels_are_the_teachers_predictions(digits_teacher, exports):
   back = formats.load(exports["npz"][0])
   variables, meta = loader.load(digits_teacher[0])
@@ -96,7 +96,7 @@ def test_export_labels_are_the_teachers_predictions(digits_teacher, exports):
   np.testing.assert_allclose(back.confidence, probs.max(1), rtol=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_summary_histogram_and_grids(exports):
   directory, summary = exports["image_folder"]
   back = formats.load(directory)
@@ -117,18 +117,22 @@ def test_summary_histogram_and_grids(exports):
   assert grids == sorted(f"class_{c}.png" for c in np.flatnonzero(counts))
 
 
-@pytest.mark.slow
-def test_cli_writes_and_user_errors_exit_2(tiny_run, tmp_path):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "fastdfkd_jax.export"]
-  proc = subprocess.run(cmd + [tiny_run[1], str(tmp_path / "o"), "--format=array_record"],
-                        env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.integration
+def test_cli_writes_and_user_errors_exit_2(tiny_run, tmp_path, capsys):
+  from fastdfkd_jax import export as export_cli
+  fv = flags.FlagValues()
+  export_cli.define_flags(fv)
+  argv = fv(["export", tiny_run[1], str(tmp_path / "o"), "--format=array_record"])
+  summary = export_cli.main(argv, fv)
   assert formats.detect_format(str(tmp_path / "o")) == "array_record"
-  proc = subprocess.run(cmd + [str(tmp_path / "none"), str(tmp_path / "p")], env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 2 and "no config.json" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert f"wrote {summary['num_images']} images (array_record)" in capsys.readouterr().out
+  for args in ([str(tmp_path / "none"), str(tmp_path / "p")], [str(tmp_path / "none")]):
+    with pytest.raises(SystemExit) as e:
+      export_cli.main(["export", *args], fv)
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "no config.json" in line or line.startswith(
+        "usage: python -m fastdfkd_jax.export WORKDIR OUT"), line
 
 
 def test_dataset_source_needs_a_directory():
@@ -141,10 +145,9 @@ def test_dataset_source_needs_a_directory():
     config_checks.validate(c)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kd_source_dataset_distills_from_the_export(tiny_run, exports, tmp_path):
   """KD on the exported set: the same schedule, no synthesis, a student above chance."""
-  from fastdfkd_jax import modes
   config, _, produced = tiny_run
   c = ml_collections.ConfigDict(config.to_dict())
   c.kd.source, c.kd.dataset_dir = "dataset", exports["image_folder"][0]
@@ -152,7 +155,7 @@ def test_kd_source_dataset_distills_from_the_export(tiny_run, exports, tmp_path)
     def no_synthesis(*args, **kwargs):
       raise AssertionError("kd.source=dataset must not synthesize")
     mp.setattr(steps.Distiller, "compile_synth", no_synthesis)
-    summary = modes.run(c, str(tmp_path))
+    summary = run(c, tmp_path)
   assert summary["kd_source"] == "dataset" and summary["synth_seconds"] == 0.0
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
@@ -166,4 +169,4 @@ def test_kd_source_dataset_with_a_missing_set_is_a_user_error(tmp_path):
   c = schema.default_config()
   c.kd.source, c.kd.dataset_dir = "dataset", str(tmp_path)
   with pytest.raises(errors.UserError, match="no exported transfer set"):
-    distill_mode.kd_source(c, None, data.get_info("digits"), None, str(tmp_path))
+    distill_mode.kd_images(c, None, data.get_info("digits"))

@@ -1,20 +1,21 @@
-"""Tests for fastdfkd_jax.plot: accuracy vs synthesis time from run workdirs."""
+"""Tests of the accuracy-vs-synthesis-time plot: the library (`fastdfkd_jax.study.plot`) on
+fake run workdirs, and its absl command line (`fastdfkd_jax.plot`) in process."""
 
 import json
 import os
-import subprocess
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pytest  # noqa: E402
+from absl import flags
+import numpy as np
+import pytest
 
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
+from fastdfkd_jax import plot as plot_cli  # noqa: E402
 from fastdfkd_jax.study import plot  # noqa: E402
 
-from conftest import REPO
+# plot_runs saves the 7.0 x 4.5 inch figure at 120 dpi.
+PNG_SIZE = (840, 540)
 
 
 def fake_run(root, name, method, k, per_epoch_synth, epochs=6, with_summary=True):
@@ -42,11 +43,26 @@ def two_runs(tmp_path):
 
 
 def _check_png(path):
-  assert os.path.isfile(path)
+  """The file is the saved figure: its size, and more than a blank canvas."""
   with Image.open(path) as im:
-    im.load()
-    w, h = im.size
-  assert 400 <= w <= 3000 and 300 <= h <= 2000, (w, h)
+    assert im.format == "PNG" and im.size == PNG_SIZE
+    pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+  assert len(np.unique(pixels, axis=0)) > 16    # curves, text and a legend were drawn
+
+
+def _cli(*args):
+  """`python -m fastdfkd_jax.plot ARGS` in process: absl parses into fresh flags."""
+  fv = flags.FlagValues()
+  plot_cli.define_flags(fv)
+  return plot_cli.main(fv(["plot", *args]), fv)
+
+
+def _one_error_line(capsys, exit_info) -> str:
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  (line,) = captured.err.splitlines()
+  assert line.startswith("error: ") and captured.out == ""
+  return line
 
 
 def test_plot_runs_default_out(two_runs):
@@ -104,24 +120,46 @@ def test_missing_metrics_is_a_clear_error(tmp_path, two_runs):
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="has no metrics.jsonl"):
     plot.plot_runs([two_runs[0], str(empty)])
-  with pytest.raises(SystemExit):
-    plot.main([str(empty)])
 
 
-def test_cli_main_and_subprocess(tmp_path, two_runs):
+def test_cli_draws_the_runs_and_prints_the_path(tmp_path, two_runs, capsys):
   out = str(tmp_path / "sub" / "acc.png")
-  assert plot.main([*two_runs, f"--out={out}", "--x=wall_seconds"]) == out
+  assert _cli(*two_runs, f"--out={out}", "--x=wall_seconds") == out
+  assert capsys.readouterr().out == out + "\n"
   _check_png(out)
-  out2 = str(tmp_path / "cli.png")
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.plot", *two_runs, "--out", out2],
-                       capture_output=True, text=True, env=env, timeout=120)
-  assert res.returncode == 0, res.stderr[-2000:]
-  assert res.stdout.strip() == out2
-  _check_png(out2)
-  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.plot", str(tmp_path / "nope")],
-                       capture_output=True, text=True, env=env, timeout=120)
-  assert res.returncode == 2 and "has no metrics.jsonl" in res.stderr
+
+
+def test_cli_defaults_are_the_librarys(two_runs, monkeypatch):
+  seen = []
+  monkeypatch.setattr(plot, "plot_runs", lambda *a: seen.append(a) or "p.png")
+  assert _cli(*two_runs) == "p.png"
+  assert seen == [(two_runs, None, "synth_seconds")]   # out: FIRST_WORKDIR/DEFAULT_NAME
+
+
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, two_runs, capsys):
+  with pytest.raises(SystemExit) as e:
+    _cli(str(tmp_path / "nope"))
+  assert "has no metrics.jsonl" in _one_error_line(capsys, e)
+  teacher = tmp_path / "teacher"
+  teacher.mkdir()
+  (teacher / "metrics.jsonl").write_text(json.dumps(dict(epoch=0, test_accuracy=50.0)) + "\n")
+  with pytest.raises(SystemExit) as e:     # a ValueError of the library: no synth_seconds
+    _cli(str(teacher))
+  assert "choose another --x" in _one_error_line(capsys, e)
+  assert not os.path.exists(teacher / plot.DEFAULT_NAME)
+
+
+def test_cli_without_workdirs_prints_the_usage(capsys):
+  with pytest.raises(SystemExit) as e:
+    _cli("--x=epoch")
+  assert e.value.code == 2
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line == f"usage: {plot_cli.USAGE}"
+
+
+def test_cli_refuses_an_unknown_x_axis(two_runs):
+  with pytest.raises(flags.IllegalFlagValueError, match="kd_seconds"):
+    _cli(*two_runs, "--x=kd_seconds")
 
 
 def test_teacher_run_uses_test_accuracy(tmp_path):

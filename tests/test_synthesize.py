@@ -1,10 +1,8 @@
 """mode=synthesize (fastdfkd_jax.modes.synthesize): a set of exactly num_images from the
-teacher alone, its inspection, and resume after SIGKILL with the same images."""
+teacher alone, its inspection, and resume after a crash with the same images."""
 
 import json
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -14,8 +12,8 @@ from fastdfkd_jax import errors
 from fastdfkd_jax.modes import synthesize
 from fastdfkd_jax.transfer import formats
 from fastdfkd_jax.distill import steps
-from runlib import main as _main, rows as _rows
-from test_runs import teacher  # noqa: F401  (the module's teacher fixture)
+from conftest import rows as _rows, run
+from fastdfkd_jax.distill import epochs
 
 # 200 images in calls of 64: 4 calls, the last one cut to 8 images.
 NUM_IMAGES, BATCH = 200, 64
@@ -42,7 +40,6 @@ def test_num_calls_and_validation():
 
 @pytest.fixture(scope="module")
 def synth_run(digits_teacher, tmp_path_factory):
-  from fastdfkd_jax import modes
   config = tiny_config(digits_teacher[0])
   workdir = str(tmp_path_factory.mktemp("synthesize"))
   with pytest.MonkeyPatch.context() as mp:
@@ -50,11 +47,11 @@ def synth_run(digits_teacher, tmp_path_factory):
       raise AssertionError("mode=synthesize must not train a student")
     mp.setattr(steps.Distiller, "jit_kd_steps", no_kd)
     mp.setattr(steps.Distiller, "jit_kd_batch", no_kd)
-    summary = modes.run(config, workdir)
+    summary = run(config, workdir)
   return config, workdir, summary
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_synthesize_writes_num_images_with_their_calls(synth_run):
   config, workdir, summary = synth_run
   ts = formats.load(os.path.join(workdir, synthesize.TRANSFER_DIR))
@@ -69,7 +66,7 @@ def test_synthesize_writes_num_images_with_their_calls(synth_run):
   assert all(r["synth_seconds"] > 0 and "loss_adv" in r for r in rows)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_synthesize_histogram_is_the_teachers(synth_run):
   """The per-class histogram of summary.json counts the teacher's predictions."""
   _, workdir, summary = synth_run
@@ -83,45 +80,37 @@ def test_synthesize_histogram_is_the_teachers(synth_run):
     assert json.load(f)["per_class_count"] == counts.tolist()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_rerun_of_a_finished_synthesis_is_a_no_op(synth_run):
-  from fastdfkd_jax import modes
   config, workdir, summary = synth_run
-  assert modes.run(config, workdir) == json.load(open(os.path.join(workdir, "summary.json")))
+  assert run(config, workdir) == json.load(open(os.path.join(workdir, "summary.json")))
 
 
-# ------------------------------------------------- SIGKILL, then resume (subprocesses)
+@pytest.mark.integration
+def test_a_crash_then_resume_writes_the_same_set(synth_run, tmp_path, monkeypatch):
+  """Killed after its third call (as by SIGKILL: nothing of the process survives), the
+  same command resumes from the last checkpoint and writes the same set bit for bit."""
+  config, full, _ = synth_run
+  real = epochs.synthesize
+  calls = []
 
-SUBPROCESS = ["--config.mode=synthesize", "--config.teacher.arch=resnet8",
-              "--config.student.arch=resnet8", "--config.batch_size=32", "--config.k=2",
-              "--config.synth.nz=16", "--config.synth.ngf=8", "--config.checkpoint_every=1",
-              "--config.transfer.num_images=300", "--config.transfer.diversity_images=50"]
+  def synthesize(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:
+      raise RuntimeError("killed")
+    return real(*args, **kwargs)
 
-
-@pytest.mark.slow  # end to end: digits runs of `main` in subprocesses
-def test_sigkill_then_resume_writes_the_same_set(teacher, tmp_path):  # noqa: F811
-  flags = [f"--config.teacher.checkpoint={teacher}", *SUBPROCESS]
-  full = tmp_path / "full"
-  proc = _main(full, *flags)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  killed = tmp_path / "killed"
-  proc = _main(killed, *flags, wait=False)
-  deadline = time.time() + 600
-  while len(_rows(killed)) < 3 and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  assert proc.poll() is None, "run finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate(timeout=600)
-  assert proc.returncode == -signal.SIGKILL
-  assert not os.path.exists(killed / "summary.json")
-  proc = _main(killed, *flags)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resumed after epoch" in proc.stderr
-  a, b = (formats.load(str(w / "transfer_set")) for w in (full, killed))
-  assert len(a.images) == 300 and a.images.tobytes() == b.images.tobytes()
+  with monkeypatch.context() as m:
+    m.setattr(epochs, "synthesize", synthesize)
+    with pytest.raises(RuntimeError, match="killed"):
+      run(config, tmp_path)
+  assert len(_rows(tmp_path)) == 3 and not os.path.exists(tmp_path / "summary.json")
+  run(config, tmp_path)
+  a, b = (formats.load(os.path.join(w, "transfer_set")) for w in (full, tmp_path))
+  assert len(a.images) == NUM_IMAGES and a.images.tobytes() == b.images.tobytes()
   np.testing.assert_array_equal(a.labels, b.labels)
   keep = ("epoch", "images", "loss", "loss_bn", "loss_oh")
-  assert [{k: r[k] for k in keep} for r in _rows(killed)] == \
+  assert [{k: r[k] for k in keep} for r in _rows(tmp_path)] == \
       [{k: r[k] for k in keep} for r in _rows(full)]
 
 

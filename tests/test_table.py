@@ -1,15 +1,14 @@
-"""Tests for fastdfkd_jax.table: a study's markdown table from run workdirs."""
+"""Tests of a study's markdown table from run workdirs: the library
+(`fastdfkd_jax.study.table`) and its absl command line (`fastdfkd_jax.table`) in process."""
 
 import json
 import math
-import subprocess
-import sys
 
+from absl import flags
 import pytest
 
+from fastdfkd_jax import table as table_cli
 from fastdfkd_jax.study import table
-
-from conftest import REPO
 
 
 def fake_run(root, name, accs, synth_per_epoch, teacher_acc=80.0):
@@ -23,6 +22,13 @@ def fake_run(root, name, accs, synth_per_epoch, teacher_acc=80.0):
       synth_seconds=synth_per_epoch * len(accs), wall_seconds=600.0,
       synth_images=1280, kd_images=51200)))
   return str(wd)
+
+
+def _cli(*args):
+  """`python -m fastdfkd_jax.table ARGS` in process: absl parses into fresh flags."""
+  fv = flags.FlagValues()
+  table_cli.define_flags(fv)
+  return table_cli.main(fv(["table", *args]), fv)
 
 
 def test_mean_sd_is_the_sample_deviation():
@@ -52,13 +58,54 @@ def test_table_rows_and_speed_up(tmp_path):
   assert di[2] == "**50.00** ± -" and di[-1] == "1.0x"
 
 
-def test_cli_errors_exit_2_with_one_line(tmp_path):
-  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.table", f"x={tmp_path}"],
-                       capture_output=True, text=True, cwd=REPO)
-  assert res.returncode == 2 and "has no summary.json" in res.stderr
-  res = subprocess.run([sys.executable, "-m", "fastdfkd_jax.table", "nodirs"],
-                       capture_output=True, text=True, cwd=REPO)
-  assert res.returncode == 2 and "NAME=WORKDIR" in res.stderr
+def test_cli_prints_the_table_of_the_library(tmp_path, capsys):
+  a = fake_run(tmp_path, "a", [20.0, 40.0], 1.0)
+  b = fake_run(tmp_path, "b", [10.0, 30.0], 4.0)
+  text = _cli(f"A={a}", f"B={b}", "--reference=B")
+  assert capsys.readouterr().out == text + "\n"
+  assert text == table.markdown([table.read_row(f"A={a}"), table.read_row(f"B={b}")], "B")
+  # A reaches B's final 30 % after 2 s of synthesis (epoch 2), B after 8 s: 4x.
+  assert text.splitlines()[2].rstrip(" |").endswith("4.0x")
+
+
+def test_cli_until_kd_step_reaches_the_rows_and_the_title(tmp_path):
+  wd = tmp_path / "stopped"
+  wd.mkdir()
+  rows = [dict(epoch=e, step=40 * e, student_acc=10.0 * e, synth_seconds=2.0 * e)
+          for e in range(1, 4)]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (wd / "config.json").write_text(json.dumps(dict(batch_size=8)))
+  text = _cli(f"S={wd}", "--until_kd_step=90")
+  assert text == table.markdown([table.read_row(f"S={wd}", 90)], None, "at <= 90 KD steps")
+  assert "student acc. at <= 90 KD steps (%)" in text.splitlines()[0]
+  assert "**20.00**" in text and "**30.00**" not in text     # the evaluation at step 80
+
+
+def _one_error_line(capsys, exit_info) -> str:
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  (line,) = captured.err.splitlines()
+  assert captured.out == ""
+  return line
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    _cli(f"x={tmp_path}")
+  line = _one_error_line(capsys, e)
+  assert line.startswith("error: ") and "has no summary.json" in line
+  with pytest.raises(SystemExit) as e:
+    _cli("nodirs")
+  line = _one_error_line(capsys, e)
+  assert line.startswith("error: ") and "NAME=WORKDIR" in line
+  a = fake_run(tmp_path, "a", [20.0, 40.0], 1.0)
+  with pytest.raises(SystemExit) as e:
+    _cli(f"A={a}", "--reference=B")
+  line = _one_error_line(capsys, e)
+  assert line == "error: --reference=B names no row; rows: A"
+  with pytest.raises(SystemExit) as e:
+    _cli("--until_kd_step=3")
+  assert _one_error_line(capsys, e) == f"usage: {table_cli.USAGE}"
 
 
 def test_until_kd_step_reads_stopped_runs_at_equal_kd_steps(tmp_path):

@@ -1,20 +1,46 @@
-"""The one teacher loader (fastdfkd_jax.teacher.loader): orbax dirs, workdirs, errors.
+"""The one teacher loader (fastdfkd_jax.teacher.loader): orbax dirs, workdirs, `.pth`, errors.
 
-The `.pth` route is covered with PyTorch in tests/test_import_torch.py.
+The unit tests load a resnet8 digits checkpoint imported from a NumPy-made `.pth`
+(`torch_import.import_to_checkpoint`: no training, no torch); the meta a train_teacher run
+writes is checked on the session's trained teacher.
 """
 
 import os
 import shutil
 
+import jax
+import numpy as np
 import pytest
 
-from fastdfkd_jax.run import checkpoint
 from fastdfkd_jax import errors
-from fastdfkd_jax.teacher import loader
+from fastdfkd_jax.run import checkpoint
+from fastdfkd_jax.teacher import loader, pth, torch_import
 
 from conftest import TEACHER_EPOCHS
 
+DIGITS = (8, 8, 1)
 
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """(workdir of a resnet8 digits checkpoint imported from a .pth, the .pth, its variables)."""
+  base = tmp_path_factory.mktemp("imported")
+  rng = np.random.default_rng(0)
+  sd = {key: rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+        for key, shape in torch_import.torch_layout("resnet8", 10, DIGITS).items()}
+  source = str(base / "resnet8.pth")
+  pth.write(source, sd)
+  workdir = str(base / "teacher")
+  torch_import.import_to_checkpoint(source, workdir, "resnet8", "digits")
+  return workdir, source, torch_import.convert_state_dict(sd, "resnet8", 10, DIGITS)
+
+
+def _assert_same(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.integration
 def test_checkpoint_meta(digits_teacher):
   workdir, summary = digits_teacher
   variables, meta = loader.load(workdir)
@@ -24,15 +50,36 @@ def test_checkpoint_meta(digits_teacher):
   assert set(variables) == {"params", "batch_stats"}
 
 
-def test_fields_are_checked_against_the_meta(digits_teacher):
-  workdir, _ = digits_teacher
+def test_workdir_and_checkpoints_dir_load_the_saved_variables(imported):
+  workdir, source, want = imported
+  variables, meta = loader.load(workdir)
+  _assert_same(variables, want)
+  assert meta["arch"] == "resnet8" and meta["num_classes"] == 10
+  assert meta["input_shape"] == [8, 8, 1] and meta["dataset"] == "digits"
+  assert meta["mode"] == "import" and meta["source"] == source
   variables, _ = loader.load(os.path.join(workdir, "checkpoints"), arch="resnet8",
-                             num_classes=10, input_shape=(8, 8, 1))
-  assert set(variables) == {"params", "batch_stats"}
+                             num_classes=10, input_shape=DIGITS)
+  _assert_same(variables, want)
+
+
+def test_fields_are_checked_against_the_meta(imported):
+  workdir = imported[0]
   with pytest.raises(checkpoint.CheckpointError, match="arch='resnet8'.*teacher.arch"):
     loader.load(workdir, arch="resnet20")
+  with pytest.raises(checkpoint.CheckpointError, match="num_classes=10.*dataset.name"):
+    loader.load(workdir, num_classes=100)
   with pytest.raises(checkpoint.CheckpointError, match="input_shape.*dataset.name"):
     loader.load(workdir, input_shape=(32, 32, 3))
+
+
+def test_a_pth_loads_as_the_fields_say(imported, tmp_path):
+  _, source, want = imported
+  variables, meta = loader.load(source, arch="resnet8", num_classes=10, input_shape=DIGITS)
+  _assert_same(variables, want)
+  assert meta == dict(arch="resnet8", num_classes=10, input_shape=list(DIGITS), source=source)
+  pt = str(tmp_path / "teacher.pt")  # the other suffix
+  shutil.copy(source, pt)
+  _assert_same(loader.load(pt, arch="resnet8", num_classes=10, input_shape=DIGITS)[0], want)
 
 
 def test_missing_and_empty_paths_are_user_errors(tmp_path):
@@ -43,12 +90,14 @@ def test_missing_and_empty_paths_are_user_errors(tmp_path):
     loader.load(str(tmp_path / "empty"))
   with pytest.raises(checkpoint.CheckpointError, match="arch, class count"):
     loader.load(str(tmp_path / "teacher.pth"))
+  with pytest.raises(errors.UserError, match="no PyTorch checkpoint at"):
+    loader.load(str(tmp_path / "teacher.pth"), arch="resnet8", num_classes=10,
+                input_shape=DIGITS)
 
 
-def test_corrupt_checkpoint_is_a_user_error(digits_teacher, tmp_path):
-  workdir, _ = digits_teacher
+def test_corrupt_checkpoint_is_a_user_error(imported, tmp_path):
   copy = tmp_path / "copy"
-  shutil.copytree(os.path.join(workdir, "checkpoints"), copy)
+  shutil.copytree(os.path.join(imported[0], "checkpoints"), copy)
   (step,) = [d for d in os.listdir(copy) if d.isdigit()]
   shutil.rmtree(copy / step / "model")
   with pytest.raises(checkpoint.CheckpointError, match="cannot restore the resnet8 weights"):

@@ -51,28 +51,58 @@ FIELD_RANGES = {
 }
 
 
+def _choices() -> dict:
+  """Field -> its valid values (the registries of methods and formats included)."""
+  return {
+      "mode": schema.MODES, "task": schema.TASKS, "optim.schedule": schema.SCHEDULES,
+      "optim.optimizer": schema.OPTIMIZERS, "kd.optimizer": schema.OPTIMIZERS,
+      "method": synthesis.available(), "kd.source": schema.KD_SOURCES,
+      "transfer.format": formats.FORMATS, "kd.loss": schema.KD_LOSSES,
+      "synth.meta_grad": schema.META_GRADS, "loop": schema.LOOPS,
+      "synth.generator": schema.GENERATORS, "synth.augment": schema.AUGMENTS,
+      "kd.augment": schema.AUGMENTS, "synth.keep": schema.KEEP_IMAGES,
+      "dtype": schema.DTYPES, "inner_unroll": schema.INNER_LOOPS}
+
+
+def _field(c: ml_collections.ConfigDict, name: str):
+  return functools.reduce(lambda group, key: group[key], name.split("."), c)
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises errors.UserError naming the field and the fix for a bad config."""
-  def choice(field, value, valid):
+  check_types(c, schema.base_config())
+  for name, (ok, text) in FIELD_RANGES.items():
+    value = _field(c, name)
+    if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
+      raise errors.UserError(f"config.{name}={value!r} must be {text}")
+  for name, valid in _choices().items():
+    value = _field(c, name)
     if value not in valid:
       close = difflib.get_close_matches(str(value), valid, n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise errors.UserError(f"config.{field}={value!r} is not valid{hint}; "
-                       f"choose one of {', '.join(valid)}")
+      raise errors.UserError(f"config.{name}={value!r} is not valid{hint}; "
+                             f"choose one of {', '.join(valid)}")
+  _validate_sources(c)
+  _validate_imagenet_options(c)
+  _validate_schedule(c)
+  if c.mode == "distill" and not synthesis.get(c.method).uses_pool:
+    _validate_generative(c)
+  if c.mode == "evaluate" and not c.checkpoint:
+    raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
+                           "written by train_teacher or distill, or a release .pth)")
+  _validate_data(c)
+  if c.task == "segmentation":
+    _validate_segmentation(c)
+  archs = ([("model", c.model)] if c.mode not in ("distill", "synthesize")
+           else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
+  for field, arch in archs:
+    if arch not in models.list_models():
+      raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
+                             f"{', '.join(models.list_models())}")
 
-  check_types(c, schema.base_config())
-  for name, (ok, text) in FIELD_RANGES.items():
-    value = functools.reduce(lambda group, key: group[key], name.split("."), c)
-    if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
-      raise errors.UserError(f"config.{name}={value!r} must be {text}")
-  choice("mode", c.mode, schema.MODES)
-  choice("task", c.task, schema.TASKS)
-  choice("optim.schedule", c.optim.schedule, schema.SCHEDULES)
-  choice("optim.optimizer", c.optim.optimizer, schema.OPTIMIZERS)
-  choice("kd.optimizer", c.kd.optimizer, schema.OPTIMIZERS)
-  choice("method", c.method, synthesis.available())
-  choice("kd.source", c.kd.source, schema.KD_SOURCES)
-  choice("transfer.format", c.transfer.format, formats.FORMATS)
+
+def _validate_sources(c: ml_collections.ConfigDict) -> None:
+  """What KD trains on and where the pool lives."""
   if c.mode == "synthesize" and c.kd.source != "synthetic":
     raise errors.UserError(f"mode=synthesize makes a synthetic set; kd.source="
                            f"{c.kd.source!r} must stay 'synthetic'")
@@ -80,22 +110,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise errors.UserError("kd.source=dataset needs --config.kd.dataset_dir=DIR, an "
                            "exported transfer set (python -m fastdfkd_jax.export WORKDIR "
                            "DIR, or WORKDIR/transfer_set of mode=synthesize)")
-  choice("kd.loss", c.kd.loss, schema.KD_LOSSES)
-  choice("synth.meta_grad", c.synth.meta_grad, schema.META_GRADS)
-  choice("loop", c.loop, schema.LOOPS)
-  choice("synth.generator", c.synth.generator, schema.GENERATORS)
-  choice("synth.augment", c.synth.augment, schema.AUGMENTS)
-  choice("kd.augment", c.kd.augment, schema.AUGMENTS)
-  choice("synth.keep", c.synth.keep, schema.KEEP_IMAGES)
-  _validate_imagenet_options(c)
   if c.pool.memmap and c.pool.on_device:
     raise errors.UserError("config.pool.memmap=True memory-maps the host pool: set "
                            "--config.pool.on_device=False with it")
+  if 0 < c.pool.capacity < c.batch_size:
+    raise errors.UserError(f"config.pool.capacity={c.pool.capacity} must be 0 (every "
+                           f"image) or >= batch_size={c.batch_size}")
+
+
+def _validate_schedule(c: ml_collections.ConfigDict) -> None:
+  """Epochs, warmups, steps and learning rates that fit together."""
   if c.kd.steps % c.synth.calls_per_epoch:
     raise errors.UserError(f"config.kd.steps={c.kd.steps} must be a multiple of "
                            f"synth.calls_per_epoch={c.synth.calls_per_epoch}")
-  choice("dtype", c.dtype, schema.DTYPES)
-  choice("inner_unroll", c.inner_unroll, schema.INNER_LOOPS)
   if c.mode == "distill" and not 0 <= c.warmup < c.epochs:
     raise errors.UserError(f"config.warmup={c.warmup} must be in [0, epochs={c.epochs})")
   if c.mode == "train_teacher" and c.optim.warmup_epochs >= c.epochs:
@@ -103,14 +130,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
                            f"< epochs={c.epochs}")
   if c.kd.lr_min > c.kd.lr:
     raise errors.UserError(f"config.kd.lr_min={c.kd.lr_min} must be <= kd.lr={c.kd.lr}")
-  if 0 < c.pool.capacity < c.batch_size:
-    raise errors.UserError(f"config.pool.capacity={c.pool.capacity} must be 0 (every "
-                           f"image) or >= batch_size={c.batch_size}")
-  if c.mode == "distill" and not synthesis.get(c.method).uses_pool:
-    _validate_generative(c)
-  if c.mode == "evaluate" and not c.checkpoint:
-    raise errors.UserError("mode=evaluate needs --config.checkpoint=DIR (a checkpoint "
-                     "written by train_teacher or distill, or a release .pth)")
+
+
+def _validate_data(c: ml_collections.ConfigDict) -> None:
+  """The data set exists, fits the task and the KD source."""
   try:
     info = data.get_info(c.dataset.name)
   except ValueError as e:
@@ -121,14 +144,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if info.task != c.task:
     raise errors.UserError(f"config.dataset.name={c.dataset.name!r} is a {info.task} set "
                            f"but config.task={c.task!r}; set --config.task={info.task}")
-  if c.task == "segmentation":
-    _validate_segmentation(c)
-  archs = ([("model", c.model)] if c.mode not in ("distill", "synthesize")
-           else [("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch)])
-  for field, arch in archs:
-    if arch not in models.list_models():
-      raise errors.UserError(f"unknown model {arch!r} in config.{field}; valid names: "
-                       f"{', '.join(models.list_models())}")
 
 
 def _validate_imagenet_options(c: ml_collections.ConfigDict) -> None:

@@ -174,8 +174,10 @@ class Programs:
     return state.replace(student=student), dict(kd_loss=loss_sum / calls)
 
   def epoch(self, state, teacher_vars, k_synth, k_kd, adv, n_steps: int):
-    """The fused epoch: synthesis + n_steps KD updates in one dispatch."""
-    return self.epoch_executable(n_steps).fn(state, teacher_vars, k_synth, k_kd, adv)
+    """The fused epoch: synthesis + n_steps KD updates in one dispatch, with the keys the
+    split form's `synth` and `kd` (its one scanned dispatch) use."""
+    return self.epoch_executable(n_steps).fn(state, teacher_vars, k_synth,
+                                             jax.random.fold_in(k_kd, 0), adv)
 
 
 def build_programs(config: ml_collections.ConfigDict, distiller: Distiller, state,

@@ -21,7 +21,7 @@ from fastdfkd_jax.distill import builder, epochs, pool as pool_lib, samples, sou
 from fastdfkd_jax.distill import state as state_lib
 from fastdfkd_jax.evaluation import metrics
 from fastdfkd_jax.modes import train_teacher
-from fastdfkd_jax.run import checkpoint, parallel, skeleton
+from fastdfkd_jax.run import checkpoint, parallel, reporting, skeleton
 from fastdfkd_jax.teacher import loader
 from fastdfkd_jax.training import optim
 from fastdfkd_jax.transfer import formats
@@ -188,6 +188,9 @@ class DistillTask:
         counters = counters.replace(best_student_acc=acc)
         checkpoint.save(self.best_mngr, epoch, self._meta(counters.replace(epoch=epoch)),
                         student)
+    reporting.log_epoch("distill", epoch, student_acc=acc if evaluated else None,
+                        best=counters.best_student_acc, synth_seconds=counters.synth_seconds,
+                        kd_seconds=counters.kd_seconds)
     grids = {}
     if self.parts.source.synthetic and config.sample_every and (
         epoch % config.sample_every == 0 or last):

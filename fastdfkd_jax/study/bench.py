@@ -37,77 +37,19 @@ import dataclasses
 import json
 import os
 import statistics
-import time
-from typing import Any, Callable
+from typing import Callable
 
 from absl import logging
 
 from fastdfkd_jax.study import bench_torch
+from fastdfkd_jax.study.timing import (cost_flops, peak_matmul_flops_per_s, safe_cost,
+                                       time_calls)
 from fastdfkd_jax import errors
 
 WHATS = ("synth", "kd", "epoch")
 
 
 # ------------------------------------------------------------------ helpers
-def cost_flops(cost: Any) -> float | None:
-  """'flops' of a cost analysis: a dict, a list of per-module dicts, or None."""
-  if cost is None:
-    return None
-  if isinstance(cost, dict):
-    cost = [cost]
-  total, found = 0.0, False
-  for entry in cost:
-    if isinstance(entry, dict) and entry.get("flops") is not None:
-      total += float(entry["flops"])
-      found = True
-  return total if found else None
-
-
-def _safe_cost(obj) -> Any:
-  try:
-    return obj.cost_analysis()
-  except Exception as e:  # pylint: disable=broad-except  # Backend without cost analysis.
-    logging.warning("cost analysis unavailable: %s", e)
-    return None
-
-
-def time_calls(call: Callable[[], Any], repeats: int, warmup_calls: int = 1) -> list[float]:
-  """Seconds of `repeats` calls after `warmup_calls` untimed ones; each ends blocked on its outputs."""
-  import jax
-  for _ in range(warmup_calls):
-    jax.block_until_ready(call())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - t0)
-  return times
-
-
-def peak_matmul_flops_per_s(dtype, size: int, repeats: int = 5) -> dict:
-  """FLOP/s of a jitted dense size x size matmul on device 0 (a peak estimate)."""
-  import jax
-  import jax.numpy as jnp
-  dev = jax.devices()[0]
-  k1, k2 = jax.random.split(jax.random.key(0))
-  a = jax.device_put(jax.random.normal(k1, (size, size), jnp.float32).astype(dtype), dev)
-  b = jax.device_put(jax.random.normal(k2, (size, size), jnp.float32).astype(dtype), dev)
-  mm = jax.jit(jnp.matmul).lower(a, b).compile()
-  calls = 3 if jax.default_backend() == "cpu" else 20
-  jax.block_until_ready(mm(a, b))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(calls):
-      out = mm(a, b)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / calls)
-  med = statistics.median(times)
-  return dict(peak_matmul_flops_per_s=2.0 * size ** 3 / med, peak_matmul_size=size,
-              peak_matmul_dtype=jnp.dtype(dtype).name)
-
-
-# ------------------------------------------------------------------ the bench
 class Bench:
   """Distiller, random teacher, the (donated, threaded) state and the programs that
   `distill.builder` picks for one config."""
@@ -177,7 +119,7 @@ class Bench:
       else:
         lowered = d.jit_kd_steps(self.state, 1, unroll=True).lower(
             self.state, self.teacher_vars, key)
-      self._flops_unrolled[name] = cost_flops(_safe_cost(lowered))
+      self._flops_unrolled[name] = cost_flops(safe_cost(lowered))
     return self._flops_unrolled[name]
 
   def _flops(self, parts: list, straight: list[tuple[str, int]]):
@@ -188,7 +130,7 @@ class Bench:
     (only the scans matter: the tiny threefry while loops of jax.random on CPU carry
     no convolution FLOPs).
     """
-    flops = [(None if e.compiled is None else cost_flops(_safe_cost(e.compiled)), c)
+    flops = [(None if e.compiled is None else cost_flops(safe_cost(e.compiled)), c)
              for e, c in parts]
     raw = None
     if all(f is not None for f, _ in flops):

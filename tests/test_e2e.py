@@ -1,0 +1,166 @@
+"""End to end, where the process boundary is the point: `python -m fastdfkd_jax.main` as a
+user runs it, killed, stopped, split over two processes, and its exit codes.
+
+Everything else the suite checks in process (test_run_skeleton.py, test_modes_*.py,
+test_parallel.py). These subprocesses see one CPU device (conftest.main).
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, main, rows
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["--config.epochs=6", "--config.warmup=1", "--config.kd.steps=4",
+        "--config.batch_size=32", "--config.k=2", "--config.synth.nz=16",
+        "--config.synth.ngf=8", "--config.checkpoint_every=1", "--config.sample_every=0",
+        "--config.teacher.arch=resnet8", "--config.student.arch=resnet8",
+        "--config.kd.cosine_epochs=5"]
+
+
+def _history(workdir):
+  return [(r["epoch"], r["student_acc"], r.get("best_loss"), r.get("kd_loss"))
+          for r in rows(workdir)]
+
+
+def _error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(teacher, tmp_path_factory):
+  work = tmp_path_factory.mktemp("full")
+  proc = main(work, f"--config.teacher.checkpoint={teacher}", *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return str(work)
+
+
+def test_the_readme_command_trains_a_teacher_then_a_student(tmp_path):
+  """README's first command (the embedded default: a resnet20 digits teacher trained
+  first, then FastDFKD), shortened by flags only: both learn, the steps add up."""
+  proc = main(tmp_path, "--config.teacher.epochs=5", "--config.epochs=6",
+              "--config.warmup=1", "--config.kd.cosine_epochs=6", timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["teacher_acc"] >= 70.0 and summary["student_acc"] >= 25.0, summary
+  assert [r["step"] for r in rows(tmp_path / "teacher")][-1] == 5 * (1437 // 64)
+  assert [r["step"] for r in rows(tmp_path)][-1] == 5 * 30
+
+
+def test_random_kills_and_stops_end_exactly_like_an_uninterrupted_run(teacher, uninterrupted,
+                                                                      tmp_path):
+  """SIGKILL (anywhere in an epoch: synthesis, KD, evaluation or a checkpoint save) and
+  SIGTERM (checkpoint at the epoch's end, exit 0), then the same command: identical."""
+  rng = random.Random(18)
+  flags = [f"--config.teacher.checkpoint={teacher}", *TINY]
+  stops = []
+  while len(stops) < 4:
+    proc = main(tmp_path, *flags, wait=False)
+    done = len(rows(tmp_path))
+    deadline = time.time() + 600
+    while len(rows(tmp_path)) <= done and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.15))
+    if proc.poll() is not None:
+      break
+    sig = signal.SIGTERM if len(stops) == 1 else signal.SIGKILL
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=600)
+    if sig == signal.SIGTERM:
+      assert proc.returncode == 0 and "preempted after epoch" in out, err[-3000:]
+    else:
+      assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    stops.append(sig)
+  proc = main(tmp_path, *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert signal.SIGTERM in stops and stops.count(signal.SIGKILL) >= 2, stops
+  assert _history(tmp_path) == _history(uninterrupted)
+  full = json.load(open(os.path.join(uninterrupted, "summary.json")))
+  resumed = json.load(open(tmp_path / "summary.json"))
+  for key in ("student_acc", "best_student_acc", "teacher_acc", "synth_images"):
+    assert resumed[key] == full[key], key
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, flags):
+  port, env = _free_port(), dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  return [subprocess.Popen(
+      [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags],
+      env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_dead_process_stops_the_other_and_all_resume(digits_teacher, tmp_path, victim):
+  """Two processes of 4 devices: one killed, the other stops with one line (or the
+  coordination service aborts it when the coordinator is the one gone); restarting both
+  resumes, and the run ends on 8 devices with the teacher's score of one process."""
+  teacher, teacher_summary = digits_teacher
+  flags = [f"--config.teacher.checkpoint={teacher}",
+           *[f for f in TINY if not f.startswith("--config.epochs=")], "--config.epochs=4"]
+  procs = _two_processes(tmp_path, flags)
+  deadline = time.time() + 600
+  while len(rows(tmp_path)) < 2 and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+    time.sleep(0.05)
+  procs[victim].kill()
+  killed = time.time()
+  _, err = procs[1 - victim].communicate(timeout=300)
+  waited = time.time() - killed
+  procs[victim].communicate()
+  assert procs[1 - victim].returncode != 0, err[-3000:]
+  # Bounded, never a hang: a collective fails at once, or jax.distributed's 100 s
+  # heartbeat timeout ends it.
+  assert waited < 150, waited
+  ours = [line for line in _error_lines(err) if "another process of this run is gone" in line]
+  if victim == 1:
+    assert procs[0].returncode == 2 and len(ours) == 1 and "restart all" in ours[0], err
+  else:
+    assert ours or ("Terminating process because the JAX distributed service detected "
+                    "fatal errors" in err), err[-3000:]
+  procs = _two_processes(tmp_path, flags)
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, e) in zip(procs, outs):
+    assert p.returncode == 0, e[-3000:]
+  assert "resumed after epoch" in outs[0][1]
+  assert [r["epoch"] for r in rows(tmp_path)] == list(range(4))
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["num_devices"] == 8
+  assert summary["teacher_acc"] == pytest.approx(teacher_summary["test_accuracy"], abs=1e-9)
+
+
+BUG = ("import runpy, sys\n"
+       "from fastdfkd_jax.config import checks\n"
+       "def validate(config):\n"
+       "  raise KeyError('params')\n"
+       "checks.validate = validate\n"
+       "sys.argv = ['main', '--workdir={workdir}']\n"
+       "runpy.run_module('fastdfkd_jax.main', run_name='__main__')\n")
+
+
+def test_exit_codes_a_user_error_is_one_line_and_a_bug_its_traceback(tmp_path):
+  proc = main(tmp_path / "a", "--config.kd.lrr=0.3")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith("error: config has no field 'kd.lrr'; did you mean kd.lr"), line
+  proc = subprocess.run([sys.executable, "-c", BUG.format(workdir=tmp_path / "b")],
+                        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError" in proc.stderr
+  assert "error: " not in proc.stderr
