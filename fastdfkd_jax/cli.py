@@ -8,6 +8,7 @@ No library module imports this one.
 """
 
 import contextlib
+import logging as py_logging
 import os
 import re
 import sys
@@ -60,6 +61,21 @@ def positional(argv: Sequence[str], names: Sequence[str], usage: str,
   return args
 
 
+def check_config_file(argv: Sequence[str]) -> None:
+  """A `--config=PATH[:ARG]` whose PATH is no file: one line naming it and the files
+  beside it."""
+  values = [a.split("=", 1)[1] for a in argv if re.match(r"-{1,2}config=", a)]
+  values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if re.fullmatch(r"-{1,2}config", a)]
+  for value in values:
+    path = value.split(":", 1)[0]
+    if not os.path.isfile(path):
+      folder = os.path.dirname(path) or "."
+      beside = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(
+          folder) else []
+      hint = f"; {folder} holds {', '.join(beside)}" if beside else ""
+      raise errors.UserError(f"--config={value}: no such config file{hint}")
+
+
 def override_names(argv: Sequence[str]) -> list[str]:
   """The fields X of the `--config.X[=V]` (or `--noconfig.X`) overrides in argv."""
   pattern = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
@@ -78,6 +94,7 @@ def parse_flags(argv: Sequence[str],
   flags live (tests parse into a fresh `flags.FlagValues`).
   """
   with user_errors():
+    check_config_file(argv)
     config_checks.check_field_names(override_names(argv))
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, CONFIG_HELP, lock_config=True,
                                     sys_argv=list(argv), flag_values=flag_values)
@@ -88,8 +105,24 @@ def parse_flags(argv: Sequence[str],
     try:
       flag_values.config.get("mode")  # ml_collections defers a file's load error to here
     except OSError as e:
-      raise errors.UserError(f"--config: cannot load the config file: "
-                             f"{errors.one_line(str(e.__cause__ or e))}") from None
+      text = errors.one_line(str(e.__cause__ or e)).replace(" config_config", "")
+      raise errors.UserError(f"--config: cannot load the config file: {text}") from None
     xla_env.apply(flag_values.config)
     return rest
 
+
+class _QuietOrbax(py_logging.Filter):
+  """Orbax logs every checkpoint step at INFO (keep its warnings only), and a write that
+  fails for a full disk with a traceback per thread (the run stops with one line)."""
+
+  def filter(self, record):
+    if "orbax" not in record.pathname:
+      return True
+    if record.levelno < py_logging.WARNING:
+      return False
+    return not errors.is_disk_full(Exception(record.getMessage()))
+
+
+def quiet_library_logs() -> None:
+  for handler in py_logging.getLogger("absl").handlers + py_logging.getLogger().handlers:
+    handler.addFilter(_QuietOrbax())

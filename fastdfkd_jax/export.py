@@ -21,6 +21,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> dict:
   workdir, out = cli.positional(argv, ("WORKDIR", "OUT"), USAGE)
+  cli.quiet_library_logs()
   with cli.user_errors():
     summary = export.export(workdir, out, fv.format, schema.saved_config(workdir))
   print(f"wrote {summary['num_images']} images ({summary['format']}) to "

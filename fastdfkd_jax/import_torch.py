@@ -28,6 +28,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> dict:
   pth, out_dir = cli.positional(argv, ("IN.pth", "OUT_DIR"), USAGE)
+  cli.quiet_library_logs()
   with cli.user_errors():
     meta = torch_import.import_to_checkpoint(pth, out_dir, fv.arch, fv.dataset,
                                              fv.num_classes, fv.overwrite)

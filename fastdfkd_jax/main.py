@@ -7,8 +7,6 @@ mismatched checkpoint) ends with one `error: ...` line and exit code 2; any
 other exception is a bug and shows its traceback (exit 1).
 """
 
-import logging as py_logging
-
 from absl import app, flags
 
 from fastdfkd_jax import cli
@@ -23,22 +21,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  quiet_library_logs()
+  cli.quiet_library_logs()
   from fastdfkd_jax import modes  # heavy imports after flag parsing
   with cli.user_errors():
     modes.run(config, FLAGS.workdir)
-
-
-class _DropLibraryInfo(py_logging.Filter):
-  """Orbax logs every checkpoint step at INFO; keep its warnings only."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
-
-
-def quiet_library_logs() -> None:
-  for handler in py_logging.getLogger("absl").handlers + py_logging.getLogger().handlers:
-    handler.addFilter(_DropLibraryInfo())
 
 
 if __name__ == "__main__":

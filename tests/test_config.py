@@ -268,3 +268,31 @@ def test_check_field_names_names_the_nearest():
     config_checks.check_field_names(["synth.lrg"])
   with pytest.raises(errors.UserError, match="top-level fields: .*batch_size.*mode"):
     config_checks.check_field_names(["zzzzzz"])
+
+
+@pytest.mark.parametrize("name, nearest", [
+    ("nosuch", []),                       # nothing close: no guess (was: 'epochs')
+    ("kd.lrr", ["kd.lr"]),
+    ("kd.temp", ["kd.temperature", "kd.steps"]),   # a prefix first
+    ("teacher.chekpoint", ["teacher.checkpoint"]),
+    ("batchsize", ["batch_size"]),
+    ("dataset.dir", ["dataset.data_dir", "kd.dataset_dir", "dataset.cache_dir"]),
+])
+def test_the_nearest_field_ranks_whole_dotted_names(name, nearest):
+  valid = config_checks.field_names(schema.base_config())
+  assert config_checks.nearest_fields(name, valid) == nearest
+
+
+def test_digits_refuses_a_data_dir_it_would_ignore():
+  c = schema.default_config()
+  c.dataset.data_dir = "/data/three_classes"
+  with pytest.raises(errors.UserError, match="digits.*reads no files.*would be ignored"):
+    config_checks.validate(c)
+
+
+def test_a_config_file_that_is_no_file_names_the_folder(tmp_path):
+  (tmp_path / "a.py").write_text("")
+  with pytest.raises(errors.UserError, match=r"--config=.*nope.py:x: no such config file; "
+                     r".* holds a.py"):
+    cli.check_config_file(["main", f"--config={tmp_path}/nope.py:x"])
+  cli.check_config_file(["main", "--config", f"{tmp_path}/a.py"])

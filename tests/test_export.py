@@ -170,3 +170,15 @@ def test_kd_source_dataset_with_a_missing_set_is_a_user_error(tmp_path):
   c.kd.source, c.kd.dataset_dir = "dataset", str(tmp_path)
   with pytest.raises(errors.UserError, match="no exported transfer set"):
     distill_mode.kd_images(c, None, data.get_info("digits"))
+
+
+def test_out_must_be_a_directory_and_an_earlier_export_is_named(tmp_path, caplog):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(errors.UserError, match="is a file; pass a directory"):
+    export.check_out(str(tmp_path / "file"))
+  export.check_out(str(tmp_path / "new"))          # not there yet: fine
+  (tmp_path / "old").mkdir()
+  np.savez(tmp_path / "old" / formats.NPZ_FILE, images=np.zeros((1, 8, 8, 1), np.uint8))
+  caplog.set_level("WARNING")
+  export.check_out(str(tmp_path / "old"))
+  assert "holds an earlier export (npz): it is replaced" in caplog.text

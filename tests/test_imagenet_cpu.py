@@ -7,25 +7,21 @@ a memory-mapped host pool, a preemption and the resume.
 
 import dataclasses
 import importlib.util
-import json
 import os
 
 import numpy as np
 import pytest
 
-from fastdfkd_jax import data, modes
-from fastdfkd_jax.run import workdir as workdir_lib
+from conftest import REPO, load_config_file, rows, run
+from fastdfkd_jax import data
 from fastdfkd_jax.data import info as info_lib, procedural_folder
-from fastdfkd_jax.modes import distill as distill_mode
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "fastdfkd_imagenet.py")
+from fastdfkd_jax.distill import epochs
+from fastdfkd_jax.run import signals
+from fastdfkd_jax.transfer import export
 
 
 def imagenet_config(arg):
-  spec = importlib.util.spec_from_file_location("fastdfkd_imagenet", CONFIGS)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_file("fastdfkd_imagenet.py", arg)
 
 
 @pytest.mark.parametrize("arg", ["resnet50-resnet50", "resnet50-resnet18",
@@ -58,47 +54,56 @@ def tiny_imagenet(tmp_path, monkeypatch):
   return str(root)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cpu_variant_trains_distills_and_resumes(tiny_imagenet, tmp_path, monkeypatch):
+  """The teacher trained first, then a preemption after epoch 0 (the checkpoint and the
+  memory-mapped pool written) and the resume to the end."""
   c = imagenet_config("cpu")
   c.dataset.name, c.dataset.data_dir = "imagenet_test", tiny_imagenet
   c.dataset.cache_dir = str(tmp_path / "cache")
-  c.teacher.epochs, c.teacher.batch_size = 3, 16
+  c.teacher.epochs, c.teacher.batch_size = 2, 16
   c.k, c.batch_size, c.synth.nz, c.synth.ngf = 2, 16, 8, 8
-  c.epochs, c.kd.steps, c.kd.cosine_epochs, c.synth.reinit_every = 3, 4, 3, 3
+  # 2 epochs of 2 calls: the 3rd call (after the resume) starts a fresh meta latent.
+  c.epochs, c.kd.steps, c.kd.cosine_epochs, c.synth.reinit_every = 2, 2, 2, 3
   c.eval_every, c.checkpoint_every, c.sample_every, c.log_every = 1, 1, 2, 1000
+  c.eval_batch_size = 32   # the whole validation split in one batch (the config's 200 pads)
   assert c.synth.calls_per_epoch == 2 and c.pool.memmap and not c.pool.on_device
   workdir = str(tmp_path / "run")
-  preempt_after_first = {"on": False}
-  count_epoch = distill_mode.count_epoch
+  preempt = {"on": False}
+  real = epochs.run_epoch
 
-  def count_and_preempt(run, epoch, counters):
-    count_epoch(run, epoch, counters)
-    preempt_after_first["on"] = epoch == 0
+  def run_epoch(ep, state, counters, epoch):
+    out = real(ep, state, counters, epoch)
+    preempt["on"] = epoch == 0
+    return out
 
-  monkeypatch.setattr(loop, "count_epoch", count_and_preempt)
-  monkeypatch.setattr(workdir_lib.Preemption, "requested",
-                      property(lambda self: preempt_after_first["on"]))
-  first = modes.run(c, workdir)
-  assert first.get("preempted"), first
+  monkeypatch.setattr(epochs, "run_epoch", run_epoch)
+  monkeypatch.setattr(signals.Preemption, "requested", property(lambda self: preempt["on"]))
+  first = run(c, workdir)
+  assert first.get("preempted") and "after epoch 0" in first["message"], first
+  assert os.path.isfile(os.path.join(workdir, "teacher", "summary.json"))
   assert os.path.isfile(os.path.join(workdir, "pool.npy"))
-  monkeypatch.setattr(loop, "count_epoch", count_epoch)
-  preempt_after_first["on"] = False
-  summary = modes.run(c, workdir)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  assert [r["epoch"] for r in rows] == [0, 1, 2]
-  assert summary["synth_images"] == 3 * 2 * 16           # epochs x calls x batch
-  assert summary["kd_images"] == 3 * 4 * 16
+  first_rows = rows(workdir)
+  assert [r["epoch"] for r in first_rows] == [0]
+  preempt["on"] = False
+  summary = run(c, workdir)
+  r = rows(workdir)
+  assert [x["epoch"] for x in r] == [0, 1] and r[0] == first_rows[0]
+  assert summary["synth_images"] == 2 * 2 * 16           # epochs x calls x batch
+  assert summary["kd_images"] == 2 * 2 * 16
+  assert r[-1]["step"] == 2 * 2
   assert summary["teacher_acc"] > 60.0, summary          # 4 classes: chance 25 %
-  assert np.isfinite(summary["student_acc"])
+  # Scored on the 32 validation images (the eval transform's resize and crop): a count.
+  assert summary["student_acc"] == r[-1]["student_acc"]
+  correct = summary["student_acc"] * 32 / 100
+  assert correct == pytest.approx(round(correct), abs=1e-6)
+  assert summary["best_student_acc"] == max(x["student_acc"] for x in r)
   pool = np.load(os.path.join(workdir, "pool.npy"), mmap_mode="r")
-  assert pool.shape == (6, 16, 64, 64, 3) and pool[5].any()   # every call's batch kept
-  from fastdfkd_jax.transfer import export
+  assert pool.shape == (4, 16, 64, 64, 3) and pool[3].any()   # every call's batch kept
   images, calls, _ = export.restore_pool(workdir, c.synth.calls_per_epoch)
-  assert images.shape == (6 * 16, 64, 64, 3)
-  np.testing.assert_array_equal(calls, np.repeat(np.arange(6), 16))
-  np.testing.assert_array_equal(images[-16:], pool[5])
+  assert images.shape == (4 * 16, 64, 64, 3)
+  np.testing.assert_array_equal(calls, np.repeat(np.arange(4), 16))
+  np.testing.assert_array_equal(images[-16:], pool[3])
 
 
 def test_imagenet_options_need_their_method():
@@ -121,7 +126,7 @@ def test_imagenet_options_need_their_method():
 def test_make_imagenet_folder_tool(tmp_path, capsys):
   spec = importlib.util.spec_from_file_location(
       "make_imagenet_folder",
-      os.path.join(os.path.dirname(__file__), "..", "tools", "make_imagenet_folder.py"))
+      os.path.join(REPO, "experiments", "make_imagenet_folder.py"))
   tool = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tool)
   assert tool.main([str(tmp_path), "--classes", "2", "--train", "3", "--val", "1",

@@ -218,6 +218,27 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_step(full, tmp_path,
   assert not [d for d in os.listdir(tmp_path / "checkpoints") if "tmp" in d]
 
 
+def test_a_checkpoint_the_disk_cannot_hold_is_refused_before_orbax_writes(full, tmp_path,
+                                                                         monkeypatch):
+  import collections
+  import shutil
+  real = shutil.disk_usage
+  usage = collections.namedtuple("usage", "total used free")
+
+  def disk_usage(path):
+    if "checkpoints" in str(path) and len(rows(tmp_path)) >= 3:
+      return usage(2**30, 2**30 - 2**20, 2**20)     # 1 MiB left from epoch 2 on
+    return real(path)
+
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+  with pytest.raises(errors.DiskFullError, match=r"step 2 .*1 MiB free.*Kept: step 1"):
+    run_fake(tmp_path)
+  assert checkpoint.manager(os.path.join(tmp_path, "checkpoints")).all_steps() == [0, 1]
+  monkeypatch.undo()
+  summary, task = run_fake(tmp_path)
+  assert task.ran == [2, 3, 4] and summary["w"] == full[1]["w"]
+
+
 def test_a_full_disk_while_writing_metrics_resumes_identical(full, tmp_path, monkeypatch):
   from fastdfkd_jax.run import reporting
   real = reporting.Reporter.write_metrics

@@ -144,6 +144,11 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
   if info.task != c.task:
     raise errors.UserError(f"config.dataset.name={c.dataset.name!r} is a {info.task} set "
                            f"but config.task={c.task!r}; set --config.task={info.task}")
+  if info.name == "digits" and c.dataset.data_dir:
+    raise errors.UserError(
+        f"config.dataset.name='digits' is scikit-learn's bundled set and reads no files, so "
+        f"dataset.data_dir={c.dataset.data_dir!r} would be ignored; name the data set the "
+        "folder holds (e.g. --config.dataset.name=mnist or cifar10), or drop the data_dir")
 
 
 def _validate_imagenet_options(c: ml_collections.ConfigDict) -> None:
@@ -239,12 +244,25 @@ def field_names(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return names
 
 
+def nearest_fields(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+  """The fields a mistyped dotted `name` most likely meant: those it begins (kd.temp ->
+  kd.temperature), then the most similar whole dotted names (ratio >= 0.6, within 0.1 of
+  the best), at most n; [] where nothing is close (nosuch)."""
+  valid = list(valid)
+  prefixed = [v for v in valid if v.startswith(name)]
+  ranked = sorted(((difflib.SequenceMatcher(None, name, v).ratio(), v) for v in valid),
+                  key=lambda rv: (-rv[0], rv[1]))
+  best = ranked[0][0] if ranked else 0.0
+  similar = [v for r, v in ranked if r >= 0.6 and r >= best - 0.1]
+  return list(dict.fromkeys(prefixed + similar))[:n]
+
+
 def check_field_names(names: Iterable[str]) -> None:
   """Raises errors.UserError for a name that is no field of `base_config`, naming the nearest."""
   valid = field_names(schema.base_config())
   for name in names:
     if name not in valid:
-      close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+      close = nearest_fields(name, valid)
       hint = f"; did you mean {' or '.join(close)}?" if close else (
           f"; top-level fields: {', '.join(n for n in valid if '.' not in n)}")
       raise errors.UserError(f"config has no field {name!r}{hint}")

@@ -54,12 +54,18 @@ def restore_pool(workdir: str,
   """(images (N, H, W, C) uint8, synthesis call of each (N,), checkpoint meta) of the
   pool in WORKDIR's latest checkpoint (a memory-mapped pool: WORKDIR/pool.npy, the
   checkpoint holding its counters), oldest call first."""
-  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), create=False)
-  step = mngr.latest_step()
-  if step is None:
-    raise checkpoint.CheckpointError(f"no checkpoint in {workdir}/checkpoints to export")
-  meta = checkpoint.restore_meta(mngr, step)
-  saved = _restore_on_host(mngr, step)
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise checkpoint.CheckpointError(f"no checkpoint in {directory} to export")
+  mngr = checkpoint.manager(directory, create=False)
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      raise checkpoint.CheckpointError(f"no checkpoint in {directory} to export")
+    meta = checkpoint.restore_meta(mngr, step)
+    saved = _restore_on_host(mngr, step)
+  finally:
+    mngr.close()   # an open manager's threads outlive an error at exit
   pool = saved.get("host_pool") or saved["state"].get("pool")
   if not pool:
     raise errors.UserError(
@@ -175,9 +181,23 @@ def _teacher(config, workdir: str, info) -> tuple[Any, dict, str]:
   return models.get_model(meta["arch"], info.num_classes), variables, meta["arch"]
 
 
+def check_out(out: str) -> None:
+  """OUT must be a directory or not exist; an export already in it is replaced (logged)."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise errors.UserError(f"{out} is a file; pass a directory (new or an earlier export) "
+                           "as OUT")
+  try:
+    fmt = formats.detect_format(out) if os.path.isdir(out) else None
+  except errors.UserError:
+    fmt = None
+  if fmt:
+    logging.warning("%s holds an earlier export (%s): it is replaced", out, fmt)
+
+
 def export(workdir: str, out: str, fmt: str, config: ml_collections.ConfigDict) -> dict:
   """Writes WORKDIR's pool into OUT in the layout `fmt`, with summary.json and the
   per-class grids; returns the summary. `config`: the run's (`schema.saved_config`)."""
+  check_out(out)
   info = data.get_info(config.dataset.name)
   images, calls, meta = restore_pool(workdir, config.synth.calls_per_epoch)
   if config.mode == "synthesize":
