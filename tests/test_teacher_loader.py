@@ -100,5 +100,30 @@ def test_corrupt_checkpoint_is_a_user_error(imported, tmp_path):
   shutil.copytree(os.path.join(imported[0], "checkpoints"), copy)
   (step,) = [d for d in os.listdir(copy) if d.isdigit()]
   shutil.rmtree(copy / step / "model")
-  with pytest.raises(checkpoint.CheckpointError, match="cannot restore the resnet8 weights"):
+  with pytest.raises(checkpoint.CheckpointError, match=f"no checkpoint in .* reads .step "
+                     f"{step}: .*restore it from a copy, or point at another checkpoint"):
     loader.load(str(copy))
+
+
+@pytest.mark.parametrize("how", ["truncated", "emptied"])
+def test_a_torn_newest_teacher_step_falls_back_to_the_one_before(imported, tmp_path, how,
+                                                                 caplog):
+  """A teacher whose newest step's arrays are damaged loads from the step before (the
+  run's own checkpoints do the same); the teacher's files are left where they are."""
+  variables, meta = loader.load(imported[0])
+  newer = jax.tree.map(lambda x: x + 1, variables)
+  mngr = checkpoint.manager(str(tmp_path / "t" / "checkpoints"))
+  checkpoint.save(mngr, 3, meta, variables)
+  checkpoint.save(mngr, 7, meta, newer)
+  mngr.close()
+  _assert_same(loader.load(str(tmp_path / "t"))[0], newer)
+  arrays = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "t" / "checkpoints" / "7")
+            for f in fs if os.path.basename(d) == "d"]
+  assert arrays
+  for path in arrays:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2 if how == "truncated" else 0)
+  caplog.set_level("WARNING")
+  _assert_same(loader.load(str(tmp_path / "t"))[0], variables)
+  assert "using step 3" in caplog.text and "steps 7 do not" in caplog.text
+  assert sorted(os.listdir(tmp_path / "t" / "checkpoints")) == ["3", "7"]

@@ -8,7 +8,9 @@ The directory holds `train-images-idx3-ubyte.gz`, `train-labels-idx1-ubyte.gz`,
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 
@@ -83,7 +85,7 @@ def read_idx(path: str) -> np.ndarray:
     else:
       with open(path, "rb") as f:
         raw = f.read()
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged deflate data in a .gz
     raise errors.UserError(f"Corrupt IDX file {path!r}: cannot read it ({e}).\n"
                            f"{LAYOUT_HELP}") from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
@@ -98,12 +100,16 @@ def read_idx(path: str) -> np.ndarray:
                            f"(ndim={ndim}).\n{LAYOUT_HELP}")
   dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
   dtype = np.dtype(_IDX_DTYPES[raw[2]])
-  expected = int(np.prod(dims)) * dtype.itemsize
+  expected = math.prod(dims) * dtype.itemsize  # exact: np.prod wraps around past 2**63
   if len(raw) - header != expected:
     raise errors.UserError(
         f"Corrupt IDX file {path!r}: header dims {dims} need {expected} data "
         f"bytes, file has {len(raw) - header}.\n{LAYOUT_HELP}")
-  data = np.frombuffer(raw, dtype, offset=header).reshape(dims)
+  try:
+    data = np.frombuffer(raw, dtype, offset=header).reshape(dims)
+  except ValueError as e:  # e.g. dims (0, 2**32 - 1, 2**32 - 1, 2**32 - 1): "too big"
+    raise errors.UserError(f"Corrupt IDX file {path!r}: header dims {dims} ({e}).\n"
+                           f"{LAYOUT_HELP}") from e
   return data.astype(dtype.newbyteorder("="))
 
 
@@ -124,6 +130,12 @@ def load(info: DatasetInfo, split: Split,
     raise errors.UserError(
         f"IDX images {images_path!r} have shape {images.shape[1:]}, dataset "
         f"{info.name!r} expects {(h, w, c)}")
+  if not len(images):
+    raise errors.UserError(f"IDX images {images_path!r} hold no images (header dims "
+                           f"{images.shape[:-1]})")
+  if labels.dtype.kind not in "iu":
+    raise errors.UserError(f"IDX labels {labels_path!r} are {labels.dtype}; class indices "
+                           "are an integer type (IDX type code 0x08, 0x09, 0x0B or 0x0C)")
   if labels.ndim != 1 or len(labels) != len(images):
     raise errors.UserError(
         f"IDX labels {labels_path!r}: shape {labels.shape} does not match "

@@ -22,6 +22,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 
 import numpy as np
 from absl import logging
@@ -128,7 +129,8 @@ def _extract_archive(path: str, cache: str) -> str:
           tar.extractall(tmp, members=members, filter="data")
         else:  # Python without extraction filters; members are checked above.
           tar.extractall(tmp, members=members)  # noqa: S202
-    except (tarfile.TarError, OSError, EOFError) as e:
+        _check_end(tar)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
       shutil.rmtree(tmp, ignore_errors=True)
       with contextlib.suppress(OSError):
         os.rmdir(cache)  # only if empty: no half-made cache folder stays behind
@@ -144,6 +146,17 @@ def _extract_archive(path: str, cache: str) -> str:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
   return tree
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+  """A ReadError unless the members end at a zero block (tarfile stops quietly at a damaged
+  header or a cut); then reads to the end, so that a gzip/bz2/xz checksum is checked."""
+  tar.fileobj.seek(tar.offset)
+  block = tar.fileobj.read(tarfile.BLOCKSIZE)
+  if len(block) < tarfile.BLOCKSIZE or block.count(0) != len(block):
+    raise tarfile.ReadError(f"a damaged or truncated member header at byte {tar.offset}")
+  while tar.fileobj.read(1 << 20):
+    pass
 
 
 def _umask() -> int:
@@ -169,7 +182,7 @@ def _read_npz(path: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | N
     reason = f"{type(e).__name__}: {e}"
   else:
     fits = (images.dtype == np.uint8 and images.shape[1:] == tuple(info.image_shape)
-            and labels.shape == images.shape[:1] and len(labels)
+            and labels.dtype == np.int32 and labels.shape == images.shape[:1] and len(labels)
             and 0 <= labels.min() and labels.max() < info.num_classes)
     if fits:
       return images, labels
@@ -210,7 +223,12 @@ def load_archive(info: DatasetInfo, split: Split, path: str,
     logging.warning("the extracted copy %s of %s does not load (%s); extracting it again",
                     tree, path, errors.one_line(str(e)))
     shutil.rmtree(tree)
-    return _load_extracted(info, split, path, _extract_archive(path, cache), cache)
+    try:
+      return _load_extracted(info, split, path, _extract_archive(path, cache), cache)
+    except errors.UserError as again:  # the archive itself holds it: name the archive
+      if path in str(again):
+        raise
+      raise errors.UserError(f"Archive {path!r}: {again}") from again
 
 
 def _load_extracted(info: DatasetInfo, split: Split, path: str, tree: str,

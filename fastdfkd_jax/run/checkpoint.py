@@ -15,6 +15,7 @@ with an `errors.DiskFullError`; the steps saved before stay intact.
 """
 
 import os
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -45,6 +46,7 @@ def save(mngr: ocp.CheckpointManager, step: int, meta: dict, model: Any,
   An existing checkpoint at `step` (left by a run killed after it saved, e.g.
   the `best/` one) is replaced: a resumed run re-does that epoch bit-identically.
   """
+  check_space(mngr, step, (model, state))
   if step in mngr.all_steps():
     mngr.delete(step)
   items = dict(meta=ocp.args.JsonSave(meta), model=ocp.args.StandardSave(model))
@@ -64,14 +66,31 @@ def save(mngr: ocp.CheckpointManager, step: int, meta: dict, model: Any,
         "re-run the same command to resume") from e
 
 
-def restore_newest_good(mngr: ocp.CheckpointManager,
-                        restore: Callable[[int], Any]) -> tuple[int | None, Any]:
+def check_space(mngr: ocp.CheckpointManager, step: int, trees: Any) -> None:
+  """Refuses a save the disk cannot hold (its arrays' bytes, 25 % and 16 MiB to spare)
+  before orbax writes anything: a clear `errors.DiskFullError` instead of a write that
+  fails half way in orbax's threads."""
+  need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(trees))
+  need = int(need * 1.25) + 16 * 2**20
+  free = shutil.disk_usage(mngr.directory).free
+  if free < need:
+    kept = mngr.all_steps()
+    raise errors.DiskFullError(
+        f"no space left on the device for checkpoint step {step} in {mngr.directory} "
+        f"({free / 2**20:.0f} MiB free, {need / 2**20:.0f} MiB needed); the run stops "
+        f"here. Kept: {f'step {max(kept)}' if kept else 'no earlier step'}. Free some "
+        "space and re-run the same command to resume")
+
+
+def restore_newest_good(mngr: ocp.CheckpointManager, restore: Callable[[int], Any],
+                        set_aside: bool = True) -> tuple[int | None, Any]:
   """(step, restore(step)) of the newest step that restores; (None, None) if none saved.
 
   A step whose files do not read (truncated, emptied, half-written) is logged
-  with the reason and moved aside to `torn_<step>/`, and the step before is
-  tried. A `errors.UserError` from `restore` (a mismatch the user must fix) is
-  raised as is; when every step is torn, `CheckpointError` lists them.
+  with the reason and, with `set_aside` (a run's own checkpoints, not a teacher it
+  only reads), moved aside to `torn_<step>/`; the step before is tried. A
+  `errors.UserError` from `restore` (a mismatch the user must fix) is raised as is;
+  when every step is torn, `CheckpointError` lists them.
   """
   torn = []
   for step in sorted(mngr.all_steps(), reverse=True):
@@ -85,16 +104,19 @@ def restore_newest_good(mngr: ocp.CheckpointManager,
                       reason)
       torn.append((step, reason))
       continue
-    if torn:
+    if torn and set_aside:
       _set_aside(mngr, [s for s, _ in torn])
       logging.warning("resuming from step %d, the newest checkpoint that reads; torn "
                       "steps moved aside: %s", step, ", ".join(f"torn_{s}" for s, _ in torn))
+    elif torn:
+      logging.warning("using step %d of %s, the newest that reads (steps %s do not)", step,
+                      mngr.directory, ", ".join(str(s) for s, _ in torn))
     return step, result
   if torn:
-    raise CheckpointError(
-        f"no checkpoint in {mngr.directory} reads ("
-        + "; ".join(f"step {s}: {r}" for s, r in torn)
-        + "); move the directory away to start over, or restore it from a copy")
+    fix = ("move the directory away to start over, or restore it from a copy" if set_aside
+           else "restore it from a copy, or point at another checkpoint")
+    raise CheckpointError(f"no checkpoint in {mngr.directory} reads ("
+                          + "; ".join(f"step {s}: {r[:160]}" for s, r in torn) + f"); {fix}")
   return None, None
 
 

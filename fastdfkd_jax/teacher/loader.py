@@ -60,17 +60,36 @@ def load(path: str, arch: str | None = None, num_classes: int | None = None,
     return variables, meta
   directory = resolve_dir(path)
   mngr = checkpoint.manager(directory, create=False)
-  if mngr.latest_step() is None:
-    raise checkpoint.CheckpointError(f"no checkpoint found in {directory}")
   try:
-    meta = checkpoint.restore_meta(mngr)
-  except (OSError, ValueError, KeyError) as e:
-    raise checkpoint.CheckpointError(
-        f"cannot read the checkpoint meta in {directory}: {e}") from e
-  _check(meta, dict(arch=arch, num_classes=num_classes, input_shape=input_shape), directory)
-  variables = _restore_variables(mngr, meta, directory)
+    if mngr.latest_step() is None:
+      raise checkpoint.CheckpointError(f"no checkpoint found in {directory}")
+    expect = dict(arch=arch, num_classes=num_classes, input_shape=input_shape)
+    _, (variables, meta) = checkpoint.restore_newest_good(
+        mngr, lambda step: _restore_step(mngr, step, expect, directory), set_aside=False)
+  finally:
+    mngr.close()
+  return variables, meta
+
+
+def _restore_step(mngr, step: int, expect: dict, directory: str) -> tuple[dict, dict]:
+  """(variables on the host, meta) of checkpoint `step`, checked against `expect`; a read
+  failure propagates (the caller tries the step before), a mismatch is a UserError."""
+  meta = checkpoint.restore_meta(mngr, step)
+  if not _well_formed(meta):  # torn, not a mismatch: the caller tries the step before
+    raise ValueError(f"a damaged meta item {ascii(meta)[:120]}")
+  _check(meta, expect, directory)
+  variables = _restore_variables(mngr, meta, step)
   check_finite(variables, directory)
   return variables, meta
+
+
+def _well_formed(meta) -> bool:
+  """Whether `meta` holds an arch name, a class count and an (H, W, C) input shape."""
+  shape = meta.get("input_shape") if isinstance(meta, dict) else None
+  return (isinstance(meta, dict) and isinstance(meta.get("arch"), str)
+          and type(meta.get("num_classes")) is int and meta["num_classes"] > 0
+          and isinstance(shape, list) and len(shape) == 3
+          and all(type(d) is int and d > 0 for d in shape))
 
 
 def check_finite(variables: dict, where: str) -> None:
@@ -97,7 +116,7 @@ def resolve_dir(path: str) -> str:
   return path
 
 
-def _restore_variables(mngr, meta: dict, directory: str) -> dict:
+def _restore_variables(mngr, meta: dict, step: int) -> dict:
   """The `model` item on host, whatever topology saved it (8 devices -> 1, ...)."""
   module = models.get_model(meta["arch"], meta["num_classes"])
   abstract = jax.eval_shape(lambda: model_util.init_variables(
@@ -105,12 +124,7 @@ def _restore_variables(mngr, meta: dict, directory: str) -> dict:
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
                           abstract)
-  try:
-    variables = checkpoint.restore_model(mngr, abstract)
-  except (OSError, ValueError, KeyError) as e:
-    raise checkpoint.CheckpointError(
-        f"cannot restore the {meta['arch']} weights in {directory}: {e}") from e
-  return jax.tree.map(np.asarray, variables)
+  return jax.tree.map(np.asarray, checkpoint.restore_model(mngr, abstract, step))
 
 
 def _check(meta: dict, expect: dict, where: str) -> None:

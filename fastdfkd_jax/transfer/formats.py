@@ -132,16 +132,70 @@ def detect_format(path: str) -> str:
 
 
 def load(path: str) -> TransferSet:
-  """Reads the transfer set exported into the directory `path`, in export order."""
+  """Reads the transfer set exported into the directory `path`, in export order, and
+  checks it (`check`); a damaged or foreign file is a UserError naming it."""
   path = os.path.abspath(os.path.expanduser(path))
   fmt = detect_format(path)
-  if fmt == "npz":
-    with np.load(os.path.join(path, NPZ_FILE)) as f:
-      return TransferSet(**{field.name: f[field.name]
-                            for field in dataclasses.fields(TransferSet)})
-  if fmt == "image_folder":
-    return _load_image_folder(path)
-  return _load_array_record(path)
+  try:
+    if fmt == "npz":
+      ts = _load_npz(path)
+    elif fmt == "image_folder":
+      ts = _load_image_folder(path)
+    else:
+      ts = _load_array_record(path)
+  except errors.UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # damaged files raise anything
+    raise errors.UserError(f"the transfer set in {path!r} does not read "
+                           f"({type(e).__name__}: {errors.one_line(str(e))[:200]}); "
+                           "export it again") from e
+  return check(ts, path)
+
+
+def _load_npz(path: str) -> TransferSet:
+  with np.load(os.path.join(path, NPZ_FILE), allow_pickle=False) as f:
+    missing = [field.name for field in dataclasses.fields(TransferSet) if field.name not in f]
+    if missing:
+      raise errors.UserError(f"{os.path.join(path, NPZ_FILE)} lacks the arrays "
+                             f"{', '.join(missing)} of a transfer set; export it again")
+    return TransferSet(**{field.name: f[field.name]
+                          for field in dataclasses.fields(TransferSet)})
+
+
+def check(ts: TransferSet, path: str) -> TransferSet:
+  """`ts` if it is a transfer set a student can learn from: uint8 pixels (N, H, W, 1|3),
+  N >= 1, and per image an integer label, a confidence in [0, 1] and an integer call."""
+  images = ts.images
+  if images.dtype != np.uint8:
+    hint = (" (they look like floats in [0, 1]: np.round(x * 255).astype(np.uint8))"
+            if images.dtype.kind == "f" and np.isfinite(images).all()
+            and images.size and 0 <= images.min() and images.max() <= 1 else "")
+    raise errors.UserError(f"the transfer set in {path!r} holds {images.dtype} images; a "
+                           f"transfer set holds uint8 pixels 0..255{hint}")
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or not all(images.shape[1:3]):
+    raise errors.UserError(f"the transfer set in {path!r} holds images of shape "
+                           f"{images.shape}; expected (N, H, W, 1 or 3)")
+  if not len(images):
+    raise errors.UserError(f"the transfer set in {path!r} holds no images")
+  n = len(images)
+  for name in ("labels", "confidence", "synthesis_call"):
+    value = np.asarray(getattr(ts, name))
+    if value.shape != (n,):
+      raise errors.UserError(f"the transfer set in {path!r} has {value.shape} {name} for "
+                             f"{n} images")
+  labels, confidence, calls = ts.labels, ts.confidence, ts.synthesis_call
+  if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= 2**31:
+    span = f", {labels.min()}..{labels.max()}" if labels.dtype.kind in "iu" else ""
+    raise errors.UserError(f"the transfer set in {path!r} holds labels that are no class "
+                           f"indices ({labels.dtype}{span})")
+  if calls.dtype.kind not in "iu":
+    raise errors.UserError(f"the transfer set in {path!r} holds {calls.dtype} synthesis_call "
+                           "indices; they are integers")
+  if (confidence.dtype.kind != "f" or not np.isfinite(confidence).all()
+      or confidence.min() < 0 or confidence.max() > 1):
+    raise errors.UserError(f"the transfer set in {path!r} holds confidences that are no "
+                           f"probabilities ({confidence.dtype}: NaN, Inf or outside [0, 1])")
+  return ts
 
 
 def _from_rows(images: list[np.ndarray], rows: list[dict]) -> TransferSet:
@@ -151,13 +205,34 @@ def _from_rows(images: list[np.ndarray], rows: list[dict]) -> TransferSet:
                      synthesis_call=np.asarray([r["synthesis_call"] for r in rows], np.int32))
 
 
+_ROW_FIELDS = dict(label=int, confidence=(int, float), synthesis_call=int)
+
+
+def _check_row(row, where: str, **fields) -> dict:
+  """`row` if it is a dict with the fields of a transfer-set row (and `fields`: name ->
+  type), of their types; else a UserError naming `where` (a JSON number is no bool)."""
+  fields = dict(_ROW_FIELDS, **fields)
+  if not isinstance(row, dict) or any(
+      not isinstance(row.get(k), t) or isinstance(row.get(k), bool) for k, t in fields.items()):
+    types = ", ".join(f"{k}: {getattr(t, '__name__', 'number')}" for k, t in fields.items())
+    raise errors.UserError(f"{where} holds {ascii(row)[:100]}, not a transfer-set row "
+                           f"({types}); export it again")
+  return row
+
+
 def _load_image_folder(path: str) -> TransferSet:
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(path, JSONL_FILE)) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  jsonl = os.path.join(path, JSONL_FILE)
+  with open(jsonl) as f:
+    rows = [_check_row(json.loads(line), f"{jsonl} line {n}", file=str)
+            for n, line in enumerate(f, 1) if line.strip()]
   images = []
   for row in rows:
-    with Image.open(os.path.join(path, row["file"])) as img:
+    file = os.path.join(path, row["file"])
+    with Image.open(file) as img:
+      if img.mode not in ("L", "RGB"):  # else np.asarray would cast 16-bit, palette, ... pixels
+        raise errors.UserError(f"{file} is a {img.mode} image; a transfer set holds 8-bit "
+                               "grey (L) or RGB PNGs")
       pixels = np.asarray(img, np.uint8)
     images.append(pixels[..., None] if pixels.ndim == 2 else pixels)
   return _from_rows(images, rows)
@@ -165,13 +240,14 @@ def _load_image_folder(path: str) -> TransferSet:
 
 def _load_array_record(path: str) -> TransferSet:
   module = _array_record_module()
-  reader = module.ArrayRecordReader(os.path.join(path, ARRAY_RECORD_FILE))
+  reader_path = os.path.join(path, ARRAY_RECORD_FILE)
+  reader = module.ArrayRecordReader(reader_path)
   records = reader.read_all()
   reader.close()
   rows, images = [], []
-  for record in records:
+  for i, record in enumerate(records):
     header, pixels = record.split(b"\n", 1)
-    row = json.loads(header)
+    row = _check_row(json.loads(header), f"{reader_path} record {i}", shape=list)
     rows.append(row)
     images.append(np.frombuffer(pixels, np.uint8).reshape(row["shape"]))
   return _from_rows(images, rows)
