@@ -26,13 +26,20 @@ CONFIG_HELP = "A configs/*.py file (optionally :ARG); default: the embedded digi
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-  """Turns an `errors.UserError` into one `error: ...` line on stderr and exit 2."""
+def user_errors(hard_exit: bool = False) -> Iterator[None]:
+  """Turns an `errors.UserError` into one `error: ...` line on stderr and exit 2.
+
+  With `hard_exit` (a run's entry point) the process ends at once after the line
+  (`os._exit`): a failed orbax/tensorstore read leaves futures that print tracebacks
+  while the interpreter shuts down, and a peer-lost run's jax.distributed shutdown would
+  wait for the dead peer. Everything the run keeps is on disk by then.
+  """
   try:
     yield
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    if isinstance(e, errors.PeerLostError):  # jax.distributed's exit would wait for the dead
+    if hard_exit or isinstance(e, errors.PeerLostError):
+      sys.stdout.flush()
       sys.stderr.flush()
       os._exit(2)
     sys.exit(2)

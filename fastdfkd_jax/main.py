@@ -23,7 +23,7 @@ def main(argv):
   config = FLAGS.config
   cli.quiet_library_logs()
   from fastdfkd_jax import modes  # heavy imports after flag parsing
-  with cli.user_errors():
+  with cli.user_errors(hard_exit=True):
     modes.run(config, FLAGS.workdir)
 
 

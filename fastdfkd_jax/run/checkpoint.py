@@ -99,7 +99,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, restore: Callable[[int], An
     except errors.UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # any read failure: torn files
-      reason = errors.one_line(f"{type(e).__name__}: {e}")
+      reason = errors.one_line(f"{type(e).__name__}: {e}")[:300]
       logging.warning("checkpoint step %d in %s does not read (%s)", step, mngr.directory,
                       reason)
       torn.append((step, reason))
