@@ -18,7 +18,7 @@ as the release's 512 is twice 256). The release's generative scripts have no war
 so the epochs are that config's KD epochs (its epochs - warmup) with warmup 0.
 """
 
-from fastdfkd_jax.config import schema
+from fastdfkd_jax.config import files, schema
 
 
 def get_config(arg: str = "dafl-digits"):
@@ -26,7 +26,7 @@ def get_config(arg: str = "dafl-digits"):
   if method not in schema.GENERATIVE_PRESETS or "-" in dataset:
     raise ValueError(f"configs/baselines_cpu.py:{arg}: use <method>-<dataset> with method "
                      f"one of {', '.join(schema.GENERATIVE_PRESETS)}")
-  c = schema.config_module(__file__, "fastdfkd_cpu.py").get_config(dataset)
+  c = files.config_module(__file__, "fastdfkd_cpu.py").get_config(dataset)
   nz = c.synth.nz
   schema.generative_preset(c, method)
   c.synth.nz = 2 * nz if method == "dafl" else nz

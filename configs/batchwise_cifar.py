@@ -24,7 +24,7 @@ epochs (its epochs - warmup) and warmup 0 as the release's batch-wise scripts, s
 student sees the same KD images as the FastDFKD rows.
 """
 
-from fastdfkd_jax.config import schema
+from fastdfkd_jax.config import files, schema
 
 # preset -> (method, k, lr_g, adv, bn, oh, kd steps per epoch)
 _PRESETS = {
@@ -67,7 +67,7 @@ def get_config(arg: str = "cmi"):
 
 def _cpu(c):
   """The preset `c` on the sizing of configs/fastdfkd_cpu.py:cifar10."""
-  fast = schema.config_module(__file__, "fastdfkd_cpu.py").get_config("cifar10")
+  fast = files.config_module(__file__, "fastdfkd_cpu.py").get_config("cifar10")
   c.teacher.arch, c.student.arch = fast.teacher.arch, fast.student.arch
   c.epochs, c.warmup, c.batch_size = fast.epochs - fast.warmup, 0, fast.batch_size
   c.kd.steps, c.kd.lr, c.kd.cosine_epochs = fast.kd.steps, fast.kd.lr, fast.kd.cosine_epochs

@@ -44,11 +44,11 @@ without (one seed), DAFL 43.43 %, noise 16.19 %, real images 78.39 %.
 (Segmentation).
 """
 
-from fastdfkd_jax.config import schema
+from fastdfkd_jax.config import files
 
 
 def get_config(arg: str = "fast_meta"):
-  nyuv2 = schema.config_module(__file__, "fastdfkd_nyuv2.py")
+  nyuv2 = files.config_module(__file__, "fastdfkd_nyuv2.py")
   cpu = nyuv2.Sizes(dataset="shapes_seg", teacher="deeplab_tiny", student="deeplab_tiny_half",
                     epochs=85, warmup=5, kd_steps=40, batch=64,
                     kd_optim=("adam", 3e-3, 3e-5), nz=64, ngf=32,

@@ -7,7 +7,7 @@ from typing import Sequence
 from absl import app, flags
 
 from fastdfkd_jax import cli
-from fastdfkd_jax.config import schema
+from fastdfkd_jax.config import files, schema
 from fastdfkd_jax.transfer import export, formats
 
 USAGE = ("python -m fastdfkd_jax.export WORKDIR OUT "
@@ -23,7 +23,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> dict:
   workdir, out = cli.positional(argv, ("WORKDIR", "OUT"), USAGE)
   cli.quiet_library_logs()
   with cli.user_errors():
-    summary = export.export(workdir, out, fv.format, schema.saved_config(workdir))
+    summary = export.export(workdir, out, fv.format, files.saved_config(workdir))
   print(f"wrote {summary['num_images']} images ({summary['format']}) to "
         f"{os.path.abspath(out)}; see summary.json there")
   return summary

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from fastdfkd_jax import cli, data, errors, models
-from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax.config import checks as config_checks, files, schema
 from fastdfkd_jax import synthesis
 
 from conftest import CONFIGS, load_config_file
@@ -137,7 +137,7 @@ def test_batchwise_cpu_form_sees_the_fastdfkd_cpu_kd_images(preset):
 
 
 def test_config_module_loads_a_sibling_config_file():
-  module = schema.config_module(os.path.join(CONFIGS, "anything.py"), "fastdfkd_cpu.py")
+  module = files.config_module(os.path.join(CONFIGS, "anything.py"), "fastdfkd_cpu.py")
   assert module.get_config("cifar10") == load_config_file("fastdfkd_cpu.py", "cifar10")
 
 

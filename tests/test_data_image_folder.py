@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fastdfkd_jax import data, errors
-from fastdfkd_jax.data import image_folder
+from fastdfkd_jax.data import archives, image_folder
 
 from data_fixtures import make_tar, make_tree
 
@@ -81,9 +81,9 @@ def test_tar_extracts_once_and_reuses_cache(tmp_path, monkeypatch):
   assert sorted(os.listdir(sub)) == ["cifar10-train-32x32x3-v1.npz", "tree"]
 
   calls = []
-  orig_extract = image_folder._extract_archive
+  orig_extract = archives.extract_archive
   orig_tree = image_folder.load_image_tree
-  monkeypatch.setattr(image_folder, "_extract_archive",
+  monkeypatch.setattr(archives, "extract_archive",
                       lambda *a: calls.append("extract") or orig_extract(*a))
   monkeypatch.setattr(image_folder, "load_image_tree",
                       lambda *a: calls.append("decode") or orig_tree(*a))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastdfkd_jax.config import checks as config_checks, schema
+from fastdfkd_jax.config import checks as config_checks, files, schema
 from fastdfkd_jax import data, errors, models
 from fastdfkd_jax.transfer import export
 from fastdfkd_jax.run import reporting
@@ -55,7 +55,7 @@ def exports(tiny_run, tmp_path_factory):
   for fmt in formats.FORMATS:
     directory = str(tmp_path_factory.mktemp(f"export_{fmt}"))
     out[fmt] = directory, export.export(workdir, directory, fmt,
-                                        schema.saved_config(workdir))
+                                        files.saved_config(workdir))
   return out
 
 

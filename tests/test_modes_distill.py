@@ -147,7 +147,7 @@ def test_loop_fused_times_its_synthesis_split_every_tenth_epoch(teacher, tmp_pat
 
 def test_fused_and_split_epochs_compute_the_same_steps(teacher, tmp_path, monkeypatch):
   monkeypatch.setattr(epochs, "TIMED_EVERY", 1000)     # every KD epoch fused but the first
-  fused = run(tiny_distill(teacher, loop="fused"), tmp_path / "fused")
+  run(tiny_distill(teacher, loop="fused"), tmp_path / "fused")
   split = run(tiny_distill(teacher, loop="scan"), tmp_path / "split")
   assert "fused_epoch=False" in split["loop"]
   for a, b in zip(rows(tmp_path / "fused"), rows(tmp_path / "split")):

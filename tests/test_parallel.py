@@ -97,7 +97,7 @@ def test_synthesis_kd_and_fused_epoch_on_8_devices_equal_1_device(teacher_vars):
 
 
 @pytest.mark.parametrize("method", ["cmi", "deepinversion", "fast_meta:imagenet",
-                                    "generative"])
+                                    "generative", "nayer"])
 def test_methods_on_8_devices_equal_1_device(teacher_vars, method):
   """Two calls (CMI's second reads the bank the first wrote), host-dispatched and as one
   program, on 1 vs 8 devices; the scanned (TPU/GPU) call on 8 devices equals the
@@ -109,6 +109,8 @@ def test_methods_on_8_devices_equal_1_device(teacher_vars, method):
   if variant == "imagenet":
     c.synth.meta_latent, c.synth.reinit_every, c.synth.meta_lr_g = True, 2, 1e-4
     c.synth.augment, c.synth.keep = "resized_crop", "last"
+  if name == "nayer":   # one noisy layer per chunk of 10 images: 10 images a device
+    c.batch_size, c.nayer.le_size, c.nayer.le_emb_size, c.synth.g_life = 80, 16, 24, 2
   if name == "generative":
     c.synth.adv, c.synth.bn, c.synth.oh, c.synth.act, c.synth.balance = 1, 1, 1, 0.1, 5.0
     c.synth.lr_g, c.synth.kd_steps, c.kd.steps = 1e-3, 2, 4

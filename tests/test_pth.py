@@ -421,3 +421,11 @@ def test_reads_without_torch():
           "print(len(sd))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "13"
+
+
+def test_a_tensor_pickled_with_pickle_dump_reads_without_torch():
+  """`pickle.dump(tensor)` (NAYER's label-embedding files) stores the storage as a legacy
+  torch.save of its own; made with torch 2.13.0 (tests/data/pth/README.md)."""
+  got = pth.read(os.path.join(DATA, "pickled_half.pickle"))
+  want = (np.arange(12, dtype=np.float32).reshape(3, 4) / 7).astype(np.float16)
+  np.testing.assert_array_equal(got, want.astype(np.float32))

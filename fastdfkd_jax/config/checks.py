@@ -40,6 +40,7 @@ FIELD_RANGES = {
     "synth.act": _NON_NEGATIVE, "synth.balance": _NON_NEGATIVE, "synth.kd_steps": _POSITIVE,
     "synth.meta_lr_g": _NON_NEGATIVE, "synth.meta_lr_z": _POSITIVE,
     "synth.reinit_every": _NON_NEGATIVE, "synth.calls_per_epoch": _POSITIVE,
+    "synth.g_life": _NON_NEGATIVE, "nayer.le_size": _POSITIVE, "nayer.le_emb_size": _POSITIVE,
     "synth.crop_scale": _POSITIVE, "synth.crop_ratio": _POSITIVE,
     "kd.crop_scale": _POSITIVE, "kd.crop_ratio": _POSITIVE,
     "cmi.cr": _NON_NEGATIVE, "cmi.cr_T": _POSITIVE, "cmi.bank_size": _POSITIVE,
@@ -152,11 +153,17 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_imagenet_options(c: ml_collections.ConfigDict) -> None:
-  """The ImageNet synthesis options exist for the methods that read them."""
+  """The ImageNet and NAYER synthesis options exist for the methods that read them."""
   defaults = (("meta_latent", False), ("reinit_every", 0), ("meta_lr_g", 0.0))
   meta = [f"synth.{f}={c.synth[f]!r}" for f, off in defaults if c.synth[f] != off]
   if meta and c.method != "fast_meta":
     raise errors.UserError(f"{', '.join(meta)} apply to method=fast_meta only, not "
+                           f"{c.method!r}")
+  nayer = [f"{f}={v!r}" for f, v, off in (("synth.g_life", c.synth.g_life, 0),
+                                           ("nayer.label_embedding",
+                                            c.nayer.label_embedding, "")) if v != off]
+  if nayer and c.method != "nayer":
+    raise errors.UserError(f"{', '.join(nayer)} apply to method=nayer only, not "
                            f"{c.method!r}")
   if c.synth.generator != "generator" and c.method not in ("fast_meta", "fast", "deepinv"):
     raise errors.UserError(f"synth.generator={c.synth.generator!r} applies to fast_meta, "

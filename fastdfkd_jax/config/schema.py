@@ -6,13 +6,9 @@ a few minutes on a laptop CPU). Every constant of a run lives here; `config_chec
 validates a config against it.
 """
 
-import importlib.util
-import json
-import os
 
 import ml_collections
 
-from fastdfkd_jax import errors
 
 MODES = ("train_teacher", "evaluate", "distill", "synthesize")
 # What a model predicts: one class per image, or one class per pixel (the data set's
@@ -80,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.kd = _kd_config()
   c.cmi = _cmi_config()
   c.deepinversion = _deepinversion_config()
+  c.nayer = _nayer_config()
   c.pool = ml_collections.ConfigDict()
   c.pool.capacity = 0            # images; 0 = every synthesized image (epochs * batch)
   c.pool.on_device = True        # False: host-memory ring buffer
@@ -182,6 +179,9 @@ def _synth_config() -> ml_collections.ConfigDict:
   # Synthesis calls per epoch (pool methods): the epoch's kd.steps are split evenly
   # after each call (the release's ep_steps // kd_steps rounds).
   s.calls_per_epoch = 1
+  # A whole new generator every g_life epochs (methods with `reinit_generator`: nayer);
+  # 0: never.
+  s.g_life = 0
   s.augment = "crop"             # in the synthesis loss: 'crop' (pad, crop, flip) |
   s.crop_scale = (0.75, 1.0)     # 'resized_crop': RandomResizedCrop(scale, ratio) + flip
   s.crop_ratio = (0.75, 4 / 3)
@@ -203,6 +203,17 @@ def _cmi_config() -> ml_collections.ConfigDict:
   m.local_ratio = (0.75, 4 / 3)  # and aspect ratio
   m.init_std = 0.02              # the generator's re-initialisation every call
   return m
+
+
+def _nayer_config() -> ml_collections.ConfigDict:
+  """method=nayer (synthesis/nayer.py); k is its g_steps, synth.calls_per_epoch its
+  g_loops, synth.g_life its g_life; synth.lr_g, adv, bn, oh as FastDFKD's."""
+  n = ml_collections.ConfigDict()
+  n.label_embedding = ""         # .npy / .npz / NAYER's <dataset>_le.pickle, a row per
+                                 # class; "": fixed random orthonormal rows (no text model)
+  n.le_size = 512                # width of those built-in rows (CLIP ViT-B/32's)
+  n.le_emb_size = 1000           # the noisy layer's width (the generator body's nz)
+  return n
 
 
 def _deepinversion_config() -> ml_collections.ConfigDict:
@@ -294,35 +305,3 @@ def generative_preset(c: ml_collections.ConfigDict, method: str) -> ml_collectio
   c.synth.nz, c.synth.lr_g, c.synth.kd_steps = p["nz"], p["lr_g"], p["kd_steps"]
   c.kd.loss, c.kd.temperature = p["loss"], p["temperature"]
   return c
-
-
-def config_module(config_file: str, name: str):
-  """The module of configs/`name` beside `config_file` (a config file's `__file__`), so
-  one config file can build on another's settings."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-  spec = importlib.util.spec_from_file_location("_config_" + name.removesuffix(".py"), path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _merged(base: dict, saved: dict) -> dict:
-  """`base` with the values of `saved` for the keys both have (sub-dicts merged)."""
-  out = dict(base)
-  for key, value in saved.items():
-    if isinstance(out.get(key), dict) and isinstance(value, dict):
-      out[key] = _merged(out[key], value)
-    else:
-      out[key] = value
-  return out
-
-
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved (WORKDIR/config.json), fields it predates at their defaults."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise errors.UserError(f"{workdir} holds no run (no config.json); pass the workdir of "
-                           "a distill or synthesize run")
-  with open(path) as f:
-    saved = json.load(f)
-  return ml_collections.ConfigDict(_merged(base_config().to_dict(), saved))

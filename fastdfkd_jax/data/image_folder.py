@@ -16,207 +16,33 @@ decodes, is logged and rebuilt.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import hashlib
 import os
 import shutil
-import tarfile
-import tempfile
-import zlib
 
 import numpy as np
 from absl import logging
 
 from fastdfkd_jax import errors
+from fastdfkd_jax.data import archives
 from fastdfkd_jax.data.info import EVAL_RESIZE, LAYOUT_HELP, DatasetInfo, Split
 
-# Bump when the decoded `.npz` contents change meaning, so stale caches are ignored.
-_CACHE_VERSION = 1
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-# Split folders of a tree; the test split is test/, or val/ where there is no test/.
-FOLDERS = ("train", "test", "val")
+ARCHIVE_SUFFIXES, FOLDERS = archives.ARCHIVE_SUFFIXES, archives.FOLDERS
+find_tree_root, archive_cache_dir = archives.find_tree_root, archives.archive_cache_dir
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck")
 
 
-def _cache_root(cache_dir: str | None) -> str:
-  if cache_dir:
-    return os.path.abspath(os.path.expanduser(cache_dir))
-  return os.path.join(os.path.expanduser("~"), ".cache", "fastdfkd_jax")
-
-
-def _short_hash(*parts: object) -> str:
-  return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:12]
-
-
-def _archive_stem(path: str) -> str:
-  base = os.path.basename(path)
-  for suffix in ARCHIVE_SUFFIXES:
-    if base.lower().endswith(suffix):
-      return base[:-len(suffix)]
-  return base
-
-
-def archive_cache_dir(path: str, cache_dir: str | None = None) -> str:
-  """Cache folder of an archive: `<root>/<stem>-<sha256 of its bytes, 12 digits>`."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return os.path.join(_cache_root(cache_dir),
-                      f"{_archive_stem(path)}-{digest.hexdigest()[:12]}")
-
-
-def _tree_cache_dir(root: str, cache_dir: str | None) -> str:
-  """Cache folder of a plain image tree, keyed on its path and class folders."""
-  parts: list[object] = [root]
-  for split in FOLDERS:
-    split_dir = os.path.join(root, split)
-    if os.path.isdir(split_dir):
-      for cls in sorted(os.listdir(split_dir)):
-        cdir = os.path.join(split_dir, cls)
-        if os.path.isdir(cdir):
-          parts += [split, cls, os.stat(cdir).st_mtime_ns,
-                    len(os.listdir(cdir))]
-  name = os.path.basename(root.rstrip(os.sep)) or "tree"
-  return os.path.join(_cache_root(cache_dir), f"{name}-{_short_hash(*parts)}")
-
-
-def find_tree_root(path: str) -> str | None:
-  """`path` or its single sub-folder when it holds train/ or test/."""
-  def is_root(p: str) -> bool:
-    return any(os.path.isdir(os.path.join(p, s)) for s in FOLDERS)
-  if is_root(path):
-    return path
-  subdirs = [e for e in os.listdir(path)
-             if not e.startswith((".", "__MACOSX"))
-             and os.path.isdir(os.path.join(path, e))]
-  if len(subdirs) == 1 and is_root(os.path.join(path, subdirs[0])):
-    return os.path.join(path, subdirs[0])
-  return None
-
-
-def _safe_members(tar: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
-  """Regular files and folders of `tar`; rejects absolute or '..' paths."""
-  members = []
-  for m in tar.getmembers():
-    name = m.name
-    parts = name.replace("\\", "/").split("/")
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
-      raise errors.UserError(
-          f"Archive {archive!r} holds an unsafe member path {name!r} (absolute "
-          f"or containing '..'); refusing to extract it.")
-    if m.isfile() or m.isdir():
-      members.append(m)
-  return members
-
-
-def _extract_archive(path: str, cache: str) -> str:
-  """Extracts `path` once into `<cache>/tree`, atomically; returns that folder."""
-  tree = os.path.join(cache, "tree")
-  if os.path.isdir(tree):
-    return tree
-  os.makedirs(cache, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".extract-", dir=cache)
-  try:
-    try:
-      with tarfile.open(path, "r:*") as tar:
-        members = _safe_members(tar, path)
-        if hasattr(tarfile, "data_filter"):
-          tar.extractall(tmp, members=members, filter="data")
-        else:  # Python without extraction filters; members are checked above.
-          tar.extractall(tmp, members=members)  # noqa: S202
-        _check_end(tar)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-      shutil.rmtree(tmp, ignore_errors=True)
-      with contextlib.suppress(OSError):
-        os.rmdir(cache)  # only if empty: no half-made cache folder stays behind
-      raise errors.UserError(
-          f"Cannot extract archive {path!r}: {e}.\n{LAYOUT_HELP}") from e
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only.
-    try:
-      os.replace(tmp, tree)
-    except OSError:
-      if not os.path.isdir(tree):  # Not a lost race with another process.
-        raise
-  finally:
-    if os.path.isdir(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
-  return tree
-
-
-def _check_end(tar: tarfile.TarFile) -> None:
-  """A ReadError unless the members end at a zero block (tarfile stops quietly at a damaged
-  header or a cut); then reads to the end, so that a gzip/bz2/xz checksum is checked."""
-  tar.fileobj.seek(tar.offset)
-  block = tar.fileobj.read(tarfile.BLOCKSIZE)
-  if len(block) < tarfile.BLOCKSIZE or block.count(0) != len(block):
-    raise tarfile.ReadError(f"a damaged or truncated member header at byte {tar.offset}")
-  while tar.fileobj.read(1 << 20):
-    pass
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-def _npz_path(cache: str, info: DatasetInfo, split: Split) -> str:
-  h, w, c = info.image_shape
-  return os.path.join(
-      cache, f"{info.name}-{split}-{h}x{w}x{c}-v{_CACHE_VERSION}.npz")
-
-
-def _read_npz(path: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
-  """The cached split at `path`; None (and the file removed) if absent or corrupt."""
-  if not os.path.isfile(path):
-    return None
-  try:
-    with np.load(path) as data:
-      images, labels = data["images"], data["labels"]
-  except Exception as e:  # pylint: disable=broad-except  # any read failure: rebuild
-    reason = f"{type(e).__name__}: {e}"
-  else:
-    fits = (images.dtype == np.uint8 and images.shape[1:] == tuple(info.image_shape)
-            and labels.dtype == np.int32 and labels.shape == images.shape[:1] and len(labels)
-            and 0 <= labels.min() and labels.max() < info.num_classes)
-    if fits:
-      return images, labels
-    reason = f"images {images.shape} {images.dtype}, labels {labels.shape}"
-  logging.warning("decode cache %s is corrupt (%s); rebuilding it", path, reason)
-  with contextlib.suppress(OSError):
-    os.remove(path)
-  return None
-
-
-def _write_npz(path: str, images: np.ndarray, labels: np.ndarray) -> None:
-  """Writes the decoded split atomically (temp file + os.replace)."""
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, images=images, labels=labels)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def load_archive(info: DatasetInfo, split: Split, path: str,
                  cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   """`split` of the archive at `path`: cached `.npz`, else extract (once) and decode."""
-  cache = archive_cache_dir(path, cache_dir)
-  cached = _read_npz(_npz_path(cache, info, split), info)
+  cache = archives.archive_cache_dir(path, cache_dir)
+  cached = archives.read_npz(archives.npz_path(cache, info, split), info)
   if cached is not None:
     return cached
-  tree = _extract_archive(path, cache)
+  tree = archives.extract_archive(path, cache)
   try:
     return _load_extracted(info, split, path, tree, cache)
   except errors.UserError as e:  # the extracted copy may be damaged: extract afresh once
@@ -224,7 +50,7 @@ def load_archive(info: DatasetInfo, split: Split, path: str,
                     tree, path, errors.one_line(str(e)))
     shutil.rmtree(tree)
     try:
-      return _load_extracted(info, split, path, _extract_archive(path, cache), cache)
+      return _load_extracted(info, split, path, archives.extract_archive(path, cache), cache)
     except errors.UserError as again:  # the archive itself holds it: name the archive
       if path in str(again):
         raise
@@ -233,7 +59,7 @@ def load_archive(info: DatasetInfo, split: Split, path: str,
 
 def _load_extracted(info: DatasetInfo, split: Split, path: str, tree: str,
                     cache: str) -> tuple[np.ndarray, np.ndarray]:
-  root = find_tree_root(tree)
+  root = archives.find_tree_root(tree)
   if root is None:
     raise errors.UserError(
         f"Archive {path!r} (extracted to {tree!r}) holds no train/ or test/ "
@@ -244,18 +70,18 @@ def _load_extracted(info: DatasetInfo, split: Split, path: str, tree: str,
 def load_tree(info: DatasetInfo, split: Split, root: str,
               cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   """`split` of the tree at `root` (see `find_tree_root`): cached `.npz`, else decode."""
-  return _load_tree_cached(info, split, root, _tree_cache_dir(root, cache_dir))
+  return _load_tree_cached(info, split, root, archives.tree_cache_dir(root, cache_dir))
 
 
 def _load_tree_cached(info: DatasetInfo, split: Split, root: str,
                       cache: str) -> tuple[np.ndarray, np.ndarray]:
-  npz = _npz_path(cache, info, split)
-  cached = _read_npz(npz, info)
+  npz = archives.npz_path(cache, info, split)
+  cached = archives.read_npz(npz, info)
   if cached is not None:
     return cached
   images, labels = load_image_tree(info, split, root)
   try:
-    _write_npz(npz, images, labels)
+    archives.write_npz(npz, images, labels)
   except OSError:  # An unwritable cache only costs speed.
     pass
   return images, labels

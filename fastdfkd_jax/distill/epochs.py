@@ -53,6 +53,7 @@ class Epochs:
   teacher_vars: Any
   uses_pool: bool
   reset_fn: Callable | None = None   # the method's first-layer reset, jitted
+  reinit_fn: Callable | None = None  # the method's whole-generator re-init, jitted
 
   def in_rounds(self) -> bool:
     return self.source.synthetic and (
@@ -135,13 +136,24 @@ def timed_epoch(config: ml_collections.ConfigDict, epoch: int) -> bool:
   return (epoch - config.warmup) % TIMED_EVERY == 0
 
 
+def restart(ep: Epochs, state, epoch: int, key):
+  """The generator restarts due at the start of `epoch`: the release's first-layer reset
+  at synth.reset_l0_epoch (synth.reset_l0), a whole new generator every synth.g_life
+  epochs (NAYER's g_life), for the methods that have them."""
+  synth = ep.config.synth
+  if synth.reset_l0 and epoch == synth.reset_l0_epoch and ep.reset_fn is not None:
+    state = state.replace(synth=ep.reset_fn(state.synth, key))
+  if synth.g_life and epoch and epoch % synth.g_life == 0 and ep.reinit_fn is not None:
+    state = state.replace(synth=ep.reinit_fn(state.synth, jax.random.fold_in(key, 1)))
+  return state
+
+
 def run_epoch(ep: Epochs, state, counters: Counters, epoch: int):
   """One epoch -> (state, the newest synthesis images or None, host metrics, counters)."""
   config = ep.config
   k_synth, k_kd, k_reset = epoch_keys(config, epoch)
-  if (ep.source.synthetic and config.synth.reset_l0 and epoch == config.synth.reset_l0_epoch
-      and ep.reset_fn is not None):
-    state = state.replace(synth=ep.reset_fn(state.synth, k_reset))
+  if ep.source.synthetic:
+    state = restart(ep, state, epoch, k_reset)
   adv, kd_phase = adversarial_weight(config, epoch), epoch >= config.warmup
   images, metrics = None, {}
   if ep.in_rounds():

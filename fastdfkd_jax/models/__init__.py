@@ -57,4 +57,4 @@ def _import_all():
   # Importing the modules runs their @register decorators.
   from fastdfkd_jax.models import generator, lenet, resnet, resnet_cifar, vgg, wrn  # noqa: F401
   from fastdfkd_jax.models import (  # noqa: F401
-      deep_generator, deeplab, deeplab_tiny, mobilenetv2, resnet_imagenet)
+      deep_generator, deeplab, deeplab_tiny, mobilenetv2, noisy_generator, resnet_imagenet)

@@ -98,10 +98,12 @@ def setup_parts(ctx: skeleton.Context) -> Parts:
                teacher_scores=metrics.summary_scores(total), source=source)
 
 
-def reset_fn(distiller: steps.Distiller):
-  """The method's jitted first-layer reset (`reset_l0`), where it has one."""
-  reset = getattr(distiller.synth, "reset_first_layer", None)
-  return None if reset is None else jax.jit(reset)
+def restart_fns(distiller: steps.Distiller) -> dict:
+  """The method's jitted generator restarts, where it has them: `reset_fn` (the first
+  layer, `reset_l0`) and `reinit_fn` (the whole generator, `synth.g_life`)."""
+  hooks = dict(reset_fn="reset_first_layer", reinit_fn="reinit_generator")
+  return {field: jax.jit(getattr(distiller.synth, hook)) if hasattr(distiller.synth, hook)
+          else None for field, hook in hooks.items()}
 
 
 def restore_checkpoint(task, mngr, step: int, state):
@@ -161,7 +163,7 @@ class DistillTask:
     programs = builder.build_programs(self.config, p.distiller, state, p.teacher_vars,
                                       p.source)
     self.run = epochs.Epochs(self.config, programs, p.source, p.teacher_vars,
-                             p.distiller.synth.uses_pool, reset_fn(p.distiller))
+                             p.distiller.synth.uses_pool, **restart_fns(p.distiller))
     return programs.precompile(self.run.kd_chunk(), p.source.synthetic)
 
   def describe(self) -> str:

@@ -80,8 +80,7 @@ class SynthesizeTask:
     programs = builder.build_programs(self.config, p.distiller, state, p.teacher_vars,
                                       p.source)
     self.run = epochs.Epochs(self.config, programs, p.source, p.teacher_vars,
-                             p.distiller.synth.uses_pool,
-                             distill_mode.reset_fn(p.distiller))
+                             p.distiller.synth.uses_pool, **distill_mode.restart_fns(p.distiller))
     return programs.synth_executable().compile_seconds
 
   def describe(self) -> str:
@@ -94,8 +93,7 @@ class SynthesizeTask:
     """Synthesis call `epoch` with its distillation epoch's keys and adversarial weight 0."""
     config, run = self.config, self.run
     k_synth, _, k_reset = epochs.epoch_keys(config, epoch)
-    if config.synth.reset_l0 and epoch == config.synth.reset_l0_epoch and run.reset_fn:
-      state = state.replace(synth=run.reset_fn(state.synth, k_reset))
+    state = epochs.restart(run, state, epoch, k_reset)
     state, _, metrics, counters = epochs.synthesize(run, state, k_synth, jnp.float32(0.0),
                                                     counters)
     return state, counters, metrics

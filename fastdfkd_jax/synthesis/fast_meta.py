@@ -69,8 +69,9 @@ class FastMetaSynthesizer(inversion.InversionSynthesizer):
     z = jax.random.normal(key, (self.hp.batch_size,) + tuple(self.latent_shape))
     return z, self.meta_latent_tx().init(z)
 
-  def _start_latent(self, state: inversion.SynthState, key: jax.Array) -> jax.Array:
-    fresh = super()._start_latent(state, key)
+  def _start_latent(self, state: inversion.SynthState, key: jax.Array,
+                    targets: jax.Array) -> jax.Array:
+    fresh = super()._start_latent(state, key, targets)
     return self._restart(state.calls, fresh, state.latent) if self.hp.meta_latent else fresh
 
   def _next_latent(self, state: inversion.SynthState, carry: inversion.InnerCarry):

@@ -98,6 +98,10 @@ class InversionSynthesizer(base.Members, abc.ABC):
   def latent_shape(self) -> tuple[int, ...]:
     return tuple(self.generator.latent_shape)
 
+  def _latent_example(self):
+    """Shapes of a latent batch (two rows): the layout of its optimizer state."""
+    return jax.ShapeDtypeStruct((2,) + tuple(self.latent_shape), jnp.float32)
+
   def latent_tx(self) -> optax.GradientTransformation:
     b1, b2 = self.hp.betas
     return optax.adam(self.hp.lr_z, b1=b1, b2=b2)
@@ -117,8 +121,7 @@ class InversionSynthesizer(base.Members, abc.ABC):
 
     Host-side (outside shard_map): the teacher's BN layout is read with eval_shape.
     """
-    gen_vars = model_util.init_variables(self.generator.clone(axis_name=None), key,
-                                         tuple(self.generator.latent_shape))
+    gen_vars = self._init_generator(key)
     params = gen_vars["params"]
     teacher = self.teacher.clone(axis_name=None)
     stats = jax.eval_shape(lambda: teacher.apply(
@@ -130,6 +133,11 @@ class InversionSynthesizer(base.Members, abc.ABC):
                       opt_state=self.state_tx().init(params), bn_momentum=momentum,
                       has_momentum=jnp.array(False), calls=jnp.int32(0), latent=latent,
                       latent_opt=latent_opt)
+
+  def _init_generator(self, key: jax.Array) -> dict:
+    """{'params', 'batch_stats'} of a fresh generator."""
+    return model_util.init_variables(self.generator.clone(axis_name=None), key,
+                                     tuple(self.generator.latent_shape))
 
   # ----------------------------------------------------------- per step
   def loss_terms(self, x, targets, key, teacher_vars, student_vars, momentum,
@@ -163,9 +171,14 @@ class InversionSynthesizer(base.Members, abc.ABC):
       return augment.normalize(x, self.mean, self.std)
     return augment.augment_stripe(key, x, self.mean, self.std, self.padding, self.axis_name)
 
-  def _start_latent(self, state: SynthState, key: jax.Array) -> jax.Array:
-    """The latents of the global batch a call starts from (fresh N(0, I) draws)."""
-    del state
+  def draw_targets(self, key: jax.Array) -> jax.Array:
+    """The class targets of the global batch (B,): uniform draws."""
+    return jax.random.randint(key, (self.hp.batch_size,), 0, self.num_classes)
+
+  def _start_latent(self, state: SynthState, key: jax.Array, targets: jax.Array):
+    """The latents of the global batch a call starts from (fresh N(0, I) draws), given
+    the global batch's targets."""
+    del state, targets
     return jax.random.normal(key, (self.hp.batch_size,) + tuple(self.latent_shape))
 
   # --------------------------------------------------------- synthesize
@@ -191,12 +204,12 @@ class InversionSynthesizer(base.Members, abc.ABC):
     """Draws the latents and targets, copies theta: (InnerCarry, step keys (k,))."""
     hp = self.hp
     k_z, k_y, k_steps = jax.random.split(key, 3)
-    b_global = hp.batch_size
-    targets = self._stripe(jax.random.randint(k_y, (b_global,), 0, self.num_classes))
-    start = self._start_latent(state, k_z)
-    latent = self._stripe(start)
+    global_targets = self.draw_targets(k_y)
+    targets = self._stripe(global_targets)
+    start = self._start_latent(state, k_z, global_targets)
+    latent = jax.tree.map(self._stripe, start)
     gen_opt = self._begin_gen_opt(state)
-    x_shape = (latent.shape[0],) + self.image_shape
+    x_shape = (targets.shape[0],) + self.image_shape
     names = ("loss", "loss_bn", "loss_adv") + (
         () if hp.segmentation else losses.TARGET_METRICS) + (
         ("loss_balance",) if hp.balance else ())
@@ -258,8 +271,7 @@ class InversionSynthesizer(base.Members, abc.ABC):
     """shard_map specs of InnerCarry: per-device batch fields sharded, rest replicated."""
     del state  # the carry's layout depends only on the hyper-parameters
     axis = self.axis_name
-    opt = jax.eval_shape(self.latent_tx().init,
-                         jax.ShapeDtypeStruct((2,) + tuple(self.latent_shape), jnp.float32))
+    opt = jax.eval_shape(self.latent_tx().init, self._latent_example())
     return InnerCarry(
         fast=P(), latent=P(axis), gen_opt=P(),
         latent_opt=jax.tree.map(lambda a: P(axis) if a.ndim else P(), opt),

@@ -1,8 +1,9 @@
 """PyTorch checkpoints (`torch.save` files) read into NumPy without importing torch.
 
 `read` takes the zip format of torch >= 1.6 (`<archive>/data.pkl`, `data/<key>` per storage,
-`byteorder`, `version`) and the legacy one (pickles of magic number, protocol, sys_info, the
-object and the storage keys, then each storage as an int64 count and its bytes). Only plain
+`byteorder`, `version`), the legacy one (pickles of magic number, protocol, sys_info, the
+object and the storage keys, then each storage as an int64 count and its bytes), and a
+plain `pickle.dump` of tensors (each storage a legacy torch.save of its own). Only plain
 containers, torch's tensor rebuild functions and storage types unpickle: anything else (a
 pickled `nn.Module`, `os.system`) is refused before it runs. `write` makes test fixtures.
 """
@@ -56,6 +57,9 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
     ("torch._utils", "_rebuild_parameter_with_state"): lambda data, *_: data,
     ("torch", "Size"): tuple,
+    # A tensor pickled with plain `pickle.dump` (NAYER's label embeddings): its storage is
+    # a legacy torch.save of the storage alone, read here like a legacy file.
+    ("torch.storage", "_load_from_bytes"): lambda data: _read_legacy("<bytes>", io.BytesIO(data)),
     **{("torch", name): _Type(code) for name, code in _STORAGES.items()},
 }
 
@@ -206,6 +210,13 @@ def _resolve(obj, big_endian: bool):
   return obj
 
 
+def _has_tensor(obj) -> bool:
+  if isinstance(obj, _Tensor):
+    return True
+  values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+  return any(_has_tensor(v) for v in values)
+
+
 def read(path: str) -> Any:
   """Loads a `torch.save` file with every tensor as a NumPy array, without torch.
 
@@ -231,8 +242,13 @@ def read(path: str) -> Any:
         obj, big_endian = _read_zip(path, f)
       elif _LEGACY_MAGIC.to_bytes(10, "little") in head:  # its pickled magic number
         obj, big_endian = _read_legacy(path, f), False
+      elif head[:1] == b"\x80":   # a plain pickle: tensors pickle.dump-ed
+        obj, big_endian = _Unpickler(io.BytesIO(f.read()), path).load(), False
+        if not _has_tensor(obj):
+          raise ValueError("a pickle without tensors: not a torch.save file")
       else:
-        raise ValueError("neither a zip archive (torch >= 1.6) nor a legacy torch.save file")
+        raise ValueError("neither a zip archive (torch >= 1.6), a legacy torch.save file nor "
+                         "a pickle")
     return _resolve(obj, big_endian)
   except errors.UserError:
     raise

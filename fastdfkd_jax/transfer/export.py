@@ -196,7 +196,7 @@ def check_out(out: str) -> None:
 
 def export(workdir: str, out: str, fmt: str, config: ml_collections.ConfigDict) -> dict:
   """Writes WORKDIR's pool into OUT in the layout `fmt`, with summary.json and the
-  per-class grids; returns the summary. `config`: the run's (`schema.saved_config`)."""
+  per-class grids; returns the summary. `config`: the run's (`config.files.saved_config`)."""
   check_out(out)
   info = data.get_info(config.dataset.name)
   images, calls, meta = restore_pool(workdir, config.synth.calls_per_epoch)
