@@ -4,24 +4,24 @@ Parameter counts are those of the release's builders (`deeplabv3_resnet50`,
 `deeplabv3_mobilenet`, output_stride 8, no auxiliary head): they are checked
 against the release's module structure rebuilt in PyTorch in
 test_import_torch_deeplab.py (Python 3.11 venv with torch). ResNet-50 is only
-traced abstractly here; a real forward runs on MobileNetV2 at 64x64, batch 1.
+traced abstractly here; a real forward runs on MobileNetV2 at 64x64, batch 1 (eval and
+train mode in one program, compiled unoptimised).
 """
 
-import os
-import sys
+import functools
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import traverse_util  # noqa: E402
+from fastdfkd_jax.models import get_model, list_models
+from fastdfkd_jax.models.deeplab_backbones import mobilenet_blocks
+from fastdfkd_jax.models.layers import BN_STATS
+from fastdfkd_jax.models.util import count_params, init_variables
 
-from fastdfkd_jax.models import get_model, list_models  # noqa: E402
-from fastdfkd_jax.models.deeplab_backbones import mobilenet_blocks  # noqa: E402
-from fastdfkd_jax.models.layers import BN_STATS  # noqa: E402
-from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
+from conftest import compile_unoptimized
 
 # arch -> {num_classes: parameters}; each class adds 257 (a 256-d 1x1 conv + bias).
 PARAMS = {
@@ -32,7 +32,9 @@ PARAMS = {
 BN_LAYERS = {"deeplabv3_resnet50": 53 + 7, "deeplabv3_mobilenet": 51 + 7}
 
 
+@functools.lru_cache(maxsize=None)
 def _abstract(model, shape=(64, 64, 3)):
+  """The variables' shapes and dtypes, traced once per (hashable) module and shape."""
   return jax.eval_shape(lambda k: init_variables(model, k, shape), jax.random.key(0))
 
 
@@ -65,6 +67,8 @@ def test_param_and_bn_counts(arch):
     model = get_model(arch, classes)
     variables = _abstract(model)
     assert count_params(variables["params"]) == expected
+    if classes != 13:   # the head's width changes no BN layer and no output but its own
+      continue
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     logits, aux = jax.eval_shape(
         lambda v, x, m=model: m.apply(v, x, train=False, mutable=[BN_STATS]), variables, x)
@@ -79,7 +83,9 @@ def test_param_and_bn_counts(arch):
 def test_output_stride(arch, output_stride, size, feature):
   """The backbone's feature map is input / output_stride; logits at the input size."""
   model = get_model(arch, 13, output_stride=output_stride)
-  variables = _abstract(model, (size, size, 3))
+  # The output stride sets strides and dilations, no parameter: the default model's
+  # variables (also those the counts test traced) apply to both.
+  variables = _abstract(get_model(arch, 13), (size, size, 3))
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
 
   def backbone(v, x):
@@ -105,15 +111,22 @@ def test_mobilenet_forward_and_train_mode():
   model = get_model("deeplabv3_mobilenet", 13)
   variables = _fill(_abstract(model))
   x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 64, 3)), jnp.float32)
-  logits = model.apply(variables, x, train=False)
+
+  def forward(variables, x, key):
+    logits = model.apply(variables, x, train=False)
+    # Train mode without a dropout rng (as the generic steps call it) runs; with one it drops.
+    xx = jnp.concatenate([x, -x])
+    y1, upd = model.apply(variables, xx, train=True, mutable=["batch_stats"])
+    y2, _ = model.apply(variables, xx, train=True, mutable=["batch_stats"],
+                        rngs={"dropout": key})
+    return logits, y1, upd, y2
+
+  key = jax.random.key(0)
+  logits, y1, upd, y2 = compile_unoptimized(forward, variables, x, key)(variables, x, key)
   assert logits.shape == (1, 64, 64, 13) and bool(jnp.isfinite(logits).all())
   assert float(logits.std()) > 1e-3
-  # Train mode without a dropout rng (as the generic steps call it) runs; with one it drops.
-  y1, upd = model.apply(variables, jnp.concatenate([x, -x]), train=True,
-                        mutable=["batch_stats"])
-  y2, _ = model.apply(variables, jnp.concatenate([x, -x]), train=True,
-                      mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
   assert set(upd) == {"batch_stats"} and not np.allclose(y1, y2)
+  assert y1.shape == (2, 64, 64, 13) and np.isfinite(np.asarray(y1)).all()
 
 
 def test_bad_output_stride_and_backbone():

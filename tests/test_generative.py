@@ -1,10 +1,11 @@
 """The generator-vs-student baselines (fastdfkd_jax.synthesis.generative): each loss term
 against NumPy forms of the release's formulas (datafree/synthesis/generative.py,
 datafree/criterions.py), the synthesizer protocol, the teacher's penultimate features,
-the presets and configs, and the alternating epoch of the run loop (distill.loop).
+the presets and configs, and the alternating epoch of the run loop (distill.epochs).
 Multi-device, resume and end-to-end runs: tests/test_generative_runs.py.
 """
 
+import time
 import types
 
 import jax
@@ -16,14 +17,14 @@ from fastdfkd_jax.config import checks as config_checks, schema
 from fastdfkd_jax import errors, models, synthesis
 from fastdfkd_jax.training import objectives as kd_losses
 from fastdfkd_jax.data import augment
-from fastdfkd_jax.modes import distill as distill_mode
-from fastdfkd_jax.distill import steps
+from fastdfkd_jax.distill import epochs, sources, steps
 from fastdfkd_jax.models import layers, util as model_util
 from fastdfkd_jax.synthesis import base, generative
 from fastdfkd_jax.synthesis import losses as synth_losses
 
 from conftest import compile_unoptimized, load_config_file
 from reference_logits import STUDENT, TEACHER, np_kl, np_log_softmax
+from synthesis_testlib import init
 
 # Golden values, computed once in float64 with the NumPy forms below.
 GOLDEN = dict(act=-0.7833333333333333, balance=-1.238435867907009,
@@ -106,12 +107,17 @@ def test_loss_terms_match_numpy_on_the_tiny_nets(tiny_nets, criterion):
   teacher, student, _, tv, sv = tiny_nets
   synth = make_synth(tiny_nets, criterion=criterion)
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)), jnp.float32)
-  loss, terms = jax.jit(synth.loss_terms)(x, tv, sv, jnp.float32(WEIGHTS["adv"]))
-  # The release's formulas on the teacher's and student's outputs for normalize(x).
-  xn = augment.normalize(x, synth.mean, synth.std)
-  t, aux = teacher.apply(tv, xn, train=False,
-                         mutable=[layers.BN_STATS, layers.FEATURES])
-  t, s = np.asarray(t, np.float64), np.asarray(student.apply(sv, xn), np.float64)
+  adv = jnp.float32(WEIGHTS["adv"])
+
+  def both(x, tv, sv):
+    # The release's formulas below take the teacher's and student's outputs for
+    # normalize(x), computed in the same program as the synthesizer's loss.
+    xn = augment.normalize(x, synth.mean, synth.std)
+    outputs = teacher.apply(tv, xn, train=False, mutable=[layers.BN_STATS, layers.FEATURES])
+    return synth.loss_terms(x, tv, sv, adv), outputs, student.apply(sv, xn)
+
+  (loss, terms), (t, aux), s = compile_unoptimized(both, x, tv, sv)(x, tv, sv)
+  t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
   feats = np.asarray(layers.penultimate(aux), np.float64)
   bn = sum(np.linalg.norm(np.asarray(l["running_var"], np.float64) - np.asarray(l["var"]))
            + np.linalg.norm(np.asarray(l["running_mean"], np.float64) - np.asarray(l["mean"]))
@@ -129,7 +135,8 @@ def test_without_adversarial_weight_the_student_is_not_run(tiny_nets):
   _, _, _, tv, _ = tiny_nets
   synth = make_synth(tiny_nets, adv=0.0)
   x = jnp.full((8, 8, 8, 1), 0.5)
-  _, terms = synth.loss_terms(x, tv, None, jnp.float32(0.0))   # no student variables
+  # No student variables: the student is not in the program at all.
+  _, terms = jax.jit(lambda x, tv: synth.loss_terms(x, tv, None, jnp.float32(0.0)))(x, tv)
   assert float(terms["loss_adv"]) == 0.0
 
 
@@ -144,7 +151,7 @@ def test_protocol_and_registry(tiny_nets):
 def test_synthesize_is_g_steps_generator_steps_and_sample_does_not_update(tiny_nets):
   _, _, _, tv, sv = tiny_nets
   synth = make_synth(tiny_nets)
-  state = synth.init(jax.random.key(0), tv)
+  state = init(synth, tiny_nets, jax.random.key(0))
   key, adv = jax.random.key(5), jnp.float32(0.7)
   new, images, metrics = compile_unoptimized(synth.synthesize, state, tv, sv, key, adv)(
       state, tv, sv, key, adv)
@@ -159,22 +166,29 @@ def test_synthesize_is_g_steps_generator_steps_and_sample_does_not_update(tiny_n
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.gen_params,
                        state.gen_params)
   assert max(jax.tree.leaves(moved)) > 0          # the generator trained
-  batch = synth.sample(new, jax.random.key(9), 16)
+  sample = compile_unoptimized(lambda s, k: synth.sample(s, k, 16), new, key)
+  batch = sample(new, jax.random.key(9))
   assert batch.dtype == jnp.uint8 and batch.shape == (16, 8, 8, 1)
+  # Sampling does not train: the same key gives the same batch, another key another one.
+  np.testing.assert_array_equal(sample(new, jax.random.key(9)), batch)
+  assert not np.array_equal(sample(new, jax.random.key(10)), batch)
 
 
 def test_kd_batches_are_fresh_unaugmented_generator_samples(tiny_nets):
-  _, student, _, tv, _ = tiny_nets
+  _, student, _, _, _ = tiny_nets
   synth = make_synth(tiny_nets)
   d = steps.Distiller(synth=synth, student_model=student, tx=None, kd_batch=8,
-                      temperature=1.0, mesh=None, kd_loss="l1")
-  synth_state = synth.init(jax.random.key(0), tv)
+                      temperature=1.0, mesh=None, kd_kind="generator", kd_loss="l1")
+  synth_state = init(synth, tiny_nets, jax.random.key(0))
   key = jax.random.key(4)
-  assert d.from_generator and not steps.Distiller(
-      synth=synth, student_model=student, tx=None, kd_batch=8, temperature=1.0,
-      mesh=None, kd_source="real").from_generator
-  np.testing.assert_array_equal(d._kd_inputs(None, key, synth_state),
-                                synth.sample(synth_state, key, 8))
+  assert d.from_generator and not d.on_device_pool
+  for kind in ("pool", "host_pool", "noise", "data", "data_host"):
+    other = steps.Distiller(synth=synth, student_model=student, tx=None, kd_batch=8,
+                            temperature=1.0, mesh=None, kd_kind=kind)
+    assert not other.from_generator, kind
+  got, want = jax.jit(lambda s, k: (d._kd_inputs(None, k, s), synth.sample(s, k, 8)))(
+      synth_state, key)
+  np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------------- features path
@@ -194,14 +208,19 @@ def test_models_sow_penultimate_features(arch, shape, dim):
 
 def test_features_are_the_classifier_input():
   model = models.get_model("resnet8", 10)
-  variables = model_util.init_variables(model, jax.random.key(0), (8, 8, 1))
-  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
-  logits, aux = model.apply(variables, x, mutable=[layers.FEATURES])
-  np.testing.assert_array_equal(logits, model.apply(variables, x))   # same logits
+  variables = model_util.init_variables(model, jax.random.key(1), (8, 8, 1))   # tiny_nets'
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 8, 8, 1)), jnp.float32)
+
+  def apply(variables, x):
+    return (model.apply(variables, x, mutable=[layers.FEATURES]), model.apply(variables, x),
+            model.apply(variables, x, mutable=[layers.BN_STATS])[1])
+
+  (logits, aux), plain, stats = compile_unoptimized(apply, variables, x)(variables, x)
+  np.testing.assert_array_equal(logits, plain)   # sowing the features keeps the logits
   fc = variables["params"]["fc"]
   np.testing.assert_allclose(logits, layers.penultimate(aux) @ fc["kernel"] + fc["bias"],
                              rtol=1e-5, atol=1e-5)
-  assert set(model.apply(variables, x, mutable=[layers.BN_STATS])[1]) == {layers.BN_STATS}
+  assert set(stats) == {layers.BN_STATS}
 
 
 # ---------------------------------------------------- presets, configs
@@ -266,33 +285,52 @@ def test_cpu_configs_see_the_fastdfkd_cpu_kd_images(dataset):
 
 
 # ------------------------------------------------- the alternating epoch
+class _FakePrograms:
+  """`builder.Programs` as `distill.epochs` calls it: records the generator calls (G,
+  g_steps updates each) and the KD calls (S, n updates); the state counts updates."""
+
+  structure = types.SimpleNamespace(fused=False)
+
+  def __init__(self):
+    self.events = []
+
+  def synth(self, state, teacher_vars, key, adv):
+    del teacher_vars, key
+    self.events.append(("G", 2, float(adv)))   # one call = g_steps generator updates
+    return state + 2, jnp.zeros((4, 8, 8, 1), jnp.uint8), dict(loss=jnp.float32(1.0))
+
+  def kd(self, state, teacher_vars, key, n_steps, on_step=None):
+    del teacher_vars, key
+    time.sleep(1e-3)                            # so the KD time measured is positive
+    self.events.append(("S", n_steps))
+    if on_step is not None:
+      on_step(n_steps)
+    return state, dict(kd_loss=jnp.float32(0.5))
+
+
 def test_an_epoch_alternates_generator_and_student_updates():
   """kd.steps // kd_steps rounds of (one call of g_steps generator updates, kd_steps
-  student updates); during warmup only the generator rounds."""
-  events = []
-
-  class Programs:
-    def synth(self, state, teacher_vars, key, adv):
-      events.append(("G", 2))                 # one call = g_steps generator updates
-      return state + 2, jnp.zeros((4, 8, 8, 1), jnp.uint8), dict(loss=jnp.float32(1.0))
-
-    def kd(self, state, teacher_vars, key, n_steps):
-      events.append(("S", n_steps))
-      return state, dict(kd_loss=jnp.float32(0.5))
-
+  student updates); during warmup only the generator rounds, without the adversarial
+  term; the counters count the rounds, the fresh KD samples and the warmup's time."""
   c = schema.generative_preset(schema.default_config(), "dfq")
-  c.kd.steps = 40
-  run = types.SimpleNamespace(
-      config=c, programs=Programs(), teacher_vars=None, synthetic=True, last_images=None,
-      distiller=types.SimpleNamespace(synth=types.SimpleNamespace(uses_pool=False,
-                                                                   kd_steps=10)),
-      source=types.SimpleNamespace(host_pool=None))
-  counters = distill_mode.fresh_counters()
-  state, metrics = distill_mode.generator_rounds(run, 0, jax.random.key(0), 1.0, True, counters)
-  assert events == [("G", 2), ("S", 10)] * 4
-  assert state == 8 and counters["synth_calls_timed"] == 4
+  c.kd.steps, c.warmup, c.batch_size = 40, 1, 16
+  assert c.synth.kd_steps == 10
+  programs = _FakePrograms()
+  ep = epochs.Epochs(c, programs, sources.KDSource("generator"), teacher_vars=None,
+                     uses_pool=False)
+  assert ep.in_rounds() and ep.kd_chunk() == 10
+  # Epoch 0 is the warmup: four generator rounds, adv 0, no KD.
+  state, images, metrics, counters = epochs.run_epoch(ep, 0, epochs.Counters(), 0)
+  assert programs.events == [("G", 2, 0.0)] * 4
+  assert state == 8 and images is not None and metrics == dict(loss=1.0)
+  assert counters.synth_calls_timed == 4 and counters.kd_seconds == 0.0
+  assert counters.synth_images == counters.kd_images == 0
+  assert counters.warmup_synth_seconds == counters.synth_seconds > 0
+  programs.events.clear()
+  state, images, metrics, counters = epochs.run_epoch(ep, state, counters, 1)
+  assert programs.events == [("G", 2, c.synth.adv), ("S", 10)] * 4
+  assert state == 16 and images is not None
   assert metrics == dict(loss=1.0, kd_loss=0.5)
-  assert run.last_images is not None and counters["kd_seconds"] > 0
-  events.clear()
-  distill_mode.generator_rounds(run, 0, jax.random.key(0), 0.0, False, counters)   # warmup
-  assert events == [("G", 2)] * 4
+  assert counters.synth_calls_timed == 8 and counters.kd_seconds > 0
+  # Every KD batch is a fresh generator sample.
+  assert counters.synth_images == counters.kd_images == 40 * 16

@@ -2,30 +2,34 @@
 forward shapes, sown BN statistics, registry and generator helpers.
 
 Big models are only traced abstractly (jax.eval_shape); real forwards run only
-on the small models at small sizes, so the file stays fast on 2 CPU cores.
+on the small models at small sizes, each test's computation in one program compiled
+unoptimised (op by op, or optimised, XLA:CPU spends seconds compiling them).
 """
 
-import os
-import sys
+import functools
 
-# Lets `pytest tests/test_models.py` run from a plain checkout (not installed).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+from flax import traverse_util
 
-import chex  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import flax.linen as nn  # noqa: E402
-from flax import traverse_util  # noqa: E402
+from fastdfkd_jax.models import get_model, list_models
+from fastdfkd_jax.models import generator as generator_lib
+from fastdfkd_jax.models.generator import Generator, reset_first_layer
+from fastdfkd_jax.models.layers import BN_STATS, BatchNorm
+from fastdfkd_jax.models.util import count_params, init_variables
 
-from fastdfkd_jax.models import get_model, list_models  # noqa: E402
-from fastdfkd_jax.models import generator as generator_lib  # noqa: E402
-from fastdfkd_jax.models.generator import Generator, reset_first_layer  # noqa: E402
-from fastdfkd_jax.models.layers import BN_STATS, BatchNorm  # noqa: E402
-from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
+from conftest import compile_unoptimized
 
-KEY = jax.random.PRNGKey(0)
+KEY = jax.random.key(0)
+
+
+def _run(fn, *args):
+  """fn(*args) as one program, compiled unoptimised."""
+  return compile_unoptimized(fn, *args)(*args)
 
 # name -> (params with 10 classes, params with 100 classes, BN layers).
 TABLE = {
@@ -68,7 +72,10 @@ def bn_layer_count(model, variables, input_shape):
   return sum(1 for path in flat if path[-2:] == ("input", "mean"))
 
 
+@functools.lru_cache(maxsize=None)
 def _abstract_init(model, shape):
+  """The variables' shapes and dtypes (traced once per model and input shape: modules
+  are hashable, and several tests read the same models)."""
   return jax.eval_shape(lambda k: init_variables(model, k, shape), KEY)
 
 
@@ -114,7 +121,8 @@ def test_param_and_bn_counts(name):
     assert count_params(variables["params"]) == expected, (name, classes)
     assert set(variables) == ({"params", "batch_stats"} if n_bn else
                               {"params"})
-    assert bn_layer_count(model, variables, shape) == n_bn
+    if classes == 10:   # the classifier's width does not change the BN layers
+      assert bn_layer_count(model, variables, shape) == n_bn
     # Params stay float32 regardless of the compute dtype.
     assert all(l.dtype == jnp.float32
                for l in jax.tree_util.tree_leaves(variables["params"]))
@@ -175,22 +183,32 @@ def test_forward_small_models(name, shape):
     return
   variables = _fast_init(model, shape)
   x = _randn(1, (3,) + shape)
-  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  has_bn = "batch_stats" in variables
+
+  def forward(v, x):
+    logits = model.apply(v, x, train=False)
+    train = model.apply(v, x, train=True, mutable=["batch_stats"]) if has_bn else None
+    return logits, train
+
+  logits, train = _run(forward, variables, x)
   chex.assert_shape(logits, (3, 10))
   chex.assert_type(logits, jnp.float32)
   chex.assert_tree_all_finite(logits)
-  if "batch_stats" in variables:
-    logits, upd = jax.jit(lambda v, x: model.apply(
-        v, x, train=True, mutable=["batch_stats"]))(variables, x)
-    chex.assert_shape(logits, (3, 10))
+  if has_bn:
+    train_logits, upd = train
+    chex.assert_shape(train_logits, (3, 10))
+    chex.assert_tree_all_finite(train_logits)
     chex.assert_trees_all_equal_structs(upd["batch_stats"],
                                         variables["batch_stats"])
+    # Train mode normalises with the batch's statistics, not the running ones.
+    assert not np.allclose(train_logits, logits)
 
 
 def test_init_variables_real():
   """A real (jitted) init: structure, float32 params, PyTorch-like init."""
   model = get_model("resnet8", 10)
-  variables = init_variables(model, KEY, (8, 8, 1))
+  # The session's tiny_nets init (same model, key and shape: a compiled program reused).
+  variables = init_variables(model, jax.random.key(1), (8, 8, 1))
   assert set(variables) == {"params", "batch_stats"}
   assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(variables))
   chex.assert_trees_all_equal_shapes(variables, _abstract_init(model, (8, 8, 1)))
@@ -207,9 +225,10 @@ def test_bfloat16_compute_float32_logits():
   model = get_model("resnet8", 10, dtype=jnp.bfloat16)
   variables = _fast_init(model, (8, 8, 1))
   assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(variables))
-  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, jnp.ones((2, 8, 8, 1)))
+  logits = _run(lambda v, x: model.apply(v, x, train=False), variables,
+                jnp.ones((2, 8, 8, 1)))
   chex.assert_type(logits, jnp.float32)
+  chex.assert_tree_all_finite(logits)
 
 
 def _np_moments(x):
@@ -227,8 +246,12 @@ def test_bn_stats_tiny_module_match_numpy():
 
   model = Tiny()
   x = _randn(2, (4, 3, 3, 2)) * 3.0 + 1.0
-  variables = model.init(KEY, x)
-  _, aux = model.apply(variables, x, mutable=[BN_STATS])
+
+  def init_and_stats(key, x):
+    variables = model.init(key, x)
+    return variables, model.apply(variables, x, mutable=[BN_STATS])[1]
+
+  variables, aux = _run(init_and_stats, KEY, x)
   stats = aux[BN_STATS]["bn"]["input"]
   w, b = variables["params"]["dense"]["kernel"], variables["params"]["dense"]["bias"]
   bn_in = np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(b)
@@ -244,9 +267,9 @@ def test_bn_stats_resnet8_match_captured_input():
   model = get_model("resnet8", 10)
   variables = _fast_init(model, (8, 8, 3))
   x = _randn(3, (4, 8, 8, 3))
-  _, aux = jax.jit(lambda v, x: model.apply(
+  _, aux = _run(lambda v, x: model.apply(
       v, x, train=False, mutable=[BN_STATS, "intermediates"],
-      capture_intermediates=lambda m, _: m.name == "conv1"))(variables, x)
+      capture_intermediates=lambda m, _: m.name == "conv1"), variables, x)
   conv1_out = aux["intermediates"]["conv1"]["__call__"][0]
   mean, var = _np_moments(conv1_out)
   stats = aux[BN_STATS]["bn1"]["input"]
@@ -263,10 +286,8 @@ def test_wide_block_shortcut_uses_activated_input():
   p = variables["params"]["block2_layer_0"]
   x = _randn(4, (2, 8, 8, 16))
   from fastdfkd_jax.models.wrn import WideBlock
-  got, _ = jax.jit(lambda v, x: WideBlock(32, 2).apply(
-      v, x, train=True, mutable=["batch_stats"]))(
-          {"params": p,
-           "batch_stats": variables["batch_stats"]["block2_layer_0"]}, x)
+  got, _ = _run(lambda v, x: WideBlock(32, 2).apply(v, x, train=True, mutable=["batch_stats"]),
+                {"params": p, "batch_stats": variables["batch_stats"]["block2_layer_0"]}, x)
 
   def bn(h, q):
     m, v = h.mean((0, 1, 2)), h.var((0, 1, 2))
@@ -301,8 +322,8 @@ def test_generator_output(img_size, channels):
   variables = _fast_init(model, (16,))
   assert set(variables) == {"params", "batch_stats"}
   z = _randn(5, (4, 16))
-  imgs, upd = jax.jit(lambda v, z: model.apply(
-      v, z, train=True, mutable=["batch_stats"]))(variables, z)
+  imgs, upd = _run(lambda v, z: model.apply(v, z, train=True, mutable=["batch_stats"]),
+                   variables, z)
   chex.assert_shape(imgs, (4, img_size, img_size, channels))
   chex.assert_type(imgs, jnp.float32)
   assert float(imgs.min()) >= 0.0 and float(imgs.max()) <= 1.0
@@ -321,7 +342,7 @@ def test_generator_default_shape():
 def test_reinitialize_is_the_release_reset_model():
   model = get_model("generator", nz=16, ngf=8, img_size=8, channels=3)
   params = _fast_init(model, (16,))["params"]
-  new = generator_lib.reinitialize(params, jax.random.PRNGKey(3), 0.02)
+  new = _run(lambda p, k: generator_lib.reinitialize(p, k, 0.02), params, jax.random.key(3))
   chex.assert_trees_all_equal_shapes(new, params)
   for name, layer in new.items():
     weight = np.asarray(layer["scale" if name.startswith("bn") else "kernel"])
@@ -335,7 +356,7 @@ def test_reset_first_layer():
   model = get_model("generator", nz=16, ngf=8, img_size=8, channels=3)
   variables = _fast_init(model, (16,))
   params = variables["params"]
-  new = reset_first_layer(params, jax.random.PRNGKey(7))
+  new = _run(reset_first_layer, params, jax.random.key(7))
   assert set(new) == set(params)
   for name in params:
     if name not in ("l1", "bn0"):
@@ -351,6 +372,6 @@ def test_reset_first_layer():
   np.testing.assert_array_equal(new["bn0"]["bias"], 0.0)
   assert float(jnp.abs(new["bn0"]["scale"]).max()) < 0.2
   # Full variables dicts work too.
-  new_vars = reset_first_layer(variables, jax.random.PRNGKey(7))
+  new_vars = _run(reset_first_layer, variables, jax.random.key(7))
   chex.assert_trees_all_equal(new_vars["params"], new)
   chex.assert_trees_all_equal(new_vars["batch_stats"], variables["batch_stats"])

@@ -1,6 +1,9 @@
 """models/cpu_bf16.py: the bfloat16 CPU paths of relu and train-mode BatchNorm agree
 with jax.nn / flax (relu bit for bit, BatchNorm to bfloat16 rounding), and only
-bfloat16 on one CPU device takes them."""
+bfloat16 on one CPU device takes them.
+
+Each comparison runs ours and the reference in one compiled program (op by op, each
+costs a compile per operation)."""
 
 import flax.linen as nn
 import jax
@@ -11,6 +14,8 @@ import pytest
 from fastdfkd_jax.run import parallel
 from fastdfkd_jax.models import cpu_bf16, layers
 
+from conftest import compile_unoptimized
+
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU paths")
 
 
@@ -18,14 +23,25 @@ def _bits(a):
   return np.asarray(jax.lax.bitcast_convert_type(a, jnp.uint16))
 
 
+def _normal(seed, shape):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
 def test_relu_value_and_gradient_are_bit_identical_to_jax_nn():
-  x = jax.random.normal(jax.random.key(0), (4, 6, 6, 16)).astype(jnp.bfloat16)
-  x = x.at[0, 0, 0, :3].set(0.0)          # the kink: gradient 0, as jax.nn.relu
-  g = jax.random.normal(jax.random.key(1), x.shape).astype(jnp.bfloat16)
-  ours, vjp = jax.vjp(cpu_bf16.relu, x)
-  ref, ref_vjp = jax.vjp(jax.nn.relu, x)
+  x = _normal(0, (4, 6, 6, 16))
+  x[0, 0, 0, :3] = 0.0                    # the kink: gradient 0, as jax.nn.relu
+  x, g = jnp.asarray(x, jnp.bfloat16), jnp.asarray(_normal(1, x.shape), jnp.bfloat16)
+
+  def both(x, g):
+    out = []
+    for fn in (cpu_bf16.relu, jax.nn.relu):
+      y, vjp = jax.vjp(fn, x)
+      out.append((y, vjp(g)[0]))
+    return out
+
+  (ours, d_ours), (ref, d_ref) = jax.jit(both)(x, g)
   np.testing.assert_array_equal(_bits(ours), _bits(ref))
-  np.testing.assert_array_equal(_bits(vjp(g)[0]), _bits(ref_vjp(g)[0]))
+  np.testing.assert_array_equal(_bits(d_ours), _bits(d_ref))
 
 
 def test_only_bfloat16_takes_the_fast_paths():
@@ -45,17 +61,21 @@ def _bn_apply(x, variables, use_flax):
     y, new = bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])
     w = jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape) % 7 - 3
     return (y.astype(jnp.float32) * w).sum(), (y, new["batch_stats"])
-  (_, (y, stats)), grads = jax.value_and_grad(f, (0, 1), has_aux=True)(
-      variables["params"], x)
-  return y, stats, grads
+  def run(params, x):
+    (_, (y, stats)), grads = jax.value_and_grad(f, (0, 1), has_aux=True)(params, x)
+    return y, stats, grads
+  return compile_unoptimized(run, variables["params"], x)(variables["params"], x)
 
 
 @pytest.mark.parametrize("shift", [0.0, 3.0])
 def test_batch_norm_train_matches_flax(shift):
-  x = (jax.random.normal(jax.random.key(2), (8, 5, 5, 16)) * 2 + shift).astype(jnp.bfloat16)
-  variables = layers.BatchNorm(use_running_average=False).init(jax.random.key(3), x)
-  variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(4), v.shape),
-                           variables)
+  x = jnp.asarray(_normal(2, (8, 5, 5, 16)) * 2 + shift, jnp.bfloat16)
+  variables = jax.eval_shape(layers.BatchNorm(use_running_average=False).init,
+                             jax.random.key(3), x)
+  rng = np.random.default_rng(4)   # scale and var near 1, bias and mean near 0
+  variables = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.asarray((p[-1].key in ("scale", "var")) + 0.1 * rng.normal(size=v.shape),
+                               v.dtype), variables)
   ours = _bn_apply(x, variables, use_flax=False)
   ref = _bn_apply(x, variables, use_flax=True)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
@@ -74,9 +94,13 @@ def test_batch_norm_gradient_against_numpy_formula():
   xd = np.asarray(xb, np.float64)
   scale, bias = rng.normal(size=4), rng.normal(size=4)
   g = rng.normal(size=x.shape)
-  _, vjp = jax.vjp(lambda t, s, b: cpu_bf16.batch_norm_train(t, s, b, 1e-5)[0], xb,
-                   jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32))
-  dx, dscale, dbias = vjp(jnp.asarray(g, jnp.bfloat16))
+  def grads(x, scale, bias, g):
+    _, vjp = jax.vjp(lambda t, s, b: cpu_bf16.batch_norm_train(t, s, b, 1e-5)[0], x, scale,
+                     bias)
+    return vjp(g)
+
+  dx, dscale, dbias = jax.jit(grads)(xb, jnp.asarray(scale, jnp.float32),
+                                     jnp.asarray(bias, jnp.float32), jnp.asarray(g, jnp.bfloat16))
   gd = np.asarray(jnp.asarray(g, jnp.bfloat16), np.float64)
   n = xd.size // 4
   mean, var = xd.mean((0, 1, 2)), xd.var((0, 1, 2))
@@ -96,7 +120,7 @@ def test_one_device_mesh_takes_the_fast_batch_norm():
   spec = jax.sharding.PartitionSpec(parallel.AXIS)
   bn = layers.BatchNorm(use_running_average=False, dtype=jnp.bfloat16, axis_name=parallel.AXIS)
   x = jnp.ones((4, 3, 3, 8), jnp.bfloat16)
-  variables = layers.BatchNorm(use_running_average=False).init(jax.random.key(0), x)
+  variables = jax.jit(layers.BatchNorm(use_running_average=False).init)(jax.random.key(0), x)
 
   def loss(params, x):
     y, new = bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])

@@ -2,23 +2,21 @@
 release's DeepGenerator.
 
 Parameter counts are checked at 224 px abstractly (jax.eval_shape, no init runs);
-real forwards run at 32x32, batch 2. Logits against PyTorch: test_import_torch_imagenet.py.
+real forwards run at 32x32, batch 2, each test's in one program compiled unoptimised.
+Logits against PyTorch: test_import_torch_imagenet.py.
 """
 
-import os
-import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fastdfkd_jax.models import get_model, list_models
+from fastdfkd_jax.models.layers import BN_STATS, FEATURES, penultimate
+from fastdfkd_jax.models.util import count_params, init_variables
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-from fastdfkd_jax.models import get_model, list_models  # noqa: E402
-from fastdfkd_jax.models.layers import BN_STATS, FEATURES, penultimate  # noqa: E402
-from fastdfkd_jax.models.util import count_params, init_variables  # noqa: E402
+from conftest import compile_unoptimized
 
 KEY = jax.random.key(0)
 
@@ -80,13 +78,12 @@ def test_forward_small(name):
   variables = _numpy_init(model, (32, 32, 3))
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
 
-  @jax.jit
   def run(v, x):
     logits, aux = model.apply(v, x, train=False, mutable=[FEATURES])
     train_logits, new = model.apply(v, x, train=True, mutable=["batch_stats"])
     return logits, penultimate(aux), train_logits, new["batch_stats"]
 
-  logits, feats, train_logits, stats = run(variables, x)
+  logits, feats, train_logits, stats = compile_unoptimized(run, variables, x)(variables, x)
   assert logits.shape == train_logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert feats.shape == (2, width)
   assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(train_logits)).all()
@@ -123,7 +120,9 @@ def test_deep_generator_forward_small():
   model = get_model("deep_generator", nz=8, ngf=4, img_size=32, channels=1)
   variables = init_variables(model, KEY, model.latent_shape)
   z = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 2, 8)), jnp.float32)
-  images, new = model.apply(variables, z, train=True, mutable=["batch_stats"])
+  images, new = compile_unoptimized(
+      lambda v, z: model.apply(v, z, train=True, mutable=["batch_stats"]), variables, z)(
+          variables, z)
   images = np.asarray(images)
   assert images.shape == (3, 32, 32, 1)
   assert (images >= 0).all() and (images <= 1).all() and images.std() > 1e-3

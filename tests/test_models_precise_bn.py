@@ -1,5 +1,7 @@
 """Precise BN: running statistics recomputed over a split (models/precise_bn.py)."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -26,11 +28,16 @@ def setup():
 def _batch_moments(model, variables, images):
   """NumPy: per-layer (mean, biased var) of each BN input, one train-mode batch."""
   x = (images.astype(np.float32) / 255.0 - MEAN[0]) / STD[0]
-  _, aux = model.clone(axis_name=None).apply(variables, x, train=True,
-                                             mutable=["batch_stats", layers.BN_STATS])
-  flat = traverse_util.flatten_dict(aux[layers.BN_STATS])
+  flat = traverse_util.flatten_dict(_bn_stats(model.clone(axis_name=None), variables, x))
   return {p[:-2]: (np.asarray(flat[p]), np.asarray(flat[p[:-1] + ("var",)]))
           for p in flat if p[-1] == "mean"}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _bn_stats(model, variables, x):
+  """The BN inputs' statistics sown by a train-mode forward (one program per shape)."""
+  _, aux = model.apply(variables, x, train=True, mutable=["batch_stats", layers.BN_STATS])
+  return aux[layers.BN_STATS]
 
 
 def test_statistics_are_the_average_over_equal_batches(setup):

@@ -30,9 +30,9 @@ from fastdfkd_jax.distill import steps
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.synthesis import base
 
-from synthesis_testlib import IMAGE_SHAPE, MEAN, PADDING, STD, compiled
+from synthesis_testlib import IMAGE_SHAPE, MEAN, PADDING, STD, compiled, init
 
-POOL_METHODS = ["cmi", "deepinv", "deepinversion", "fast", "fast_meta"]
+POOL_METHODS = ["cmi", "deepinv", "deepinversion", "fast", "fast_meta", "nayer"]
 METHODS = sorted(POOL_METHODS + ["dafl", "dfad", "dfq", "generative", "zskt"])
 INFO = types.SimpleNamespace(num_classes=10, image_shape=IMAGE_SHAPE, mean=MEAN, std=STD,
                              crop_padding=PADDING)
@@ -129,10 +129,10 @@ class DummyAdversarialGenerator:
   kd_steps: int = 3
 
   @classmethod
-  def from_config(cls, config, *, teacher, student, info, axis_name, unroll):
+  def from_config(cls, config, *, teacher, student, info, axis_name, unroll, dtype):
     h, _, c = info.image_shape
     generator = models.get_model("generator", nz=config.synth.nz, ngf=config.synth.ngf,
-                                 img_size=h, channels=c, axis_name=axis_name)
+                                 img_size=h, channels=c, axis_name=axis_name, dtype=dtype)
     return cls(generator=generator, teacher=teacher, student=student,
                image_shape=tuple(info.image_shape), mean=tuple(info.mean),
                std=tuple(info.std), padding=info.crop_padding, axis_name=axis_name,
@@ -205,7 +205,7 @@ def test_generator_vs_student_round_then_kd_on_fresh_samples(tiny_nets, dummy):
   """One round as the run loop drives it: g_steps generator updates, then kd_steps
   student updates on `sample` batches, with the KD step of `distill.steps`."""
   teacher, student, _, tv, sv = tiny_nets
-  s0 = dummy.init(jax.random.key(0), tv)
+  s0 = init(dummy, tiny_nets, jax.random.key(0))
   adv = jnp.float32(0.0)
   synth_fn = compiled(dummy.synthesize, s0, tv, sv, jax.random.key(1), adv)
   s1, images, metrics = synth_fn(s0, tv, sv, jax.random.key(1), adv)
@@ -220,7 +220,7 @@ def test_generator_vs_student_round_then_kd_on_fresh_samples(tiny_nets, dummy):
 
   d = steps.Distiller(synth=dummy, student_model=student,
                       tx=optim.kd_optimizer(schema.base_config().kd), kd_batch=8,
-                      temperature=20.0, mesh=None)
+                      temperature=20.0, mesh=None, kd_kind="generator")
   st = train_state.TrainState.create(sv, d.tx)
   sample = compiled(lambda s, k: dummy.sample(s, k, 8), s1, jax.random.key(2))  # n static
   kd = compiled(d._kd_update, st, tv, images, jax.random.key(3))

@@ -9,7 +9,7 @@ import pytest
 from fastdfkd_jax.data import augment
 from fastdfkd_jax.synthesis import cmi
 
-from synthesis_testlib import ADV, BATCH, IMAGE_SHAPE, MEAN, NZ, PADDING, STD, run
+from synthesis_testlib import ADV, BATCH, IMAGE_SHAPE, MEAN, NZ, PADDING, STD, init, run
 
 BANK = 12   # < 2 batches: the second call wraps the ring
 
@@ -29,7 +29,7 @@ def make_cmi(nets, **hp):
 @pytest.fixture(scope="module")
 def two_calls(tiny_nets):
   synth = make_cmi(tiny_nets)
-  s0 = synth.init(jax.random.key(0), tiny_nets[3])
+  s0 = init(synth, tiny_nets, jax.random.key(0))
   s1, x1, m1 = run(synth, s0, tiny_nets, jax.random.key(1))
   s2, x2, m2 = run(synth, s1, tiny_nets, jax.random.key(2))
   return synth, (s0, s1, s2), (x1, x2), (m1, m2)
@@ -77,7 +77,7 @@ def test_cmi_negatives_are_distinct_filled_rows(two_calls):
 
 def test_cmi_without_contrastive_term(tiny_nets):
   synth = make_cmi(tiny_nets, cr=0.0, k=1)
-  s0 = synth.init(jax.random.key(0), tiny_nets[3])
+  s0 = init(synth, tiny_nets, jax.random.key(0))
   s1, _, m = run(synth, s0, tiny_nets, jax.random.key(1), ADV)
   assert float(m["loss_cr"]) == 0.0
   chex.assert_trees_all_equal(s1.head_params, s0.head_params)
@@ -85,11 +85,16 @@ def test_cmi_without_contrastive_term(tiny_nets):
 
 
 def test_resized_crop_of_the_whole_image_is_identity_or_flip():
-  x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
-  out = augment.resized_crop_stripe(jax.random.key(1), x, (1.0, 1.0), (1.0, 1.0), None)
-  for a, b in zip(np.asarray(out), np.asarray(x)):
+  x = np.random.default_rng(0).uniform(size=(6, 8, 8, 3)).astype(np.float32)
+  crop = jax.jit(augment.resized_crop_stripe, static_argnums=(2, 3, 4))
+  out = crop(jax.random.key(1), x, (1.0, 1.0), (1.0, 1.0), None)
+  flipped = 0
+  for a, b in zip(np.asarray(out), x):
     assert np.allclose(a, b, atol=1e-6) or np.allclose(a, b[:, ::-1], atol=1e-6)
-  small = augment.resized_crop_stripe(jax.random.key(2), x, (0.25, 0.25), (1.0, 1.0), None)
+    flipped += not np.allclose(a, b, atol=1e-6)
+  assert 0 < flipped < len(x)   # the flip is drawn per image
+  small = crop(jax.random.key(2), x, (0.25, 0.25), (1.0, 1.0), None)
   chex.assert_shape(small, x.shape)
+  assert not np.allclose(small, x, atol=1e-3)   # a quarter of the area, resized
   assert float(small.min()) >= float(x.min()) - 1e-6
   assert float(small.max()) <= float(x.max()) + 1e-6

@@ -8,7 +8,8 @@ import pytest
 
 from fastdfkd_jax.synthesis import deepinversion
 
-from synthesis_testlib import BATCH, IMAGE_SHAPE, MEAN, PADDING, STD, run
+from synthesis_testlib import (BATCH, IMAGE_SHAPE, MEAN, PADDING, STD, host_steps, init,
+                               run)
 
 
 def make_di(nets, **hp):
@@ -25,7 +26,7 @@ def make_di(nets, **hp):
 @pytest.fixture(scope="module")
 def one_call(tiny_nets):
   synth = make_di(tiny_nets)
-  s0 = synth.init(jax.random.key(0), tiny_nets[3])
+  s0 = init(synth, tiny_nets, jax.random.key(0))
   s1, x, m = run(synth, s0, tiny_nets, jax.random.key(1))
   return synth, s0, s1, x, m
 
@@ -42,25 +43,36 @@ def test_deepinversion_outputs(one_call):
 
 
 def test_steps_clip_pixels_to_the_valid_range(tiny_nets, one_call):
-  synth = one_call[0]
-  carry, keys = synth.begin(one_call[1], jax.random.key(3))
+  synth, s0 = one_call[0], one_call[1]
+  begin, inner, _ = host_steps(synth, s0, tiny_nets, jax.random.key(1))   # one_call's
+  carry, keys = begin(s0, jax.random.key(3))
   lo, hi = -MEAN[0] / STD[0], (1 - MEAN[0]) / STD[0]
   assert float(carry.x.min()) < lo or float(carry.x.max()) > hi   # N(0, 1) start
   _, _, _, tv, sv = tiny_nets
-  carry = jax.jit(synth.inner_step)(carry, keys[0], one_call[1], tv, sv, jnp.float32(1.0))
+  carry = inner(carry, keys[0], s0, tv, sv, jnp.float32(1.0))
   assert float(carry.x.min()) >= lo - 1e-6 and float(carry.x.max()) <= hi + 1e-6
 
 
 def test_jitter_flip_rolls_and_flips_the_whole_batch(one_call):
   synth = one_call[0]
-  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
   lim = int(8 * synth.hp.jitter)
-  for seed in range(4):
-    out = np.asarray(synth.jitter_flip(jax.random.key(seed), x))
-    found = [(dy, dx, f) for dy in range(-lim, lim + 1) for dx in range(-lim, lim + 1)
-             for f in (False, True)
-             if np.array_equal(out, np.asarray(jnp.flip(jnp.roll(x, (dy, dx), (1, 2)), 2)
-                                               if f else jnp.roll(x, (dy, dx), (1, 2))))]
-    assert found, seed
+  assert lim == 1
+  candidates = [(dy, dx, f) for dy in range(-lim, lim + 1) for dx in range(-lim, lim + 1)
+                for f in (False, True)]
+
+  def moved(dy, dx, f):
+    y = np.roll(x, (dy, dx), (1, 2))
+    return y[:, :, ::-1] if f else y
+
+  jitter_flip = jax.jit(synth.jitter_flip)
+  seen = set()
+  for seed in range(8):
+    out = np.asarray(jitter_flip(jax.random.key(seed), x))
+    found = [c for c in candidates if np.array_equal(out, moved(*c))]
+    assert len(found) == 1, (seed, found)
+    seen.update(found)
+  assert len(seen) > 2   # the shift and the flip are drawn, not fixed
   still = make_di((synth.teacher, synth.student, None, None, None), jitter=0.0, flip=False)
-  np.testing.assert_array_equal(np.asarray(still.jitter_flip(jax.random.key(0), x)), x)
+  np.testing.assert_array_equal(np.asarray(jax.jit(still.jitter_flip)(jax.random.key(0), x)),
+                                x)

@@ -1,7 +1,10 @@
 """Tests of fastdfkd_jax.synthesis.fast_meta (FastDFKD and sequential reuse) on tiny models.
 
-Also the engine's scan == unrolled check (`inversion`), on the fast_meta call.
+Also the engine's check (`inversion`) that the scanned call (one program, as on TPU/GPU)
+equals its k inner steps dispatched from the host (as on CPU), on the fast_meta call.
 """
+
+import dataclasses
 
 import chex
 import jax
@@ -12,8 +15,8 @@ import pytest
 
 from fastdfkd_jax.synthesis import fast_meta
 
-from synthesis_testlib import (BATCH, IMAGE_SHAPE, assert_tree_close, make_synth,
-                               run)
+from synthesis_testlib import (ADV, BATCH, IMAGE_SHAPE, assert_tree_close, compiled,
+                               host_steps, init, make_synth, run, run_whole)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ class RecordMetaGrad(fast_meta.FastMetaSynthesizer):
 def meta_unrolled(nets):
   """fast_meta/param_diff, unrolled: one call from a fresh state."""
   synth = make_synth(nets, fast_meta.FastMetaSynthesizer)
-  s0 = synth.init(jax.random.key(0), nets[3])
+  s0 = init(synth, nets, jax.random.key(0))
   s1, x1, m1 = run(synth, s0, nets, jax.random.key(10))
   return synth, s0, s1, x1, m1
 
@@ -46,7 +49,7 @@ def meta_unrolled(nets):
 def fast_unrolled(nets):
   """method='fast' (sequential reuse) from the same init and key: params = theta'_k."""
   synth = make_synth(nets, fast_meta.FastSynthesizer)
-  f0 = synth.init(jax.random.key(0), nets[3])
+  f0 = init(synth, nets, jax.random.key(0))
   f1, x, m = run(synth, f0, nets, jax.random.key(10))
   return synth, f0, f1, x, m
 
@@ -80,10 +83,11 @@ def test_fast_method_outputs(fast_unrolled):
 
 
 # ------------------------------------------------------------------ (a)
-def test_scan_equals_unrolled(nets, meta_unrolled):
+def test_scan_equals_host_steps(nets, meta_unrolled):
+  """`synthesize` with its k inner steps in a lax.scan == begin, k inner_step, end."""
   _, s0, s1, x1, m1 = meta_unrolled
   synth = make_synth(nets, fast_meta.FastMetaSynthesizer, unroll=False)
-  s1_scan, x_scan, m_scan = run(synth, s0, nets, jax.random.key(10))
+  s1_scan, x_scan, m_scan = run_whole(synth, s0, nets, jax.random.key(10))
   assert_tree_close(s1_scan, s1, rtol=1e-4, atol=1e-5)
   # uint8 rounding of nearly equal floats may differ by one level.
   np.testing.assert_allclose(np.asarray(x_scan, np.int32), np.asarray(x1, np.int32), atol=1)
@@ -116,14 +120,20 @@ def test_param_diff_meta_step(meta_unrolled, fast_unrolled):
 
 # ------------------------------------------------------------------ (c)
 def test_sgd_inner_loop_meta_gradients_agree(nets):
-  """With SGD(a) inner steps: theta - theta'_k == a * sum_i dL_i/dtheta'."""
+  """With SGD(a) inner steps: theta - theta'_k == a * sum_i dL_i/dtheta'. Both meta-
+  gradients are taken from the same inner loop (`meta_grad` only changes `end`)."""
   lr_g = 0.05
+  _, _, _, tv, sv = nets
   key = jax.random.key(10)
   pd = make_synth(nets, cls=RecordMetaGrad, lr_g=lr_g, meta_grad="param_diff")
-  sm = make_synth(nets, cls=RecordMetaGrad, lr_g=lr_g, meta_grad="sum_inner_grads")
-  s0 = pd.init(jax.random.key(0), nets[3])
-  g_pd = run(pd, s0, nets, key)[0].opt_state
-  g_sum = run(sm, s0, nets, key)[0].opt_state
+  sm = dataclasses.replace(pd, hp=dataclasses.replace(pd.hp, meta_grad="sum_inner_grads"))
+  s0 = init(pd, nets, jax.random.key(0))
+  begin, inner, end_pd = host_steps(pd, s0, nets, key)
+  carry, keys = begin(s0, key)
+  for step_key in keys:
+    carry = inner(carry, step_key, s0, tv, sv, ADV)
+  g_pd = end_pd(s0, carry)[0].opt_state
+  g_sum = compiled(sm.end, s0, carry)(s0, carry)[0].opt_state
   norm = np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(g_sum)))
   assert norm > 0
   # theta - theta'_k carries float32 cancellation of |theta| * 1e-7.

@@ -12,7 +12,7 @@ import pytest
 
 from fastdfkd_jax.synthesis import fast_meta
 
-from synthesis_testlib import BATCH, IMAGE_SHAPE, NZ, make_synth, run
+from synthesis_testlib import BATCH, IMAGE_SHAPE, NZ, init, make_synth, run
 
 IMAGENET = dict(meta_latent=True, meta_lr_g=1e-4, meta_lr_z=5e-3, lr_g=2e-4, lr_z=0.01,
                 augment="resized_crop", keep="last")
@@ -34,7 +34,7 @@ def nets(tiny_nets):
 @pytest.fixture(scope="module")
 def two_calls(nets):
   synth = make_synth(nets, fast_meta.FastMetaSynthesizer, **IMAGENET)
-  s0 = synth.init(jax.random.key(0), nets[3])
+  s0 = init(synth, nets, jax.random.key(0))
   s1, x1, m1 = run(synth, s0, nets, jax.random.key(10))
   s2, x2, m2 = run(synth, s1, nets, jax.random.key(11))
   return synth, (s0, s1, s2), (x1, x2), (m1, m2)
@@ -63,7 +63,7 @@ def test_latent_changes_only_through_its_meta_step(nets):
   """With a meta step that does not move it, the latent is the same across calls, and
   the step's gradient is z - z'_k (the latent fed back and the inner loop's result)."""
   synth = make_synth(nets, RecordLatentStep, **IMAGENET)
-  s0 = synth.init(jax.random.key(0), nets[3])
+  s0 = init(synth, nets, jax.random.key(0))
   s1, _, _ = run(synth, s0, nets, jax.random.key(10))
   s2, _, _ = run(synth, s1, nets, jax.random.key(11))
   np.testing.assert_array_equal(np.asarray(s1.latent), np.asarray(s0.latent))
@@ -79,7 +79,7 @@ def test_reinit_draws_a_fresh_latent_and_restarts_the_meta_optimizers(nets):
   synth = make_synth(nets, fast_meta.FastMetaSynthesizer, reinit_every=2, **IMAGENET)
   keep = make_synth(nets, fast_meta.FastMetaSynthesizer, **IMAGENET)
   assert [bool(synth.reinit(jnp.int32(c))) for c in range(4)] == [False, True, False, True]
-  s0 = synth.init(jax.random.key(0), nets[3])
+  s0 = init(synth, nets, jax.random.key(0))
   s1, _, _ = run(synth, s0, nets, jax.random.key(10))
   s2, _, _ = run(synth, s1, nets, jax.random.key(11))   # the 2nd call: reinit
   k1, _, _ = run(keep, s0, nets, jax.random.key(10))
@@ -97,6 +97,6 @@ def test_reinit_draws_a_fresh_latent_and_restarts_the_meta_optimizers(nets):
 
 def test_cifar_defaults_keep_no_latent(nets):
   synth = make_synth(nets, fast_meta.FastMetaSynthesizer)
-  s0 = synth.init(jax.random.key(0), nets[3])
+  s0 = init(synth, nets, jax.random.key(0))
   assert s0.latent is None and s0.latent_opt is None
   assert synth.meta_tx is not None and synth.hp.meta_lr_g == 0.0

@@ -1,7 +1,8 @@
 """Tests of fastdfkd_jax.synthesis.inversion (the engine's loss and hyper-parameters).
 
-The engine's calls are tested per method: test_synthesis_fast_meta.py (scan ==
-unrolled, the meta step) and test_synthesis_deepinv.py (BN momentum buffers).
+The engine's calls are tested per method: test_synthesis_fast_meta.py (the scanned call
+== its host-dispatched inner steps, the meta step) and test_synthesis_no_reuse.py (BN
+momentum buffers).
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ import pytest
 from fastdfkd_jax.config import schema
 from fastdfkd_jax.synthesis import fast_meta, inversion
 
-from synthesis_testlib import ADV, BATCH, IMAGE_SHAPE, compiled, make_synth
+from synthesis_testlib import ADV, BATCH, IMAGE_SHAPE, compiled, init, make_synth
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def nets(tiny_nets):
 def test_teacher_and_student_get_no_gradient(nets):
   _, _, _, tv, sv = nets
   synth = make_synth(nets, fast_meta.FastMetaSynthesizer)
-  state = synth.init(jax.random.key(0), tv)
+  state = init(synth, nets, jax.random.key(0))
   x = jax.random.uniform(jax.random.key(3), (BATCH,) + IMAGE_SHAPE)
   y = jax.random.randint(jax.random.key(4), (BATCH,), 0, 10)
 

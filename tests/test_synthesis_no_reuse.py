@@ -13,7 +13,7 @@ from fastdfkd_jax.data import augment
 from fastdfkd_jax.synthesis import no_reuse, losses
 
 from synthesis_testlib import (BATCH, IMAGE_SHAPE, MEAN, PADDING, STD, assert_tree_close,
-                               compiled, make_synth, run)
+                               compiled, init, make_synth, run)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def nets(tiny_nets):
 @pytest.fixture(scope="module")
 def deepinv_k1(nets):
   synth = make_synth(nets, no_reuse.DeepInvSynthesizer, k=1)
-  s0 = synth.init(jax.random.key(0), nets[3])
+  s0 = init(synth, nets, jax.random.key(0))
   k1, k2 = jax.random.key(11), jax.random.key(12)
   s1, x1, m1 = run(synth, s0, nets, k1)
   s2, x2, m2 = run(synth, s1, nets, k2)

@@ -104,12 +104,17 @@ def test_apply_keeps_a_users_own_setting(monkeypatch):
   assert env["XLA_FLAGS"] == f"{xla_env.ONEDNN_CUSTOM_CALL}=true"
 
 
-def test_activation_dtype_of_auto_on_this_machine():
+def test_activation_dtype_takes_only_resolved_names():
+  """models.util.activation_dtype maps the resolved names; 'auto' is resolved once per run
+  (xla_env.resolve_dtype) before it, so passing it is an error."""
   want = xla_env.resolve_dtype("auto", jax.default_backend())
-  assert xla_env.resolve_dtype("auto") == want
-  assert model_util.activation_dtype("auto") == jnp.dtype(want)
+  assert xla_env.resolve_dtype("auto") == want in ("float32", "bfloat16")
+  assert model_util.activation_dtype(want) == jnp.dtype(want)
   assert model_util.activation_dtype("float32") == jnp.float32
   assert model_util.activation_dtype("bfloat16") == jnp.bfloat16
+  for name in ("auto", "float16", ""):
+    with pytest.raises(ValueError, match="resolve_dtype"):
+      model_util.activation_dtype(name)
 
 
 def test_the_cpu_sized_configs_ask_for_auto():
