@@ -12,7 +12,7 @@ Hyper-parameters as the release's scripts (reference doc, section 5):
 meta-gradient the scripts use: every CIFAR script of the release passes
 `--is_maml 1`, the summed inner gradients (`synth.meta_grad=sum_inner_grads`),
 not the paper's parameter difference (Eq. 10; `--config.synth.meta_grad=param_diff`).
-Remaining differences from the release: README, "Deviations from the release".
+Remaining differences from the release: docs/GUIDE.md, "Deviations from the release".
 These are GPU/TPU-sized runs (the paper reports 0.06-0.28 h of synthesis on one
 GPU for resnet34 -> resnet18); `--config.method=fast|deepinv` for the ablations.
 """

@@ -21,8 +21,9 @@ import sys
 import tempfile
 
 DEVICES = 8
+_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "").strip()
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={DEVICES}"])
+    [_USER_XLA_FLAGS, f"--xla_force_host_platform_device_count={DEVICES}"]).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 # One compilation cache for the session: its base directory is the pytest run's (xdist
 # workers share the parent of their base temp directories), made before JAX is imported.
@@ -151,14 +152,22 @@ def teacher(digits_teacher):
   return digits_teacher[0]
 
 
+def one_device_env(**extra) -> dict:
+  """This process's environment for a child on one CPU device: the user's own XLA_FLAGS
+  without the suite's device count (XLA reads a blank XLA_FLAGS as a file name)."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **extra)
+  env.pop("XLA_FLAGS", None)
+  if _USER_XLA_FLAGS:
+    env["XLA_FLAGS"] = _USER_XLA_FLAGS
+  return env
+
+
 def main(workdir, *flags, wait: bool = True, timeout: int = 600):
   """`python -m fastdfkd_jax.main --workdir=... flags` in a subprocess on one CPU device,
   from the repository root: the finished process (output captured), or the running
   Popen with wait=False."""
   cmd = [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags]
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
-                 f"--xla_force_host_platform_device_count={DEVICES}", ""))
+  env = one_device_env()
   if not wait:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)

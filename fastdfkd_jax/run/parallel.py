@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fastdfkd_jax import errors
@@ -118,12 +119,25 @@ def maybe_initialize_distributed() -> None:
   if address:
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      _no_persistent_cache_on_cpu_collectives()
     jax.distributed.initialize(
         coordinator_address=address,
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["JAX_PROCESS_ID"]))
   elif os.environ.get("FASTDFKD_DISTRIBUTED"):
     jax.distributed.initialize()
+
+
+def _no_persistent_cache_on_cpu_collectives() -> None:
+  """Several CPU processes hang in their first collective when a program comes from the
+  persistent compilation cache (jax 0.12, gloo: measured with a 2 x 4-device digits run,
+  which never ended with JAX_COMPILATION_CACHE_DIR set and took 49 s without it), so the
+  cache is switched off there, with a warning."""
+  if jax.config.values.get("jax_compilation_cache_dir"):
+    logging.warning("the persistent compilation cache (%s) is off: CPU processes that share "
+                    "collectives hang on programs read from it",
+                    jax.config.values["jax_compilation_cache_dir"])
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 # What a collective reports when a peer process is gone (gloo on CPU, the coordination

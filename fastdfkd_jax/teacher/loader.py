@@ -7,8 +7,8 @@
   - an orbax checkpoint directory written by `train_teacher`, `distill` or
     `python -m fastdfkd_jax.import_torch` (or the workdir holding it as
     `checkpoints/`): arch, class count and input shape come from its meta;
-  - a release PyTorch `.pth` / `.pt` state_dict (needs PyTorch): it carries no
-    meta, so arch, num_classes and input_shape must be given.
+  - a release PyTorch `.pth` / `.pt` state_dict, read without PyTorch (teacher/pth.py):
+    it carries no meta, so arch, num_classes and input_shape must be given.
 Every field given is checked against the checkpoint; the first that disagrees
 raises `checkpoint.CheckpointError` naming the config field to change. Weights
 holding NaN or Inf are refused too.
