@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Iterator, Sequence
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from fastdfkd_jax.config import checks as config_checks
@@ -119,14 +119,15 @@ def parse_flags(argv: Sequence[str],
 
 
 class _QuietOrbax(py_logging.Filter):
-  """Orbax logs every checkpoint step at INFO (keep its warnings only), and a write that
-  fails for a full disk with a traceback per thread (the run stops with one line)."""
+  """Orbax logs every checkpoint step at INFO (keep its warnings only; absl's
+  `--verbosity=1` brings the rest back), and a write that fails for a full disk with a
+  traceback per thread (the run stops with one line)."""
 
   def filter(self, record):
     if "orbax" not in record.pathname:
       return True
     if record.levelno < py_logging.WARNING:
-      return False
+      return logging.get_verbosity() >= 1
     return not errors.is_disk_full(Exception(record.getMessage()))
 
 

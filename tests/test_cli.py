@@ -114,3 +114,23 @@ def test_user_errors_and_listed_types_exit_2_others_propagate(capsys):
   with pytest.raises(KeyError):          # a bug keeps its traceback
     with cli.exit_2_on(FileNotFoundError):
       raise KeyError("params")
+
+
+def test_orbax_info_is_quiet_unless_verbosity_asks_for_it():
+  """Orbax's per-step INFO lines are dropped, its warnings kept; `--verbosity=1` (absl's
+  own flag) brings the INFO back. Other libraries' records pass untouched."""
+  import logging as py_logging
+  from absl import logging
+  def record(path, level):
+    return py_logging.LogRecord("x", level, path, 1, "saved step 3", None, None)
+  quiet, before = cli._QuietOrbax(), logging.get_verbosity()
+  orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  try:
+    logging.set_verbosity(logging.INFO)
+    assert not quiet.filter(record(orbax, py_logging.INFO))
+    assert quiet.filter(record(orbax, py_logging.WARNING))
+    assert quiet.filter(record("/fastdfkd_jax/run/skeleton.py", py_logging.INFO))
+    logging.set_verbosity(logging.DEBUG)
+    assert quiet.filter(record(orbax, py_logging.INFO))
+  finally:
+    logging.set_verbosity(before)

@@ -46,7 +46,14 @@ def uninterrupted(teacher, tmp_path_factory):
 
 def test_the_readme_command_trains_a_teacher_then_a_student(tmp_path):
   """README's first command (the embedded default: a resnet20 digits teacher trained
-  first, then FastDFKD), shortened by flags only: both learn, the steps add up."""
+  first, then FastDFKD), shortened by flags only: both learn, the steps add up. Its set-up
+  half, `bash .ci/venv`, is what CI itself runs (.ci/run)."""
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  assert ("bash .ci/venv && .venv/bin/python -m fastdfkd_jax.main --workdir=runs/default\n"
+          "bash .ci/run\n") in readme
+  with open(os.path.join(REPO, ".ci", "run")) as f:
+    assert "bash .ci/venv test" in f.read()
   proc = main(tmp_path, "--config.teacher.epochs=5", "--config.epochs=6",
               "--config.warmup=1", "--config.kd.cosine_epochs=6", timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,18 +114,12 @@ def _two_processes(workdir, flags):
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
-@pytest.mark.parametrize("victim", [1, 0])
-def test_a_dead_process_stops_the_other_and_all_resume(digits_teacher, tmp_path, victim):
-  """Two processes of 4 devices: one killed, the other stops with one line (or the
-  coordination service aborts it when the coordinator is the one gone); restarting both
-  resumes, and the run ends on 8 devices with the teacher's score of one process."""
-  teacher, teacher_summary = digits_teacher
-  flags = [f"--config.teacher.checkpoint={teacher}",
-           *[f for f in TINY if not f.startswith("--config.epochs=")], "--config.epochs=3"]
-  procs = _two_processes(tmp_path, flags)
+def _kill_after_checkpoint(workdir, flags, epoch: int, victim: int) -> None:
+  """Starts both processes, SIGKILLs `victim` once epoch `epoch`'s checkpoint is in place
+  (orbax renames it there when complete) and checks how the survivor ends."""
+  procs = _two_processes(workdir, flags)
   deadline = time.time() + 600
-  # The kill comes after epoch 0's checkpoint (orbax renames it into place when complete).
-  while not (tmp_path / "checkpoints" / "0").is_dir() and time.time() < deadline:
+  while not (workdir / "checkpoints" / str(epoch)).is_dir() and time.time() < deadline:
     assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
     time.sleep(0.05)
   procs[victim].kill()
@@ -131,16 +132,30 @@ def test_a_dead_process_stops_the_other_and_all_resume(digits_teacher, tmp_path,
   # heartbeat timeout ends it.
   assert waited < 150, waited
   ours = [line for line in _error_lines(err) if "another process of this run is gone" in line]
-  if victim == 1:
-    assert procs[0].returncode == 2 and len(ours) == 1 and "restart all" in ours[0], err
-  else:
-    assert ours or ("Terminating process because the JAX distributed service detected "
-                    "fatal errors" in err), err[-3000:]
+  # The survivor stops with our line when its collective fails at once (gloo's
+  # "connection closed"), or jax aborts it when the heartbeat times out first: which one
+  # comes first depends on where the survivor was (both seen with either victim).
+  aborted = ("Terminating process because the JAX distributed service detected fatal "
+             "errors" in err)
+  assert (procs[1 - victim].returncode == 2 and len(ours) == 1
+          and "restart all" in ours[0]) or aborted, err[-3000:]
+
+
+def test_a_dead_process_stops_the_other_and_all_resume(digits_teacher, tmp_path):
+  """Two processes of 4 devices: process 1 killed after epoch 0, then (restarted) the
+  coordinator, process 0, after epoch 1; each time the other stops within the bound, and
+  restarting both resumes. The run ends on 8 devices with the teacher's score of one
+  process."""
+  teacher, teacher_summary = digits_teacher
+  flags = [f"--config.teacher.checkpoint={teacher}",
+           *[f for f in TINY if not f.startswith("--config.epochs=")], "--config.epochs=3"]
+  _kill_after_checkpoint(tmp_path, flags, epoch=0, victim=1)
+  _kill_after_checkpoint(tmp_path, flags, epoch=1, victim=0)
   procs = _two_processes(tmp_path, flags)
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, e) in zip(procs, outs):
     assert p.returncode == 0, e[-3000:]
-  assert "resumed after epoch" in outs[0][1]
+  assert "resumed after epoch 1" in outs[0][1]
   assert [r["epoch"] for r in rows(tmp_path)] == list(range(3))
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["num_devices"] == 8
