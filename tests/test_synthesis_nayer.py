@@ -170,7 +170,7 @@ def test_a_crash_resumes_to_identical_metrics(teacher, tmp_path, monkeypatch):
 @pytest.mark.integration
 def test_nayer_on_the_digits_default_learns(tmp_path, digits_teacher):
   """configs/nayer.py:digits on the session teacher, its first 12 of 40 epochs (the whole
-  run is measured in docs/RESULTS.md): above 30 % (chance: 10 %)."""
+  run is measured in docs/RESULTS.md, "NAYER against Fast-5"): above 30 % (chance: 10 %)."""
   from conftest import load_config_file
   c = load_config_file("nayer.py", "digits")
   c.teacher.checkpoint, c.teacher.arch = digits_teacher[0], "resnet8"
