@@ -110,7 +110,7 @@ def _two_processes(workdir, flags):
   return [subprocess.Popen(
       [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags],
       env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i)),
+               JAX_PROCESS_ID=str(i), FASTDFKD_HEARTBEAT_SECONDS="30"),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
@@ -128,9 +128,9 @@ def _kill_after_checkpoint(workdir, flags, epoch: int, victim: int) -> None:
   waited = time.time() - killed
   procs[victim].communicate()
   assert procs[1 - victim].returncode != 0, err[-3000:]
-  # Bounded, never a hang: a collective fails at once, or jax.distributed's 100 s
-  # heartbeat timeout ends it.
-  assert waited < 150, waited
+  # Bounded, never a hang: a collective fails at once, or jax.distributed's heartbeat
+  # timeout (FASTDFKD_HEARTBEAT_SECONDS, 30 s here) ends it.
+  assert waited < 80, waited
   ours = [line for line in _error_lines(err) if "another process of this run is gone" in line]
   # The survivor stops with our line when its collective fails at once (gloo's
   # "connection closed"), or jax aborts it when the heartbeat times out first: which one

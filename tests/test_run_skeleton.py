@@ -310,3 +310,14 @@ def test_counters_round_trip_through_meta():
   c = Counters(epoch=3, wall_seconds=1.5, total=2.25)
   assert Counters.from_meta(dict(c.to_meta(), other=1)) == c
   assert c.replace(total=1.0).total == 1.0 and c.total == 2.25   # a new one, c unchanged
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", ""])
+def test_a_bad_heartbeat_setting_is_one_line(value):
+  """FASTDFKD_HEARTBEAT_SECONDS (how long a multi-process run waits for a process that is
+  gone; tests/test_e2e.py uses 30) takes whole seconds >= 1; 100, jax's, by default."""
+  from fastdfkd_jax.run import parallel
+  assert parallel._heartbeat_seconds({}) == 100
+  assert parallel._heartbeat_seconds({"FASTDFKD_HEARTBEAT_SECONDS": "30"}) == 30
+  with pytest.raises(errors.UserError, match="FASTDFKD_HEARTBEAT_SECONDS"):
+    parallel._heartbeat_seconds({"FASTDFKD_HEARTBEAT_SECONDS": value})

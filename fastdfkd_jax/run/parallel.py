@@ -111,6 +111,8 @@ def maybe_initialize_distributed() -> None:
   and JAX_PROCESS_ID in each process's environment. TPU pod slices and SLURM:
   set FASTDFKD_DISTRIBUTED=1 and JAX detects the cluster itself. A single
   process (no variables set) does nothing. On CPU the gloo collectives are used.
+  FASTDFKD_HEARTBEAT_SECONDS (default 100, jax's) bounds how long the others wait for a
+  process that is gone before jax aborts them.
   """
   import os
   if jax.distributed.is_initialized():
@@ -123,9 +125,18 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(
         coordinator_address=address,
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+        heartbeat_timeout_seconds=_heartbeat_seconds(os.environ))
   elif os.environ.get("FASTDFKD_DISTRIBUTED"):
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=_heartbeat_seconds(os.environ))
+
+
+def _heartbeat_seconds(environ) -> int:
+  value = environ.get("FASTDFKD_HEARTBEAT_SECONDS", "100")
+  if not value.isdigit() or int(value) < 1:
+    raise errors.UserError(f"FASTDFKD_HEARTBEAT_SECONDS={value!r} must be a whole number "
+                           "of seconds >= 1 (default 100)")
+  return int(value)
 
 
 def _no_persistent_cache_on_cpu_collectives() -> None:
