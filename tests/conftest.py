@@ -175,6 +175,32 @@ def main(workdir, *flags, wait: bool = True, timeout: int = 600):
                         cwd=REPO)
 
 
+def imported_resnet8(base) -> tuple[str, str, dict]:
+  """A random resnet8 digits state_dict written as BASE/resnet8.pth and imported into the
+  orbax workdir BASE/teacher: (workdir, the .pth, the state_dict)."""
+  from fastdfkd_jax.teacher import pth, torch_import
+  rng = np.random.default_rng(0)
+  sd = {key: rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+        for key, shape in torch_import.torch_layout("resnet8", 10, (8, 8, 1)).items()}
+  source, workdir = str(base / "resnet8.pth"), str(base / "teacher")
+  pth.write(source, sd)
+  torch_import.import_to_checkpoint(source, workdir, "resnet8", "digits")
+  return workdir, source, sd
+
+
+def crash_at_epoch(monkeypatch, epoch: int) -> None:
+  """Makes a distillation run raise at the start of epoch `epoch` (a crash mid-run)."""
+  from fastdfkd_jax.distill import epochs
+  real = epochs.run_epoch
+
+  def run_epoch(ep, state, counters, e):
+    if e == epoch:
+      raise RuntimeError("killed")
+    return real(ep, state, counters, e)
+
+  monkeypatch.setattr(epochs, "run_epoch", run_epoch)
+
+
 def rows(workdir) -> list[dict]:
   """The run's metrics.jsonl rows ([] before the first)."""
   import json

@@ -30,10 +30,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from conftest import imported_resnet8
 from fastdfkd_jax import data, errors
 from fastdfkd_jax.data import image_folder, info as data_info
 from fastdfkd_jax.run import checkpoint
-from fastdfkd_jax.teacher import loader, pth, torch_import
+from fastdfkd_jax.teacher import loader
 from fastdfkd_jax.transfer import formats
 
 from data_fixtures import make_idx_dir, make_tar, make_tree, write_idx
@@ -616,13 +617,7 @@ def teacher_files(tmp_path_factory):
   """(a .pth of a random resnet8 digits state_dict, the workdir of its orbax import, the
   variables, a checkpoints dir with steps 3 (those variables) and 7 (them + 1))."""
   base = tmp_path_factory.mktemp("teacher")
-  rng = np.random.default_rng(0)
-  sd = {key: rng.uniform(-0.5, 0.5, shape).astype(np.float32)
-        for key, shape in torch_import.torch_layout("resnet8", 10, DIGITS).items()}
-  source = str(base / "resnet8.pth")
-  pth.write(source, sd)
-  workdir = str(base / "imported")
-  torch_import.import_to_checkpoint(source, workdir, "resnet8", "digits")
+  workdir, source, _ = imported_resnet8(base)
   variables, meta = loader.load(workdir)
   two = str(base / "two" / "checkpoints")
   mngr = checkpoint.manager(two)

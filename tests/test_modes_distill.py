@@ -13,7 +13,7 @@ import os
 import jax
 import pytest
 
-from conftest import load_config_file, rows, run, tiny_distill
+from conftest import crash_at_epoch, load_config_file, rows, run, tiny_distill
 from fastdfkd_jax import errors
 from fastdfkd_jax.distill import epochs, steps
 from fastdfkd_jax.modes import distill as distill_mode
@@ -91,17 +91,6 @@ def test_the_run_files_count_images_and_seconds(tiny_run, digits_teacher):
   assert checkpoint.restore_meta(best)["student_acc"] == summary["best_student_acc"]
 
 
-def _crash_at(monkeypatch, epoch):
-  real = epochs.run_epoch
-
-  def run_epoch(ep, state, counters, e):
-    if e == epoch:
-      raise RuntimeError("killed")
-    return real(ep, state, counters, e)
-
-  monkeypatch.setattr(epochs, "run_epoch", run_epoch)
-
-
 # CMI keeps a memory bank, an MLP head and its Adam state across calls: all of it must
 # come back from the checkpoint for the losses after the resume to repeat.
 CMI = {"method": "cmi", "cmi.bank_size": 96, "cmi.n_neg": 48, "cmi.head_dim": 16,
@@ -113,7 +102,7 @@ def test_a_crash_resumes_to_identical_metrics(teacher, tmp_path, monkeypatch, me
   changes = dict(CMI if method == "cmi" else {}, epochs=4)
   full = run(tiny_distill(teacher, **changes), tmp_path / "full")
   with monkeypatch.context() as m:
-    _crash_at(m, 2)
+    crash_at_epoch(m, 2)
     with pytest.raises(RuntimeError, match="killed"):
       run(tiny_distill(teacher, **changes), tmp_path / "cut")
   assert len(rows(tmp_path / "cut")) == 2

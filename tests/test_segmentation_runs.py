@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_config_file, make_mesh, rows, run
+from conftest import crash_at_epoch, load_config_file, make_mesh, rows, run
 from fastdfkd_jax import data, errors, models, synthesis
 from fastdfkd_jax.config import schema
 from fastdfkd_jax.data import shapes_seg
-from fastdfkd_jax.distill import epochs, sources, state as state_lib, steps
+from fastdfkd_jax.distill import sources, state as state_lib, steps
 from fastdfkd_jax.models import util
 from fastdfkd_jax.run import parallel
 from fastdfkd_jax.teacher import loader, train as teacher_train
@@ -136,24 +136,13 @@ def test_data_free_student_of_the_teacher(seg_teacher, fast_meta_run, shapes_dir
   assert sorted(os.listdir(os.path.join(workdir, "samples"))) == expected
 
 
-def _crash_at(monkeypatch, epoch: int):
-  real = epochs.run_epoch
-
-  def run_epoch(ep, state, counters, e):
-    if e == epoch:
-      raise RuntimeError("killed")
-    return real(ep, state, counters, e)
-
-  monkeypatch.setattr(epochs, "run_epoch", run_epoch)
-
-
 @pytest.mark.integration
 def test_a_crash_resumes_to_identical_metrics(shapes_dir, seg_teacher, fast_meta_run,
                                              tmp_path, monkeypatch):
   full, full_summary = fast_meta_run
   config = student_config(shapes_dir, seg_teacher[0])
   with monkeypatch.context() as m:
-    _crash_at(m, 2)
+    crash_at_epoch(m, 2)
     with pytest.raises(RuntimeError, match="killed"):
       run(config, tmp_path)
   assert len(rows(tmp_path)) == 2

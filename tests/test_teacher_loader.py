@@ -14,9 +14,9 @@ import pytest
 
 from fastdfkd_jax import errors
 from fastdfkd_jax.run import checkpoint
-from fastdfkd_jax.teacher import loader, pth, torch_import
+from fastdfkd_jax.teacher import loader, torch_import
 
-from conftest import TEACHER_EPOCHS
+from conftest import TEACHER_EPOCHS, imported_resnet8
 
 DIGITS = (8, 8, 1)
 
@@ -24,14 +24,7 @@ DIGITS = (8, 8, 1)
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   """(workdir of a resnet8 digits checkpoint imported from a .pth, the .pth, its variables)."""
-  base = tmp_path_factory.mktemp("imported")
-  rng = np.random.default_rng(0)
-  sd = {key: rng.uniform(-0.5, 0.5, shape).astype(np.float32)
-        for key, shape in torch_import.torch_layout("resnet8", 10, DIGITS).items()}
-  source = str(base / "resnet8.pth")
-  pth.write(source, sd)
-  workdir = str(base / "teacher")
-  torch_import.import_to_checkpoint(source, workdir, "resnet8", "digits")
+  workdir, source, sd = imported_resnet8(tmp_path_factory.mktemp("imported"))
   return workdir, source, torch_import.convert_state_dict(sd, "resnet8", 10, DIGITS)
 
 

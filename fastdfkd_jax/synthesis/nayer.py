@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from fastdfkd_jax import errors, models
-from fastdfkd_jax.synthesis import base, inversion
+from fastdfkd_jax.synthesis import base, fast_meta, inversion
 
 
 def label_embeddings(path: str, num_classes: int, width: int) -> np.ndarray:
@@ -66,8 +66,9 @@ def label_embeddings(path: str, num_classes: int, width: int) -> np.ndarray:
 
 @base.register("nayer")
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NayerSynthesizer(inversion.InversionSynthesizer):
-  """Noisy-layer generation: the generator is reused, the noisy layer drawn per call."""
+class NayerSynthesizer(fast_meta.FastSynthesizer):
+  """Noisy-layer generation: the generator is reused from call to call as `fast` reuses
+  it (a fresh Adam per call, nothing else carried), the noisy layer drawn per call."""
   embeddings: tuple = ()          # (num_classes, le_size) rows, as nested tuples
 
   @classmethod
@@ -86,15 +87,6 @@ class NayerSynthesizer(inversion.InversionSynthesizer):
   # ------------------------------------------------------- the generator
   def _init_generator(self, key: jax.Array) -> dict:
     return self.generator.init_variables(key)
-
-  def state_tx(self) -> optax.GradientTransformation:
-    return optax.identity()   # nothing but the generator carries across calls
-
-  def _begin_gen_opt(self, state: inversion.SynthState):
-    return self.gen_tx(self.hp.lr_g).init(state.gen_params)
-
-  def _next_generator(self, state: inversion.SynthState, carry: inversion.InnerCarry):
-    return carry.fast, state.opt_state
 
   def reinit_generator(self, state: inversion.SynthState, key: jax.Array):
     """A fresh generator (NAYER's `reinit`, every synth.g_life epochs)."""
