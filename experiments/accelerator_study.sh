@@ -14,7 +14,7 @@
 # after the script starts) bounds the runs: then the unfinished ones get SIGTERM, checkpoint
 # and stop (killed after STUDY_GRACE_S, default 30 s), so a second call on the still-warm
 # machine resumes them; records.tgz keeps their curves. TEACHER: docs/study_teacher, the
-# study's teacher in git. Where TEACHER has no summary.json it is trained first with
+# study's teacher (its checkpoint is not in git). Where TEACHER has no checkpoints/ it is trained first with
 # configs/teacher.py:cifar10 and STUDY_TEACHER_FLAGS (the recipe: "--config.epochs=8").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ os.makedirs(sys.argv[1], exist_ok=True)
 with open(os.path.join(sys.argv[1], "environment.json"), "w") as f:
   json.dump(env, f, indent=1)
 EOF
-if [ ! -f "$teacher/summary.json" ]; then
+if [ ! -d "$teacher/checkpoints" ]; then
   "$PY" -m fastdfkd_jax.main --workdir="$teacher" --config=configs/teacher.py:cifar10 \
       --config.dataset.data_dir="$data" ${STUDY_TEACHER_FLAGS:-} > "$out/teacher.log" 2>&1 || exit 1
   echo "teacher trained in $SECONDS s"

@@ -5,7 +5,8 @@ CIFAR-10 setting, resumable across sessions.
       --teacher=docs/study_teacher --data_dir=../shared/data/cifar10_jpeg.tar.gz \\
       [--only=table1,table4,table5,metagrad] [--runs=dafl,zskt] [--cores=0,1] [--list]
 
-docs/study_teacher is the study's resnet20 teacher, kept in git (docs/RESULTS.md).
+docs/study_teacher holds the study's resnet20 teacher: its records are in git, its checkpoint
+is not (train it into that folder with the command in docs/RESULTS.md, "Teachers").
 
 Every row is one `python -m fastdfkd_jax.main` run of configs/fastdfkd_cpu.py:cifar10,
 configs/baselines_cpu.py or configs/batchwise_cifar.py:<preset>-cpu: the same teacher,
