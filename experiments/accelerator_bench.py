@@ -10,7 +10,8 @@ another so that nothing shares the device:
     `configs/fastdfkd_cifar.py:cifar10-resnet34-resnet18-k<k>` (batch 256) in float32 and
     with `--config.dtype=bfloat16`;
   - the eager PyTorch reference (`torch_reference.py synth|kd --device cuda`) in float32 and
-    with `--amp bf16` (its bfloat16 autocast, PyTorch's fastest setting);
+    with `--amp bf16` (its bfloat16 autocast), and for the first k the reference compiled
+    (`--amp bf16 --compile --channels_last`: the fastest PyTorch a user would build);
   - after the k = 5 jobs, one ImageNet synthesis call (`configs/fastdfkd_imagenet.py:
     resnet50-resnet18`, 224 px, bfloat16, batch 64) with its time and device peak memory.
 Every raw JSON line goes to OUT_DIR/accel_bench.jsonl as it arrives (tagged with its job), so
@@ -71,24 +72,37 @@ def imagenet_job(smoke: bool) -> dict:
               dtype="bfloat16", cmd=cmd, estimate_s=30 if smoke else 150)
 
 
-def torch_job(what: str, k: int, amp: str, ref: str, device: str, smoke: bool) -> dict:
+def torch_job(what: str, k: int, amp: str, ref: str, device: str, smoke: bool,
+              compiled: bool = False) -> dict:
+  """The PyTorch reference; `compiled`: torch.compile of teacher, student and generator in
+  channels-last layout, the fastest PyTorch a user would build (impl 'torch_compiled')."""
   arch = ("wrn16_1", "wrn16_1") if smoke else (TEACHER, STUDENT)
   cmd = [sys.executable, ref, what, "--teacher", arch[0], "--student", arch[1], "--k", str(k),
          "--device", device, "--amp", amp]
   cmd += (["--batch", "8", "--steps", "2", "--repeats", "1"] if smoke else
           ["--batch", "256", "--steps", "20", "--repeats", "5"])
-  return dict(name=f"torch-{what}-k{k}-{amp}", impl="torch", what=what, k=k,
+  cmd += ["--compile", "--channels_last"] if compiled else []
+  return dict(name=f"torch-{what}-k{k}-{amp}" + ("-compiled" if compiled else ""),
+              impl="torch_compiled" if compiled else "torch", what=what, k=k,
               dtype="bfloat16" if amp == "bf16" else "float32", cmd=cmd,
-              estimate_s=8 if smoke else 25)
+              estimate_s=(8 if smoke else 25) * (4 if compiled else 1))
 
 
-def plan(ks, ref: str | None, device: str, smoke: bool, extra=()) -> list[dict]:
+def plan(ks, ref: str | None, device: str, smoke: bool, extra=(), profile_dir: str = ""
+         ) -> list[dict]:
+  """The jobs in order; `profile_dir`: the first k's bfloat16 JAX job also traces one
+  synthesis call, one KD step and one epoch there (untimed; `fastdfkd_jax.bench`)."""
   jobs = []
   for k in ks:
-    jobs += [jax_job(k, dtype, smoke, extra) for dtype in ("float32", "bfloat16")]
+    for dtype in ("float32", "bfloat16"):
+      trace = (f"--profile_dir={profile_dir}",) if profile_dir and k == ks[0] and \
+          dtype == "bfloat16" else ()
+      jobs.append(jax_job(k, dtype, smoke, tuple(extra) + trace))
     if ref:
       whats = ("synth", "kd") if k == ks[0] else ("synth",)   # KD does not depend on k
       jobs += [torch_job(w, k, amp, ref, device, smoke) for w in whats for amp in ("none", "bf16")]
+      if k == ks[0]:   # the reference compiled, bf16, at the acceptance setting
+        jobs += [torch_job(w, k, "bf16", ref, device, smoke, compiled=True) for w in whats]
     if k == ks[0]:   # after the acceptance setting: one ImageNet synthesis call (issue 16)
       jobs.append(imagenet_job(smoke))
   return jobs
@@ -137,6 +151,7 @@ def summarize(rows: list[dict], ks) -> dict:
   for k in ks:
     s = {f"{impl}_{dt}": synth.get((impl, dt, k)) for impl in ("jax", "torch")
          for dt in ("float32", "bfloat16")}
+    s["torch_compiled_bfloat16"] = synth.get(("torch_compiled", "bfloat16", k))
     jax_best = min([v for key, v in s.items() if key.startswith("jax") and v] or [None],
                    key=lambda v: v or float("inf"))
     ratio = lambda a, b: round(a / b, 3) if a and b else None
@@ -146,6 +161,8 @@ def summarize(rows: list[dict], ks) -> dict:
         speedup_jax_best_vs_torch_bf16=ratio(s["torch_bfloat16"], jax_best),
         speedup_jax_float32_vs_torch_float32=ratio(s["torch_float32"], s["jax_float32"]),
         speedup_jax_bf16_vs_torch_bf16=ratio(s["torch_bfloat16"], s["jax_bfloat16"]),
+        speedup_jax_bf16_vs_torch_compiled_bf16=ratio(s["torch_compiled_bfloat16"],
+                                                      s["jax_bfloat16"]),
         projected_hours_220_calls={key: (round(CALLS * v / 3600, 5) if v else None)
                                    for key, v in s.items()},
         projected_minutes_220_calls_jax_best=(round(CALLS * jax_best / 60, 3)
@@ -158,17 +175,19 @@ def summarize(rows: list[dict], ks) -> dict:
 
 
 def print_table(summary: dict, ks) -> None:
-  cols = ("jax_float32", "jax_bfloat16", "torch_float32", "torch_bfloat16")
+  cols = ("jax_float32", "jax_bfloat16", "torch_float32", "torch_bfloat16",
+          "torch_compiled_bfloat16")
   fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"
   print("\nseconds per synthesis call (median); projected hours for 220 calls; paper")
   print("k    " + "  ".join(f"{c:>15}" for c in cols) + "  jax/torch32  jax/torchbf16"
-        "  220-call min (jax best)  paper h")
+        "  jaxbf16/compiled  220-call min (jax best)  paper h")
   for k in ks:
     e = summary[f"k{k}"]
     s = e["synth_s_per_call"]
     print(f"{k:<4} " + "  ".join(f"{fmt(s[c]):>15}" for c in cols)
           + f"  {fmt(e['speedup_jax_best_vs_torch_float32']):>11}"
           + f"  {fmt(e['speedup_jax_best_vs_torch_bf16']):>13}"
+          + f"  {fmt(e['speedup_jax_bf16_vs_torch_compiled_bf16']):>16}"
           + f"  {fmt(e['projected_minutes_220_calls_jax_best']):>23}"
           + f"  {e['paper_hours_220_calls']}")
   print("KD images/s:", json.dumps(summary["kd_images_per_s"]))
@@ -194,6 +213,7 @@ def main(argv=None) -> int:
   ap.add_argument("--budget_s", type=float, default=480.0,
                   help="wall-clock budget: jobs whose estimate would overrun it are skipped")
   ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (CI smoke test)")
+  ap.add_argument("--profile_dir", default="", help="XLA traces of the first k's bf16 JAX job")
   ap.add_argument("--jax_flag", action="append", default=[],
                   help="extra flag for every JAX job, e.g. --jax_flag=--config.loop=scan")
   a = ap.parse_args(argv)
@@ -222,7 +242,7 @@ def main(argv=None) -> int:
       print(json.dumps(r), flush=True)
     for r in list(rows):
       f.write(json.dumps(r) + "\n")
-    for job in plan(ks, ref, a.device, a.smoke, a.jax_flag):
+    for job in plan(ks, ref, a.device, a.smoke, a.jax_flag, a.profile_dir):
       left = a.budget_s - (time.perf_counter() - t_start)
       if left < job["estimate_s"]:
         emit(dict(job=job["name"], impl=job["impl"], skipped=f"budget: {left:.0f} s left"))

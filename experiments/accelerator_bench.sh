@@ -33,7 +33,13 @@ case "${1:-}" in
       exec "$PY" experiments/accelerator_bench.py "$out" --torch_reference "$ref" --smoke --device cpu \
           --ks 2 --budget_s 600 "${@:3}"
     fi
-    exec "$PY" experiments/accelerator_bench.py "$out" --torch_reference "$ref" "${@:3}"
+    # One XLA trace of the bf16 k = 5 synthesis call, KD step and epoch, packed into one file
+    # (the device tool returns files at most two folders down).
+    "$PY" experiments/accelerator_bench.py "$out" --torch_reference "$ref" \
+        --profile_dir="$out/profile" "${@:3}"
+    rc=$?
+    [ -d "$out/profile" ] && tar czf "$out/profile.tgz" -C "$out" profile && rm -rf "$out/profile"
+    exit $rc
     ;;
   *) echo "usage: bash experiments/accelerator_bench.sh prepare | run OUT_DIR [driver flags]" >&2; exit 2 ;;
 esac

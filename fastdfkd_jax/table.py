@@ -14,8 +14,8 @@ USAGE = ("python -m fastdfkd_jax.table NAME=WORKDIR[,WORKDIR...] [...] [--refere
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  flags.DEFINE_string("reference", None, "row whose final accuracy and synthesis time set "
-                      "the speed-up", flag_values=fv)
+  flags.DEFINE_string("reference", None, "row (or rows, comma-separated) whose final "
+                      "accuracy and synthesis time set a speed-up", flag_values=fv)
   flags.DEFINE_integer("until_kd_step", None, "every row at its last evaluation with at "
                        "most this many KD steps", flag_values=fv)
 

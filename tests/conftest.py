@@ -44,13 +44,23 @@ TEACHER_ARCH = "resnet8"
 TEACHER_EPOCHS = 15
 
 
-def load_config_file(name: str, arg: str | None = None):
-  """`--config=configs/NAME[:ARG]` as ml_collections' config_flags loads it."""
-  path = os.path.join(CONFIGS, name)
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name[:-3]}", path)
+def load_module(path: str, name: str):
+  """The Python file at `path` as a module (configs/ and experiments/ are no packages)."""
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(name: str, arg: str | None = None):
+  """`--config=configs/NAME[:ARG]` as ml_collections' config_flags loads it."""
+  module = load_module(os.path.join(CONFIGS, name), f"_cfg_{name[:-3]}")
   return module.get_config() if arg is None else module.get_config(arg)
+
+
+def load_experiment(name: str):
+  """experiments/NAME.py as a module."""
+  return load_module(os.path.join(REPO, "experiments", f"{name}.py"), f"experiments_{name}")
 
 
 def make_mesh(n: int):

@@ -20,19 +20,10 @@ import pytest
 from fastdfkd_jax import cli
 from fastdfkd_jax.config import checks as config_checks
 
-from conftest import REPO
+from conftest import REPO, load_experiment
 
 SCRIPT = os.path.join(REPO, "experiments", "accelerator_bench.sh")
 STUDY_SCRIPT = os.path.join(REPO, "experiments", "accelerator_study.sh")
-
-
-def load_experiment(name: str):
-  """experiments/NAME.py as a module (experiments/ is no package)."""
-  spec = importlib.util.spec_from_file_location(
-      f"experiments_{name}", os.path.join(REPO, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +60,7 @@ def test_summary_ratios_and_projection(driver):
       dict(impl="jax", job_dtype="bfloat16", what="synth", k=5, median_s=0.08),
       dict(impl="torch", job_dtype="float32", what="synth", k=5, median_s=0.24),
       dict(impl="torch", job_dtype="bfloat16", what="synth", k=5, median_s=0.16),
+      dict(impl="torch_compiled", job_dtype="bfloat16", what="synth", k=5, median_s=0.12),
       dict(impl="jax", job_dtype="float32", what="kd", k=5, median_s=1.0, images_per_s=5000.0),
       dict(impl="torch", job_dtype="float32", what="kd", k=5, median_s=2.0, images_per_s=2500.0),
       dict(impl="jax", job_dtype="float32", what="kd", k=2, median_s=1.0, images_per_s=9.0),
@@ -83,6 +75,8 @@ def test_summary_ratios_and_projection(driver):
   assert k5["speedup_jax_best_vs_torch_bf16"] == pytest.approx(2.0)
   assert k5["speedup_jax_float32_vs_torch_float32"] == pytest.approx(2.4)
   assert k5["speedup_jax_bf16_vs_torch_bf16"] == pytest.approx(2.0)
+  assert k5["speedup_jax_bf16_vs_torch_compiled_bf16"] == pytest.approx(1.5)
+  assert s["k2"]["speedup_jax_bf16_vs_torch_compiled_bf16"] is None
   assert k5["projected_hours_220_calls"]["jax_bfloat16"] == pytest.approx(220 * 0.08 / 3600,
                                                                          abs=1e-5)
   assert k5["projected_minutes_220_calls_jax_best"] == pytest.approx(220 * 0.08 / 60, abs=1e-3)
@@ -98,9 +92,14 @@ def test_summary_ratios_and_projection(driver):
 def test_plan_order_puts_the_acceptance_setting_first(driver):
   jobs = driver.plan([5, 2, 10], "ref.py", "cuda", smoke=False)
   names = [j["name"] for j in jobs]
-  assert names[:7] == ["jax-k5-float32", "jax-k5-bfloat16", "torch-synth-k5-none",
+  assert names[:9] == ["jax-k5-float32", "jax-k5-bfloat16", "torch-synth-k5-none",
                        "torch-synth-k5-bf16", "torch-kd-k5-none", "torch-kd-k5-bf16",
+                       "torch-synth-k5-bf16-compiled", "torch-kd-k5-bf16-compiled",
                        "jax-imagenet-r50-r18-bfloat16"]
+  assert all(j["cmd"][-2:] == ["--compile", "--channels_last"] for j in jobs[6:8])
+  assert not any(n.endswith("compiled") for n in names[9:])   # the first k only
+  traced = driver.plan([5, 2], None, "cuda", smoke=False, profile_dir="P")
+  assert [j["name"] for j in traced if "--profile_dir=P" in j["cmd"]] == ["jax-k5-bfloat16"]
   assert "torch-kd-k2-none" not in names            # KD does not depend on k
   assert names.count("jax-imagenet-r50-r18-bfloat16") == 1
   jax5 = jobs[0]["cmd"]
@@ -199,7 +198,8 @@ def test_main_records_every_job_and_the_summary(driver, monkeypatch, tmp_path, c
   with open(out / "accel_summary.json") as f:
     summary = json.load(f)
   assert summary["k2"]["synth_s_per_call"] == dict(jax_float32=0.1, jax_bfloat16=0.05,
-                                                   torch_float32=None, torch_bfloat16=None)
+                                                   torch_float32=None, torch_bfloat16=None,
+                                                   torch_compiled_bfloat16=None)
   assert summary["k2"]["projected_minutes_220_calls_jax_best"] == round(220 * 0.05 / 60, 3)
   assert summary["k2"]["paper_hours_220_calls"] == 0.06
   assert summary["imagenet_synthesis"]["s_per_call"] == 2.0
@@ -298,7 +298,8 @@ def test_script_run_hands_its_arguments_to_the_driver(driver, fake_python, tmp_p
   proc = _script("run", str(tmp_path / "out2"), "--ks", "5", env=dict(PYTHON=fake))
   assert proc.returncode == 0, proc.stderr
   assert calls()[-1]["argv"] == ["experiments/accelerator_bench.py", str(tmp_path / "out2"),
-                                 "--torch_reference", ref, "--ks", "5"]
+                                 "--torch_reference", ref,
+                                 f"--profile_dir={tmp_path / 'out2' / 'profile'}", "--ks", "5"]
 
 
 def test_script_usage_errors(tmp_path, fake_python):

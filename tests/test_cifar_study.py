@@ -2,7 +2,6 @@
 images; --list, --runs and --flags; the flags experiments/accelerator_study.sh passes it."""
 
 import argparse
-import importlib.util
 import os
 import re
 
@@ -12,16 +11,11 @@ import pytest
 from fastdfkd_jax import cli
 from fastdfkd_jax.config import checks as config_checks
 
-from conftest import REPO
+from conftest import REPO, load_experiment
 
 
 def _tool():
-  """experiments/cifar_study.py as a module (experiments/ is no package)."""
-  spec = importlib.util.spec_from_file_location(
-      "experiments_cifar_study", os.path.join(REPO, "experiments", "cifar_study.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment("cifar_study")
 
 
 def test_every_run_parses_validates_and_sees_the_same_kd_images(monkeypatch):

@@ -127,6 +127,19 @@ def test_missing_split_folder(tmp_path):
   assert str(tmp_path / "t") in str(e.value) and "test/" in str(e.value)
 
 
+def test_a_set_without_its_training_split_serves_the_test_split_alone(tmp_path):
+  make_tree(tmp_path / "t", list(CIFAR_CLASSES), per_class=(1, 2))
+  with tarfile.open(tmp_path / "test_only.tar.gz", "w:gz") as tar:
+    tar.add(tmp_path / "t" / "test", arcname="test")
+  ds = data.load_dataset("cifar10", str(tmp_path / "test_only.tar.gz"), str(tmp_path / "c"),
+                         splits=("test",))
+  assert ds.train_images.shape == (0, 32, 32, 3) and ds.train_labels.shape == (0,)
+  assert ds.test_images.shape == (20, 32, 32, 3)
+  assert sorted(ds.test_labels.tolist()) == sorted(list(range(10)) * 2)
+  with pytest.raises(errors.UserError, match="train/"):
+    data.load_dataset("cifar10", str(tmp_path / "test_only.tar.gz"), str(tmp_path / "c"))
+
+
 def test_wrong_image_size(tmp_path):
   make_tree(tmp_path / "t", list(CIFAR_CLASSES), size=(32, 32),
             per_class=(1, 1))

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -80,7 +81,7 @@ class FakeTask:
 def config(**changes):
   c = ml_collections.ConfigDict(dict(
       seed=0, dtype="float32", checkpoint_every=1, keep_checkpoints=2,
-      allow_config_change=False, lr=0.1))
+      allow_config_change=False, lr=0.1, stop_at=0.0))
   c.update(changes)
   return c
 
@@ -151,6 +152,18 @@ def test_preemption_checkpoints_the_epoch_and_returns(full, tmp_path):
   assert checkpoint.manager(os.path.join(tmp_path, "checkpoints")).all_steps() == [1]
   resumed, task = run_fake(tmp_path, c=config(checkpoint_every=100))
   assert task.ran == [2, 3, 4] and resumed["w"] == full[1]["w"]
+
+
+def test_a_passed_deadline_checkpoints_the_epoch_and_the_run_resumes(full, tmp_path):
+  far = time.time() + 3600
+  summary, task = run_fake(tmp_path, c=config(checkpoint_every=100, stop_at=far), epochs=2)
+  assert "preempted" not in summary and task.ran == [0, 1]
+  work = tmp_path / "late"
+  summary, task = run_fake(work, c=config(checkpoint_every=100, stop_at=time.time() - 1))
+  assert summary["preempted"] and task.ran == [0]
+  assert checkpoint.manager(os.path.join(work, "checkpoints")).all_steps() == [0]
+  resumed, task = run_fake(work, c=config(checkpoint_every=100))   # another stop_at: allowed
+  assert task.ran == [1, 2, 3, 4] and resumed["w"] == full[1]["w"]
 
 
 def test_a_nan_metric_stops_before_its_checkpoint(tmp_path):

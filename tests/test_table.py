@@ -58,6 +58,24 @@ def test_table_rows_and_speed_up(tmp_path):
   assert di[2] == "**50.00** ± -" and di[-1] == "1.0x"
 
 
+def test_two_references_and_the_paper_column(tmp_path):
+  fast = fake_run(tmp_path, "f", [40.0, 55.0, 60.0], 1.0)
+  di = fake_run(tmp_path, "di", [30.0, 50.0], 10.0)
+  cmi = fake_run(tmp_path, "cmi", [45.0, 58.0], 20.0)
+  rows = [table.read_row(f"Fast-5={fast}"), table.read_row(f"DI={di}"),
+          table.read_row(f"CMI={cmi}")]
+  lines = table.markdown(rows, "DI,CMI", paper={"Fast-5": 93.63, "CMI": 94.84}).splitlines()
+  assert lines[0].split("|")[2].strip() == "paper (%)"
+  assert "synthesis s to DI's acc." in lines[0] and "synthesis s to CMI's acc." in lines[0]
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+  assert cells[0][1] == "93.63" and cells[1][1] == "-" and cells[2][1] == "94.84"
+  # Fast-5 reaches DI's 50 % at 2 s (DI: 20 s, 10x) and CMI's 58 % at 3 s (CMI: 40 s)
+  assert cells[0][-4:] == ["2", "10.0x", "3", "13.3x"]
+  assert len({len(c) for c in cells}) == 1 and len(cells[0]) == len(lines[0].split("|")) - 2
+  with pytest.raises(ValueError, match="--reference=X names no row"):
+    table.markdown(rows, "DI,X")
+
+
 def test_cli_prints_the_table_of_the_library(tmp_path, capsys):
   a = fake_run(tmp_path, "a", [20.0, 40.0], 1.0)
   b = fake_run(tmp_path, "b", [10.0, 30.0], 4.0)

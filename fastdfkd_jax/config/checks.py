@@ -22,7 +22,7 @@ FIELD_RANGES = {
     "seed": _NON_NEGATIVE, "epochs": _POSITIVE, "batch_size": _POSITIVE,
     "eval_batch_size": _POSITIVE, "k": _POSITIVE, "warmup": _NON_NEGATIVE,
     "eval_every": _POSITIVE, "log_every": _POSITIVE, "checkpoint_every": _POSITIVE,
-    "keep_checkpoints": _POSITIVE, "sample_every": _NON_NEGATIVE,
+    "keep_checkpoints": _POSITIVE, "sample_every": _NON_NEGATIVE, "stop_at": _NON_NEGATIVE,
     "optim.lr": _POSITIVE, "optim.momentum": _FRACTION, "optim.weight_decay": _NON_NEGATIVE,
     "optim.warmup_epochs": _NON_NEGATIVE, "optim.poly_power": _POSITIVE,
     "teacher.epochs": _POSITIVE, "teacher.batch_size": _POSITIVE, "teacher.lr": _POSITIVE,

@@ -106,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50               # steps between log lines inside an epoch
   c.checkpoint_every = 5         # epochs
   c.keep_checkpoints = 2
+  c.stop_at = 0.0               # Unix s: checkpoint and stop after the epoch passing it
   c.sample_every = 10            # epochs between samples/epoch_NNNN.png grids
   c.allow_config_change = False
   return c

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -65,13 +65,19 @@ class Dataset:
   test_labels: np.ndarray
 
 
-def load_dataset(name: str, data_dir: str = "",
-                 cache_dir: str | None = None) -> Dataset:
-  """Loads the train and test splits of `name` (see `load_split`)."""
+def load_dataset(name: str, data_dir: str = "", cache_dir: str | None = None,
+                 splits: Sequence[Split] = ("train", "test")) -> Dataset:
+  """Loads the `splits` of `name` (see `load_split`); a split not asked for is empty
+  (distillation from synthetic images reads the test split alone: a data set without
+  its training split serves it, and nothing decodes 50k training images for nothing)."""
   info = get_info(name)
-  train_images, train_labels = load_split(name, "train", data_dir, cache_dir)
-  test_images, test_labels = load_split(name, "test", data_dir, cache_dir)
-  return Dataset(info, train_images, train_labels, test_images, test_labels)
+  arrays = []
+  for split in SPLITS:
+    if split in splits:
+      arrays += load_split(name, split, data_dir, cache_dir)
+    else:
+      arrays += [np.zeros((0, *info.image_shape), np.uint8), np.zeros((0,), np.int32)]
+  return Dataset(info, *arrays)
 
 
 def load_split(name: str, split: Split, data_dir: str = "",

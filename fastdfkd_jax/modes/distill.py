@@ -80,7 +80,8 @@ def setup_parts(ctx: skeleton.Context) -> Parts:
   config, mesh = ctx.config, ctx.mesh
   info = data.get_info(config.dataset.name)
   ds = data.load_dataset(config.dataset.name, config.dataset.data_dir,
-                         config.dataset.cache_dir or None)
+                         config.dataset.cache_dir or None,
+                         splits=("train", "test") if config.kd.source == "real" else ("test",))
   teacher_vars, teacher_meta = obtain_teacher(ctx, info)
   kind = sources.kind(config, synthesis.get(config.method).uses_pool)
   distiller = steps.build(config, info, teacher_meta["arch"], mesh, kind, ctx.dtype)

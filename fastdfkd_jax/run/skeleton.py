@@ -9,7 +9,8 @@ the `Context` (config, workdir, mesh, the activation dtype resolved once,
 preemption); `setup(ctx) -> Task` (data, models, compiled programs); only then the
 run's `config.json` (so a run whose setup fails binds nothing); restoring the newest
 checkpoint that reads (torn ones set aside); the epoch loop with its finite check,
-metrics row, checkpoint cadence and preemption; and `summary.json`.
+metrics row, checkpoint cadence and preemption (a signal, or the wall-clock deadline
+`config.stop_at`); and `summary.json`.
 
 A `Task` (the mode) says what one epoch is, how it is evaluated and summarised,
 and what its checkpoints hold. Its counters are a frozen dataclass (`Counters` and
@@ -19,12 +20,14 @@ checkpoint's meta, so a resumed run continues them exactly.
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Protocol
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from fastdfkd_jax import errors
 from fastdfkd_jax.run import checkpoint, parallel, reporting, signals, workdir as wd
@@ -181,6 +184,8 @@ def _epochs(task: Task, ctx: Context) -> dict:
     counters = counters.replace(epoch=epoch, wall_seconds=reporter.wall_seconds())
     reporter.write_metrics(dict(row, epoch=epoch, wall_seconds=counters.wall_seconds,
                                 **{k: float(v) for k, v in metrics.items()}))
+    if past_deadline(config.stop_at):
+      ctx.preemption.request()
     save = last or ctx.preemption.requested or (epoch + 1) % config.checkpoint_every == 0
     if save and task.saves_checkpoints:
       checkpoint.save(mngr, epoch, *task.checkpoint_items(state, counters))
@@ -193,6 +198,19 @@ def _epochs(task: Task, ctx: Context) -> dict:
   reporter.close()
   mngr.close()
   return summary
+
+
+def past_deadline(stop_at: float) -> bool:
+  """Whether the wall-clock deadline `config.stop_at` (Unix seconds; 0: none) has passed.
+
+  Every process of a multi-process run takes process 0's answer, so that all stop after
+  the same epoch."""
+  if not stop_at:
+    return False
+  late = time.time() >= stop_at
+  if jax.process_count() > 1:
+    late = bool(multihost_utils.broadcast_one_to_all(np.bool_(late)))
+  return late
 
 
 def check_finite(metrics: dict, epoch: int) -> None:

@@ -51,7 +51,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path) as f:
     old = json.load(f)
   diff = config_diff(old, json.loads(config.to_json_best_effort()),
-                     ignore=("allow_config_change",))
+                     ignore=("allow_config_change", "stop_at"))
   if diff and not config.allow_config_change:
     raise ConfigMismatchError(
         f"workdir {workdir} holds a run with a different config:\n  " + "\n  ".join(diff)

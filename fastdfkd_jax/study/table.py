@@ -98,7 +98,7 @@ def _fmt(v: float, digits: int = 2) -> str:
   return "-" if v is None or math.isnan(v) else f"{v:,.{digits}f}"
 
 
-def row_cells(row: dict, reference: dict | None) -> list[str]:
+def row_cells(row: dict, references: Sequence[dict] = ()) -> list[str]:
   s = row["summaries"]
   finals = [x["student_acc"] for x in s]
   m, sd = mean_sd(finals)
@@ -109,7 +109,7 @@ def row_cells(row: dict, reference: dict | None) -> list[str]:
            _fmt(100.0 * m / teacher, 1) + " %" if teacher == teacher else "-",
            _fmt(_stat(s, "synth_seconds"), 0), _fmt(_stat(s, "wall_seconds") / 60.0, 1),
            _fmt(_stat(s, "synth_images"), 0), _fmt(_stat(s, "kd_images"), 0)]
-  if reference is not None:
+  for reference in references:
     target = mean_sd([x["student_acc"] for x in reference["summaries"]])[0]
     reach = seconds_to_reach(row["curves"], target)
     ref_s = _stat(reference["summaries"], "synth_seconds")
@@ -117,17 +117,29 @@ def row_cells(row: dict, reference: dict | None) -> list[str]:
   return cells
 
 
-def markdown(rows: list[dict], reference: str | None = None, when: str = "final") -> str:
-  ref = None
-  if reference is not None:
-    ref = next((r for r in rows if r["name"] == reference), None)
+def markdown(rows: list[dict], reference: str | None = None, when: str = "final",
+             paper: dict[str, float] | None = None) -> str:
+  """The table; `reference` names one row or several (comma-separated), each adding its
+  two speed-up columns; `paper` (row name -> accuracy) adds a column of published numbers."""
+  refs = []
+  for name in (reference or "").split(","):
+    if not name:
+      continue
+    ref = next((r for r in rows if r["name"] == name), None)
     if ref is None:
-      raise ValueError(f"--reference={reference} names no row; rows: "
+      raise ValueError(f"--reference={name} names no row; rows: "
                        f"{', '.join(r['name'] for r in rows)}")
+    refs.append(ref)
   head = ["run", "seeds", f"student acc. {when} (%)", "best (%)", "of teacher",
           "synthesis (s)", "wall (min)", "synthetic images", "KD images"]
-  if ref is not None:
-    head += [f"synthesis s to {reference}'s acc.", "speed-up"]
+  for ref in refs:
+    head += [f"synthesis s to {ref['name']}'s acc.", "speed-up"]
+  if paper is not None:
+    head.insert(1, "paper (%)")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  lines += ["| " + " | ".join(row_cells(r, ref)) + " |" for r in rows]
+  for r in rows:
+    cells = row_cells(r, refs)
+    if paper is not None:
+      cells.insert(1, _fmt(paper.get(r["name"], math.nan)))
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
