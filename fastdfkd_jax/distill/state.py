@@ -37,14 +37,19 @@ def put_pool(images: np.ndarray, filled: int, cursor: int, mesh) -> pool_lib.Poo
 
 def init_state(distiller, config, info, teacher_vars, key) -> DistillState:
   """Fresh replicated state (and an empty sharded pool) on the distiller's mesh."""
-  k_gen, k_student = jax.random.split(key)
-  synth_state = distiller.synth.init(k_gen, teacher_vars)
-  student_vars = model_util.init_variables(
-      models.get_model(config.student.arch, info.num_classes), k_student, info.image_shape)
-  student = train_state.TrainState.create(student_vars, distiller.tx)
+  student_model = models.get_model(config.student.arch, info.num_classes)
+
+  def fresh(key, teacher_vars):
+    k_gen, k_student = jax.random.split(key)
+    student_vars = model_util.init_variables(student_model, k_student, info.image_shape)
+    return DistillState(synth=distiller.synth.init(k_gen, teacher_vars),
+                        student=train_state.TrainState.create(student_vars, distiller.tx),
+                        pool=None)
+
   mesh = distiller.mesh
-  state = DistillState(synth=synth_state, student=student, pool=None)
-  state = parallel.put_replicated(state, mesh)
+  # One program for the whole fresh state (generator, student, optimizer states, BN
+  # momentum): run eagerly, each of its operations would compile on its own.
+  state = parallel.put_replicated(model_util.run_init(fresh, key, teacher_vars), mesh)
   if distiller.on_device_pool:
     slots = pool_lib.config_slots(config)
     empty = np.zeros((slots, config.batch_size) + tuple(info.image_shape), np.uint8)

@@ -17,13 +17,14 @@ so the module's own parameters (`bn_le`, `body`) are what the generator keeps ac
 batches.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fastdfkd_jax.models import register
+from fastdfkd_jax.models import register, util as model_util
 from fastdfkd_jax.models.generator import Generator
 from fastdfkd_jax.models.layers import BatchNorm
 
@@ -63,7 +64,8 @@ class NoisyLayerGenerator(nn.Module):
     """{'params', 'batch_stats'} of a fresh generator (traceable: a re-init under jit)."""
     emb = jnp.zeros((2, self.le_size), jnp.float32)
     w, b = jnp.zeros((1, self.le_size, self.nz)), jnp.zeros((1, self.nz))
-    variables = self.clone(axis_name=None).init(key, emb, w, b, train=True)
+    init = functools.partial(self.clone(axis_name=None).init, train=True)
+    variables = model_util.run_init(init, key, emb, w, b)
     return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 

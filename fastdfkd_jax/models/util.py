@@ -9,7 +9,7 @@ All helpers work with concrete arrays and under `jax.eval_shape` (abstract
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,17 +40,22 @@ def init_variables(model: nn.Module, key: jax.Array,
   (jit, eval_shape) it just traces `model.init`.
   """
   x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
-  init = functools.partial(model.init, train=_is_generator(model))
-  if isinstance(key, jax.core.Tracer):
-    variables = init(key, x)
-  else:
-    lowered = jax.jit(init).lower(key, x)
-    try:
-      compiled = lowered.compile(_INIT_COMPILER_OPTIONS)
-    except Exception:  # pylint: disable=broad-except  # Option unknown here.
-      compiled = lowered.compile()
-    variables = compiled(key, x)
+  variables = run_init(functools.partial(model.init, train=_is_generator(model)), key, x)
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
+def run_init(init: Callable, key: jax.Array, *args) -> Any:
+  """`init(key, *args)`: traced as it is under a trace (jit, eval_shape); with a concrete
+  key jitted and compiled unoptimised, one program that runs once (run eagerly, every
+  operation of the model would compile a program of its own: about a hundred)."""
+  if isinstance(key, jax.core.Tracer):
+    return init(key, *args)
+  lowered = jax.jit(init).lower(key, *args)
+  try:
+    compiled = lowered.compile(_INIT_COMPILER_OPTIONS)
+  except Exception:  # pylint: disable=broad-except  # Option unknown here.
+    compiled = lowered.compile()
+  return compiled(key, *args)
 
 
 def activation_dtype(name: str):

@@ -109,9 +109,9 @@ def make_train_chunk(model, tx: optax.GradientTransformation,
 def init_state(config: ml_collections.ConfigDict, info: data.DatasetInfo,
                tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
   """A fresh (host) state of `config.model` on `info`'s images."""
-  variables = model_util.init_variables(models.get_model(config.model, info.num_classes),
-                                        key, info.image_shape)
-  return TrainState.create(variables, tx)
+  model = models.get_model(config.model, info.num_classes)
+  return model_util.run_init(lambda k: TrainState.create(
+      model_util.init_variables(model, k, info.image_shape), tx), key)   # one program
 
 
 def train_epoch(config, train_chunk, state: TrainState, ds, root, epoch: int,
