@@ -80,6 +80,9 @@ def assert_equal_runs(one: dict, eight: dict, rel: float = 1e-4, student_rel: fl
       assert _rel(a, b) < rel, (k, _rel(a, b))
 
 
+copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))   # one program, not one a leaf
+
+
 def test_synthesis_kd_and_fused_epoch_on_8_devices_equal_1_device(teacher_vars):
   c = tiny_config()
   results = {}
@@ -123,7 +126,7 @@ def test_methods_on_8_devices_equal_1_device(teacher_vars, method):
       synth = (d.jit_synth(st) if form == "scan" else
                d.compile_synth(st, t, jax.random.key(10), jnp.float32(1.1),
                                host_inner=form == "host"))
-      s = jax.tree.map(jnp.copy, st)
+      s = copy_tree(st)
       for call in range(2):
         s, images, metrics = synth(s, t, jax.random.key(10 + call), jnp.float32(1.1))
         tag = f"{'host' if form == 'host' else 'one'}/call{call}"

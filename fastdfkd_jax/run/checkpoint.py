@@ -47,6 +47,10 @@ def save(mngr: ocp.CheckpointManager, step: int, meta: dict, model: Any,
   the `best/` one) is replaced: a resumed run re-does that epoch bit-identically.
   """
   check_space(mngr, step, (model, state))
+  if jax.process_count() == 1:
+    # One host copy is what a single process writes; handed device arrays replicated over
+    # several devices, orbax slices each one out with a compiled program per shape.
+    model, state = jax.device_get((model, state))
   if step in mngr.all_steps():
     mngr.delete(step)
   items = dict(meta=ocp.args.JsonSave(meta), model=ocp.args.StandardSave(model))
