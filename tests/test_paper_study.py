@@ -125,7 +125,7 @@ def make_cifar_archive(tmp_path):
 
 
 def test_prepare_carries_what_the_next_items_need_in_order(tmp_path):
-  items = _tool().plan("tiny")   # t_resnet8, t_wrn16_1, fast2, dafl, kd_real
+  items = _tool().plan("tiny")   # t_resnet8, t_wrn16_1, fast2, kd_noise, kd_real
   data = make_cifar_archive(tmp_path)
   store, carry = tmp_path / "store", str(tmp_path / "carry")
   fill(store / "states" / "t_wrn16_1.tgz", 100)
@@ -142,12 +142,12 @@ def test_prepare_carries_what_the_next_items_need_in_order(tmp_path):
     (store / "records" / t / "summary.json").write_text("{}")
   fill(store / "teachers" / "t_resnet8.npz", 5000)
   fill(store / "teachers" / "t_wrn16_1.npz", 10**6)
-  fill(store / "states" / "dafl.tgz", 300)
+  fill(store / "states" / "kd_noise.tgz", 300)
   budget = 5000 + 300 + os.path.getsize(store / "cifar10_test.tar.gz")
   report = paper_carry.prepare(str(store), carry, data, items, budget)
   assert os.listdir(os.path.join(carry, "data")) == ["cifar10_test.tar.gz"]
   assert sorted(os.listdir(os.path.join(carry, "teachers"))) == ["t_resnet8.npz"]
-  assert os.listdir(os.path.join(carry, "states")) == ["dafl.tgz"]
+  assert os.listdir(os.path.join(carry, "states")) == ["kd_noise.tgz"]
   assert report.endswith("no room beside them): kd_real")
 
 
@@ -167,7 +167,7 @@ def test_the_tiny_queue_stops_at_a_deadline_and_a_second_call_finishes_it(tmp_pa
                         "--min_start_s=0", f"--out={tmp_path}/b1"])
   first = json.loads(capsys.readouterr().out)
   assert rc == 124 and first["status"] == {"t_resnet8": "stopped", "t_wrn16_1": "stopped",
-                                           "fast2": "not started", "dafl": "not started",
+                                           "fast2": "not started", "kd_noise": "not started",
                                            "kd_real": "not started"}
   assert "states/t_resnet8.tgz" in first["packed"] and not first["left_out"]
   assert tool.main(["collect", f"{tmp_path}/b1", f"--store={tmp_path}/s2",
@@ -184,7 +184,7 @@ def test_the_tiny_queue_stops_at_a_deadline_and_a_second_call_finishes_it(tmp_pa
     rows = [json.loads(line) for line in (rec / t / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert "resumed after epoch 0" in (tmp_path / "s3" / "records" / t / "run.log").read_text()
-  for name in ("fast2", "dafl", "kd_real"):
+  for name in ("fast2", "kd_noise", "kd_real"):
     summary = json.loads((rec / name / "summary.json").read_text())
     assert summary["mode"] == "distill" and 0 < summary["teacher_acc"] <= 100
     assert json.loads((rec / name / "environment.json").read_text())["backend"] == "cpu"
@@ -192,7 +192,7 @@ def test_the_tiny_queue_stops_at_a_deadline_and_a_second_call_finishes_it(tmp_pa
   capsys.readouterr()
   assert tool.main(["table", "--scale=tiny", f"--records={rec}"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert [line.split("|")[1].strip() for line in lines[2:]] == ["Fast-2", "DAFL", "KD-real"]
+  assert [line.split("|")[1].strip() for line in lines[2:]] == ["Fast-2", "KD-noise", "KD-real"]
 
 
 def test_the_window_script_parses_and_runs_the_study_from_the_carry():
