@@ -32,13 +32,13 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import paper_carry  # noqa: E402  (experiments/ is no package)
+import accelerator_bench  # noqa: E402  (experiments/ is no package)
+import paper_carry  # noqa: E402
 import paper_queue  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,15 +105,13 @@ def _tiny_plan() -> list[Item]:
 
 
 def environment() -> dict:
+  """The benchmark's own record (python, nvidia-smi) with jax, the devices and the commit,
+  as experiments/accelerator_study.sh writes it."""
   import jax   # pylint: disable=import-outside-toplevel
   git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-  smi = shutil.which("nvidia-smi")
-  return dict(python=sys.version.split()[0], jax=jax.__version__,
-              backend=jax.default_backend(),
-              devices=[d.device_kind for d in jax.devices()], commit=git.stdout.strip(),
-              nvidia_smi=subprocess.run([smi, "--query-gpu=name,memory.total",
-                                         "--format=csv,noheader"], capture_output=True,
-                                        text=True).stdout.strip() if smi else "")
+  return dict(accelerator_bench.environment(jax.default_backend()), jax=jax.__version__,
+              backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()],
+              commit=git.stdout.strip())
 
 
 def do_run(a) -> int:
