@@ -5,8 +5,9 @@ release-layout module (`torch_testlib.state_dict`, random weights AND random Bat
 running statistics, so the eval-mode BN conversion is exercised), written as a `.pth` with
 `teacher.pth.write`, and the converted Flax logits must match those PyTorch computed from the
 same weights and inputs (tests/data/torch_golden/, made once with torch 2.13.0 by its
-make_golden.py) to 1e-4. `resnet8_cifar10.pth` there is a checkpoint torch.save wrote itself
-(wrapped, DataParallel's `module.` prefixes): the CLI imports it.
+make_golden.py) to 1e-4. The CLI imports a release-style wrapped checkpoint
+(`torch_testlib.write_wrapped`: DataParallel's `module.` prefixes, epoch and best_acc); the
+files torch.save itself wrote are test_pth.py's goldens (tests/data/pth).
 """
 
 import os
@@ -204,9 +205,15 @@ def cli_error(capsys, *args, one_line: bool = True) -> str:
   return err
 
 
-def test_cli_imports_a_torch_saved_checkpoint(tmp_path, capsys):
-  source = os.path.join(lib.GOLDEN, f"{lib.PTH_NAME}.pth")
-  # What torch.save wrote: the wrapper, DataParallel's prefixes, int64 BN step counts.
+def wrapped_checkpoint(tmp_path) -> str:
+  source = str(tmp_path / f"{lib.PTH_NAME}.pth")
+  lib.write_wrapped(source, case_state_dict(lib.PTH_NAME))
+  return source
+
+
+def test_cli_imports_a_release_checkpoint(tmp_path, capsys):
+  source = wrapped_checkpoint(tmp_path)
+  # As the release saves it: the wrapper, DataParallel's prefixes, int64 BN step counts.
   saved = pth.read(source)
   assert saved["epoch"] == 199 and saved["best_acc"] == 95.5
   want = lib.with_bn_steps(lib.state_dict(lib.golden_layout(lib.PTH_NAME)[0], lib.PTH_NAME))
@@ -249,7 +256,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
   custom = os.path.join(PTH_FIXTURES, "custom.pth")
   assert "holds Python objects besides tensors" in cli_error(capsys, "--arch=resnet8", custom,
                                                              out)
-  source = os.path.join(lib.GOLDEN, f"{lib.PTH_NAME}.pth")
+  source = wrapped_checkpoint(tmp_path)
   assert "--num_classes=100 but dataset cifar10 has 10" in cli_error(
       capsys, "--arch=resnet8", "--num_classes=100", source, out)
   listing = cli_error(capsys, "--arch=wrn16_1", source, out, one_line=False)

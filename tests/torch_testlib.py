@@ -4,8 +4,8 @@ Every test model's weights are a function of its case name and the release layou
 key -> shape) alone (`state_dict`), and so are its inputs (`inputs`): the tests rebuild
 both with NumPy, and `tests/data/torch_golden/make_golden.py` (run once with torch, see the
 README there) built the same state_dicts into PyTorch modules of the release's structure and
-stored their outputs (`outputs.npz`), their layouts and parameter counts (`layouts.json`)
-and one checkpoint `torch.save` wrote itself (`resnet8_cifar10.pth`).
+stored their outputs (`outputs.npz`) and their layouts and parameter counts
+(`layouts.json`). `write_wrapped` writes a release-style checkpoint at test time.
 
 This module imports NumPy only (JAX where a function needs it): the generator script
 imports it under the torch venv.
@@ -14,6 +14,7 @@ imports it under the torch venv.
 import json
 import math
 import os
+import struct
 import zlib
 from collections.abc import Mapping
 
@@ -47,8 +48,8 @@ IMAGENET_SHAPE, IMAGENET_BATCH = (32, 32, 3), 2
 DEEPLAB = [("deeplabv3_resnet50", 8, 64), ("deeplabv3_mobilenet", 8, 64),
            ("deeplabv3_mobilenet", 16, 61)]
 DEEPLAB_CLASSES = 13
-# The checkpoint torch.save wrote: resnet8 for cifar10, {"state_dict": {"module." + key: ...},
-# "epoch": 199, "best_acc": 95.5}; its weights are `state_dict(layout, PTH_NAME)`.
+# The CLI's checkpoint (`write_wrapped`): resnet8 for cifar10, {"state_dict": {"module." +
+# key: ...}, "epoch": 199, "best_acc": 95.5}; its weights are `state_dict(layout, PTH_NAME)`.
 PTH_NAME = "resnet8_cifar10"
 PTH_BATCH = 2
 BN_STEPS = 123  # every BN's num_batches_tracked
@@ -107,6 +108,27 @@ def with_bn_steps(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if key.endswith(".running_mean"):
       out[key[:-len("running_mean")] + "num_batches_tracked"] = np.array(BN_STEPS, np.int64)
   return out
+
+
+def write_wrapped(path: str, sd: Mapping[str, np.ndarray], epoch: int = 199,
+                  best_acc: float = 95.5) -> None:
+  """`torch.save({"state_dict": DataParallel(net).state_dict(), "epoch": .., "best_acc": ..})`:
+  `teacher.pth.write`'s zip of `module.`-prefixed tensors, its pickle nested in that dict.
+  (The formats torch.save itself writes are tests/data/pth's goldens.)"""
+  import zipfile   # pylint: disable=import-outside-toplevel
+  from fastdfkd_jax.teacher import pth   # pylint: disable=import-outside-toplevel
+  pth.write(path, {f"module.{k}": v for k, v in sd.items()})
+  with zipfile.ZipFile(path) as zf:
+    records = [(info, zf.read(info)) for info in zf.infolist()]
+  key = lambda s: b"X" + struct.pack("<I", len(s)) + s.encode()   # noqa: E731 BINUNICODE
+  for i, (info, data) in enumerate(records):
+    if info.filename.endswith("/data.pkl"):   # PROTO 2 ... STOP: nest it, then 2 more items
+      records[i] = (info, b"\x80\x02}(" + key("state_dict") + data[2:-1] + key("epoch")
+                    + b"J" + struct.pack("<i", epoch) + key("best_acc") + b"G"
+                    + struct.pack(">d", best_acc) + b"u.")
+  with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+    for info, data in records:
+      zf.writestr(info, data)
 
 
 def inputs(shape, name: str) -> np.ndarray:

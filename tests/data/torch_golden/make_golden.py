@@ -20,8 +20,10 @@ the cases are torch_testlib's tables. Written here:
                        state_dict layout (num_batches_tracked aside) and parameter count of
                        every case (DeepLab's under `deeplab_layout_name`), and of
                        torchvision's models at 1000 classes, DeepLab's at 21
-  resnet8_cifar10.pth  torch.save of {"state_dict": DataParallel(resnet8).state_dict(),
-                       "epoch": 199, "best_acc": 95.5}
+
+(A torch.save'd resnet8 checkpoint is no longer kept: tests/torch_testlib.py
+`write_wrapped` writes the same wrapper at test time, and tests/data/pth/ holds the few-KB
+files torch.save wrote, the formats' goldens.)
 """
 
 import json
@@ -563,8 +565,6 @@ def main():
     out[name] = run(net, lib.inputs((1, size, size, 3), name))
   net = weighted(make_classifier("resnet8", 10, (32, 32, 3)), lib.PTH_NAME)
   out[lib.PTH_NAME] = run(net, lib.inputs((lib.PTH_BATCH, 32, 32, 3), lib.PTH_NAME))
-  wrapped = {"state_dict": nn.DataParallel(net).state_dict(), "epoch": 199, "best_acc": 95.5}
-  torch.save(wrapped, os.path.join(HERE, f"{lib.PTH_NAME}.pth"))
 
   np.savez_compressed(os.path.join(HERE, "outputs.npz"),
                       **{k: v.astype(np.float32) for k, v in sorted(out.items())})
