@@ -114,6 +114,22 @@ def config_file():
   return load_config_file
 
 
+def _layer(item) -> int:
+  return 0 if item.get_closest_marker("e2e") else (
+      1 if item.get_closest_marker("integration") else 2)
+
+
+def pytest_collection_modifyitems(items):
+  """Modules with end-to-end tests first, then those with integration runs, then the
+  rest, each module whole and in its own order: xdist's workers take the tests in this
+  order, so the longest start first and the suite ends on short unit tests on both
+  workers, not on one worker's subprocess run while the other waits."""
+  rank = {}
+  for item in items:
+    rank[item.module] = min(rank.get(item.module, 2), _layer(item))
+  items.sort(key=lambda item: rank[item.module])
+
+
 COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
