@@ -187,11 +187,8 @@ def teacher(digits_teacher):
 def one_device_env(**extra) -> dict:
   """This process's environment for a child on one CPU device: the user's own XLA_FLAGS and
   the suite's -O1, without the suite's device count."""
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **extra)
-  env.pop("XLA_FLAGS", None)
-  if _CHILD_XLA_FLAGS:
-    env["XLA_FLAGS"] = _CHILD_XLA_FLAGS
-  return env
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=_CHILD_XLA_FLAGS,
+              **extra)
 
 
 def main(workdir, *flags, wait: bool = True, timeout: int = 600):

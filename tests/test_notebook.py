@@ -65,9 +65,7 @@ def test_notebook_runs_small_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setenv("FASTDFKD_NOTEBOOK_WORKDIR", str(workdir))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   # The kernel sees one CPU device, as a Colab CPU runtime does (not the suite's 8).
-  monkeypatch.delenv("XLA_FLAGS")
-  if "XLA_FLAGS" in one_device_env():
-    monkeypatch.setenv("XLA_FLAGS", one_device_env()["XLA_FLAGS"])
+  monkeypatch.setenv("XLA_FLAGS", one_device_env()["XLA_FLAGS"])
   # The kernel imports this checkout even where the package is not installed.
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))

@@ -170,8 +170,6 @@ def test_the_tiny_queue_stops_at_a_deadline_and_a_second_call_finishes_it(tmp_pa
   gets, on a new work folder: it resumes the teacher, rounds it, runs both rows at once."""
   for k, v in one_device_env().items():
     monkeypatch.setenv(k, v)
-  if "XLA_FLAGS" not in one_device_env():
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
   tool = _tool()
   run = ["run", "--scale=tiny", "--slots=2"]
   rc = tool.main(run + [f"--store={tmp_path}/s1", f"--work={tmp_path}/w1", "--deadline_s=1",
