@@ -92,7 +92,8 @@ def run(config, workdir, devices: int = 1) -> dict:
 
 def tiny_distill(teacher_dir: str, **changes):
   """The suite's tiny FastDFKD run on digits (resnet8 -> resnet8, k=2, batch 16, 3 epochs
-  with 1 warmup, 2 KD steps): runs of the same shapes share their compiled programs."""
+  with 1 warmup, 2 KD steps): runs of the same shapes share their compiled programs
+  (through the session's compilation cache)."""
   from fastdfkd_jax.config import schema
   c = schema.default_config()
   c.teacher.arch, c.student.arch = TEACHER_ARCH, "resnet8"
@@ -106,7 +107,28 @@ def tiny_distill(teacher_dir: str, **changes):
     for p in parents:
       group = group[p]
     group[leaf] = value
+  if "pool.capacity" not in changes:
+    # A pool of one shape for every run of up to 8 epochs (0 would size it epochs x batch),
+    # so runs of different lengths share their compiled programs; it never wraps, so
+    # what they sample is what `capacity=0` samples.
+    c.pool.capacity = max(8, c.epochs) * c.batch_size
   return c
+
+
+# Each method's tiny settings, shared by the files that run it (test_parallel's 1-vs-8
+# checks and the integration runs of test_modes_distill and test_synthesis_nayer): with
+# `tiny_distill` they give the same programs, which compile once for the whole session.
+TINY_METHODS = {
+    # CMI keeps a memory bank, an MLP head and its Adam state across calls.
+    "cmi": {"method": "cmi", "cmi.bank_size": 96, "cmi.n_neg": 48, "cmi.head_dim": 16,
+            "synth.lr_g": 1e-3, "synth.bn": 1.0, "synth.oh": 1.0, "synth.adv": 0.5},
+    # Every image prior on.
+    "deepinversion": {"method": "deepinversion", "synth.lr_g": 0.1, "deepinversion.tv": 1e-4,
+                      "deepinversion.tv_l2": 1e-4, "deepinversion.l2": 1e-5},
+    # One noisy layer per chunk of 10 images: 10 images a device on 8 devices.
+    "nayer": {"method": "nayer", "batch_size": 80, "nayer.le_size": 16,
+              "nayer.le_emb_size": 24, "synth.g_life": 2},
+}
 
 
 @pytest.fixture(scope="session")
@@ -119,12 +141,35 @@ def _layer(item) -> int:
       1 if item.get_closest_marker("integration") else 2)
 
 
+# Each test module's lowest layer: 0 with an e2e test, 1 with an integration run, else 2.
+_MODULE_LAYER = {}
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_compile_unoptimized(request):
+  """A unit test runs its programs once or a few times: it compiles them unoptimised
+  (jax_disable_most_optimizations: LLVM -O0, no expensive passes; the compile-bound unit
+  tests of six files took 251 s instead of 294 s on one core). Modules with integration
+  runs keep -O1 whole: the runs run long enough that -O0 code costs more than it saves,
+  and their unit tests (test_parallel's) share programs with them through the cache,
+  which keys on the options. Higher-scoped fixtures (the session teacher) are set up
+  before this one."""
+  if _MODULE_LAYER.get(request.node.module, 2) < 2:
+    yield
+    return
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
 def pytest_collection_modifyitems(items):
   """Modules with end-to-end tests first, then those with integration runs, then the
   rest, each module whole and in its own order: xdist's workers take the tests in this
   order, so the longest start first and the suite ends on short unit tests on both
   workers, not on one worker's subprocess run while the other waits."""
-  rank = {}
+  rank = _MODULE_LAYER
   for item in items:
     rank[item.module] = min(rank.get(item.module, 2), _layer(item))
   items.sort(key=lambda item: rank[item.module])

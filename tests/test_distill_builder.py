@@ -7,19 +7,16 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import make_mesh
+from conftest import make_mesh, tiny_distill
 from fastdfkd_jax import data, models, synthesis
-from fastdfkd_jax.config import schema
 from fastdfkd_jax.distill import builder, sources, state as state_lib, steps
 from fastdfkd_jax.models import util as model_util
 from fastdfkd_jax.run import loops, parallel
 
 
 def tiny_config(**fields):
-  c = schema.default_config()
-  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
-  c.kd.steps, c.epochs, c.warmup = 2, 3, 1
-  c.teacher.arch, c.student.arch = "resnet8", "resnet8"
+  """The suite's tiny run (conftest.tiny_distill: the integration runs' programs)."""
+  c = tiny_distill("")
   c.update(fields)
   return c
 

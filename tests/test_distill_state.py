@@ -15,8 +15,9 @@ from conftest import TEACHER_ARCH, tiny_distill
 
 @pytest.fixture(scope="module")
 def setup(mesh1):
-  """The suite's tiny digits config, its teacher variables (random) on one device."""
-  c = tiny_distill("")
+  """The suite's tiny digits config with the default pool (capacity 0: one slot per
+  synthesis call of the run), its teacher variables (random) on one device."""
+  c = tiny_distill("", **{"pool.capacity": 0})
   info = data.get_info("digits")
   t = parallel.put_replicated(model_util.init_variables(
       models.get_model(TEACHER_ARCH, info.num_classes), jax.random.key(1),

@@ -13,7 +13,7 @@ import os
 import jax
 import pytest
 
-from conftest import crash_at_epoch, load_config_file, rows, run, tiny_distill
+from conftest import TINY_METHODS, crash_at_epoch, load_config_file, rows, run, tiny_distill
 from fastdfkd_jax import errors
 from fastdfkd_jax.distill import epochs, steps
 from fastdfkd_jax.modes import distill as distill_mode
@@ -91,15 +91,11 @@ def test_the_run_files_count_images_and_seconds(tiny_run, digits_teacher):
   assert checkpoint.restore_meta(best)["student_acc"] == summary["best_student_acc"]
 
 
-# CMI keeps a memory bank, an MLP head and its Adam state across calls: all of it must
-# come back from the checkpoint for the losses after the resume to repeat.
-CMI = {"method": "cmi", "cmi.bank_size": 96, "cmi.n_neg": 48, "cmi.head_dim": 16,
-       "synth.lr_g": 1e-3, "synth.bn": 1.0, "synth.oh": 1.0, "synth.adv": 0.5}
-
-
 @pytest.mark.parametrize("method", ["fast_meta", "cmi"])
 def test_a_crash_resumes_to_identical_metrics(teacher, tmp_path, monkeypatch, method):
-  changes = dict(CMI if method == "cmi" else {}, epochs=4)
+  # CMI keeps a memory bank, an MLP head and its Adam state across calls: all of it must
+  # come back from the checkpoint for the losses after the resume to repeat.
+  changes = dict(TINY_METHODS.get(method, {}), epochs=4)
   full = run(tiny_distill(teacher, **changes), tmp_path / "full")
   with monkeypatch.context() as m:
     crash_at_epoch(m, 2)
@@ -212,8 +208,7 @@ def test_generative_baselines_learn_above_chance(method, teacher, tmp_path):
 
 
 def test_deepinversion_runs_with_its_priors(teacher, tmp_path):
-  summary = run(tiny_distill(teacher, **{"method": "deepinversion", "synth.lr_g": 0.1,
-                                         "deepinversion.tv": 1e-4}), tmp_path)
+  summary = run(tiny_distill(teacher, **TINY_METHODS["deepinversion"]), tmp_path)
   assert summary["method"] == "deepinversion" and summary["kd_images"] == 2 * 2 * 16
   r = rows(tmp_path)
   assert len(r) == 3 and all(x["loss_adv"] <= 0 and x["loss_tv"] > 0 for x in r[1:])

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_mesh, rows, run, tiny_distill
+from conftest import TINY_METHODS, make_mesh, rows, run, tiny_distill
 from fastdfkd_jax import data, models, synthesis
 from fastdfkd_jax.config import checks, schema
 from fastdfkd_jax.distill import sources, state as state_lib, steps
@@ -23,17 +23,9 @@ from fastdfkd_jax.training import optim
 
 
 def tiny_config(**changes):
-  c = schema.default_config()
-  c.batch_size, c.k, c.synth.nz, c.synth.ngf = 16, 2, 16, 8
-  c.kd.steps, c.epochs, c.warmup, c.kd.lr = 2, 3, 1, 0.1
-  c.teacher.arch, c.student.arch = "resnet8", "resnet8"
-  for key, value in changes.items():
-    *groups, leaf = key.split(".")
-    target = c
-    for g in groups:
-      target = target[g]
-    target[leaf] = value
-  return c
+  """The suite's tiny FastDFKD run (conftest.tiny_distill: its programs are the
+  integration runs'), without a teacher: the checks below bring their own."""
+  return tiny_distill("", **changes)
 
 
 def _flat(prefix, tree) -> dict:
@@ -108,14 +100,10 @@ def test_methods_on_8_devices_equal_1_device(teacher_vars, method):
   lax.scan form of TPU/GPU against host steps: test_synthesis_fast_meta.py, for the
   inversion engine.)"""
   name, _, variant = method.partition(":")
-  c = tiny_config(method=name, **{"cmi.bank_size": 64, "cmi.n_neg": 24, "cmi.head_dim": 16,
-                                  "deepinversion.tv": 1e-3, "deepinversion.tv_l2": 1e-4,
-                                  "deepinversion.l2": 1e-5})
+  c = tiny_config(**TINY_METHODS.get(name, {"method": name}))
   if variant == "imagenet":
     c.synth.meta_latent, c.synth.reinit_every, c.synth.meta_lr_g = True, 2, 1e-4
     c.synth.augment, c.synth.keep = "resized_crop", "last"
-  if name == "nayer":   # one noisy layer per chunk of 10 images: 10 images a device
-    c.batch_size, c.nayer.le_size, c.nayer.le_emb_size, c.synth.g_life = 80, 16, 24, 2
   if name == "generative":
     c.synth.adv, c.synth.bn, c.synth.oh, c.synth.act, c.synth.balance = 1, 1, 1, 0.1, 5.0
     c.synth.lr_g, c.synth.kd_steps, c.kd.steps = 1e-3, 2, 4

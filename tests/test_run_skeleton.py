@@ -328,7 +328,7 @@ def test_counters_round_trip_through_meta():
 @pytest.mark.parametrize("value", ["0", "-5", "ten", "1.5", ""])
 def test_a_bad_heartbeat_setting_is_one_line(value):
   """FASTDFKD_HEARTBEAT_SECONDS (how long a multi-process run waits for a process that is
-  gone; tests/test_e2e.py uses 30) takes whole seconds >= 1; 100, jax's, by default."""
+  gone; tests/test_e2e.py uses 10) takes whole seconds >= 1; 100, jax's, by default."""
   from fastdfkd_jax.run import parallel
   assert parallel._heartbeat_seconds({}) == 100
   assert parallel._heartbeat_seconds({"FASTDFKD_HEARTBEAT_SECONDS": "30"}) == 30

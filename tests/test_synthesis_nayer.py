@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, rows, run, tiny_distill
+from conftest import REPO, TINY_METHODS, rows, run, tiny_distill
 from fastdfkd_jax import data, errors, models, synthesis
 from fastdfkd_jax.config import checks, schema
 from fastdfkd_jax.distill import epochs
@@ -146,8 +146,7 @@ def test_g_life_restarts_the_generator_every_g_life_epochs():
 
 @pytest.mark.integration
 def test_a_crash_resumes_to_identical_metrics(teacher, tmp_path, monkeypatch):
-  changes = {"method": "nayer", "batch_size": 20, "nayer.le_emb_size": 32,
-             "synth.g_life": 2, "synth.calls_per_epoch": 2, "epochs": 4}
+  changes = dict(TINY_METHODS["nayer"], **{"synth.calls_per_epoch": 2, "epochs": 4})
   full = run(tiny_distill(teacher, **changes), tmp_path / "full")
   real = epochs.run_epoch
 
@@ -164,7 +163,7 @@ def test_a_crash_resumes_to_identical_metrics(teacher, tmp_path, monkeypatch):
   keys = ("epoch", "student_acc", "best_loss", "kd_loss", "loss_bn", "step")
   assert [[r.get(k) for k in keys] for r in rows(tmp_path / "cut")] == [
       [r.get(k) for k in keys] for r in rows(tmp_path / "full")]
-  assert resumed["synth_images"] == full["synth_images"] == 4 * 2 * 20
+  assert resumed["synth_images"] == full["synth_images"] == 4 * 2 * 80
 
 
 @pytest.mark.integration
