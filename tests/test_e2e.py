@@ -56,13 +56,15 @@ def test_the_readme_command_trains_a_teacher_then_a_student(tmp_path):
           "bash .ci/run\n") in readme
   with open(os.path.join(REPO, ".ci", "run")) as f:
     assert "bash .ci/venv test" in f.read()
-  proc = main(tmp_path, "--config.teacher.epochs=5", "--config.epochs=6",
-              "--config.warmup=1", "--config.kd.cosine_epochs=6", timeout=1200)
+  # Measured on one core of the 2-core AMD EPYC: teacher 80.8 %, student 44.4 %, 60 s
+  # (at 5 and 6 epochs: 91.4 % and 43.3 %, 75 s).
+  proc = main(tmp_path, "--config.teacher.epochs=3", "--config.epochs=4",
+              "--config.warmup=1", "--config.kd.cosine_epochs=4", timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["teacher_acc"] >= 70.0 and summary["student_acc"] >= 25.0, summary
-  assert [r["step"] for r in rows(tmp_path / "teacher")][-1] == 5 * (1437 // 64)
-  assert [r["step"] for r in rows(tmp_path)][-1] == 5 * 30
+  assert [r["step"] for r in rows(tmp_path / "teacher")][-1] == 3 * (1437 // 64)
+  assert [r["step"] for r in rows(tmp_path)][-1] == 3 * 30
 
 
 def test_random_kills_and_stops_end_exactly_like_an_uninterrupted_run(teacher, uninterrupted,
