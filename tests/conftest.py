@@ -214,13 +214,24 @@ def tiny_nets():
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory):
-  """A resnet8 digits teacher trained once per process in process: (workdir, summary)."""
-  c = load_config_file("teacher.py", "digits")
-  c.model, c.batch_size, c.optim.lr = TEACHER_ARCH, 64, 0.05
-  c.epochs = TEACHER_EPOCHS
-  c.checkpoint_every = TEACHER_EPOCHS   # only the final checkpoint
-  workdir = str(tmp_path_factory.mktemp("digits_teacher"))
-  return workdir, run(c, workdir)
+  """A resnet8 digits teacher trained in process once per pytest run: (workdir, summary).
+  Under xdist the first worker to need it trains it (under a file lock in the run's base
+  directory, which the workers share) and the other reads it."""
+  import fcntl
+  import json
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent   # pytest-N/, the parent of each worker's popen-gwK/
+  workdir = base / "digits_teacher"
+  with open(base / "digits_teacher.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if (workdir / "summary.json").exists():
+      return str(workdir), json.loads((workdir / "summary.json").read_text())
+    c = load_config_file("teacher.py", "digits")
+    c.model, c.batch_size, c.optim.lr = TEACHER_ARCH, 64, 0.05
+    c.epochs = TEACHER_EPOCHS
+    c.checkpoint_every = TEACHER_EPOCHS   # only the final checkpoint
+    return str(workdir), run(c, str(workdir))
 
 
 @pytest.fixture(scope="session")
