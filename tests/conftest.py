@@ -141,35 +141,12 @@ def _layer(item) -> int:
       1 if item.get_closest_marker("integration") else 2)
 
 
-# Each test module's lowest layer: 0 with an e2e test, 1 with an integration run, else 2.
-_MODULE_LAYER = {}
-
-
-@pytest.fixture(autouse=True)
-def _unit_tests_compile_unoptimized(request):
-  """A unit test runs its programs once or a few times: it compiles them unoptimised
-  (jax_disable_most_optimizations: LLVM -O0, no expensive passes; the compile-bound unit
-  tests of six files took 251 s instead of 294 s on one core). Modules with integration
-  runs keep -O1 whole: the runs run long enough that -O0 code costs more than it saves,
-  and their unit tests (test_parallel's) share programs with them through the cache,
-  which keys on the options. Higher-scoped fixtures (the session teacher) are set up
-  before this one."""
-  if _MODULE_LAYER.get(request.node.module, 2) < 2:
-    yield
-    return
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def pytest_collection_modifyitems(items):
   """Modules with end-to-end tests first, then those with integration runs, then the
   rest, each module whole and in its own order: xdist's workers take the tests in this
   order, so the longest start first and the suite ends on short unit tests on both
   workers, not on one worker's subprocess run while the other waits."""
-  rank = _MODULE_LAYER
+  rank = {}
   for item in items:
     rank[item.module] = min(rank.get(item.module, 2), _layer(item))
   items.sort(key=lambda item: rank[item.module])
