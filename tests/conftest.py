@@ -108,10 +108,10 @@ def tiny_distill(teacher_dir: str, **changes):
       group = group[p]
     group[leaf] = value
   if "pool.capacity" not in changes:
-    # A pool of one shape for every run of up to 8 epochs (0 would size it epochs x batch),
-    # so runs of different lengths share their compiled programs; it never wraps, so
-    # what they sample is what `capacity=0` samples.
-    c.pool.capacity = max(8, c.epochs) * c.batch_size
+    # A pool of one shape for every run of up to 8 synthesis calls (0 would size it one
+    # slot a call), so runs of different lengths share their compiled programs; it never
+    # wraps, so what they sample is what `capacity=0` samples.
+    c.pool.capacity = max(8, c.epochs * c.synth.calls_per_epoch) * c.batch_size
   return c
 
 

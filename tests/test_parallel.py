@@ -22,12 +22,6 @@ from fastdfkd_jax.teacher import train as teacher_train
 from fastdfkd_jax.training import optim
 
 
-def tiny_config(**changes):
-  """The suite's tiny FastDFKD run (conftest.tiny_distill: its programs are the
-  integration runs'), without a teacher: the checks below bring their own."""
-  return tiny_distill("", **changes)
-
-
 def _flat(prefix, tree) -> dict:
   return {prefix + jax.tree_util.keystr(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
@@ -72,10 +66,8 @@ def assert_equal_runs(one: dict, eight: dict, rel: float = 1e-4, student_rel: fl
       assert _rel(a, b) < rel, (k, _rel(a, b))
 
 
-
-
 def test_synthesis_kd_and_fused_epoch_on_8_devices_equal_1_device(teacher_vars):
-  c = tiny_config()
+  c = tiny_distill("")
   results = {}
   for n in (1, 8):
     d, t, st = build(c, teacher_vars, n)
@@ -100,7 +92,7 @@ def test_methods_on_8_devices_equal_1_device(teacher_vars, method):
   lax.scan form of TPU/GPU against host steps: test_synthesis_fast_meta.py, for the
   inversion engine.)"""
   name, _, variant = method.partition(":")
-  c = tiny_config(**TINY_METHODS.get(name, {"method": name}))
+  c = tiny_distill("", **TINY_METHODS.get(name, {"method": name}))
   if variant == "imagenet":
     c.synth.meta_latent, c.synth.reinit_every, c.synth.meta_lr_g = True, 2, 1e-4
     c.synth.augment, c.synth.keep = "resized_crop", "last"
@@ -146,9 +138,10 @@ def test_teacher_training_steps_on_8_devices_equal_1_device():
 
 @pytest.fixture(scope="module")
 def eight_device_run(teacher, tmp_path_factory):
-  """The tiny run on 8 devices (a pool of fixed size, so longer runs keep its shape)."""
+  """The tiny run on 8 devices (tiny_distill's pool has 8 slots, so longer runs keep its
+  shape)."""
   work = tmp_path_factory.mktemp("run8")
-  c = tiny_distill(teacher, **{"pool.capacity": 8 * 16, "allow_config_change": True})
+  c = tiny_distill(teacher, allow_config_change=True)
   return work, c, run(c, work, devices=8)
 
 
@@ -178,8 +171,7 @@ def test_a_checkpoint_saved_on_8_devices_resumes_on_1(eight_device_run, tmp_path
 
 @pytest.mark.integration
 def test_a_checkpoint_saved_on_1_device_resumes_on_8(teacher, tmp_path):
-  c = tiny_distill(teacher, **{"pool.capacity": 8 * 16, "allow_config_change": True,
-                               "epochs": 2})
+  c = tiny_distill(teacher, allow_config_change=True, epochs=2)
   run(c, tmp_path, devices=1)
   c.epochs = 3
   s = run(c, tmp_path, devices=8)
