@@ -84,7 +84,9 @@ def test_every_line_is_its_row_with_all_keys(host_run):
     assert (r["teacher"], r["student"], r["k"], r["batch"], r["num_devices"]) == (
         "resnet8", "resnet8", 2, BATCH, 1)
     assert (r["backend"], r["repeats"], r["warmup_calls"]) == ("cpu", 1, 0)
-    assert r["dtype"] == xla_env.resolve_dtype("auto")   # resolved, never 'auto'
+    # The config's dtype, resolved: bench_smoke keeps the default float32 ('auto' would
+    # be bfloat16 on a CPU with native bfloat16 and float32 elsewhere).
+    assert r["dtype"] == xla_env.resolve_dtype(smoke_config().dtype) == "float32"
 
 
 @pytest.mark.integration
