@@ -224,15 +224,21 @@ def one_device_env(**extra) -> dict:
               **extra)
 
 
+def devices_env(devices: int, **extra) -> dict:
+  """`one_device_env` for a child on `devices` CPU devices (XLA's forced host count)."""
+  env = one_device_env(**extra)
+  if devices != 1:
+    env["XLA_FLAGS"] = " ".join(
+        [_CHILD_XLA_FLAGS, f"--xla_force_host_platform_device_count={devices}"]).strip()
+  return env
+
+
 def main(workdir, *flags, wait: bool = True, timeout: int = 600, devices: int = 1):
   """`python -m fastdfkd_jax.main --workdir=... flags` in a subprocess on `devices` CPU
   devices (default one), from the repository root: the finished process (output
   captured), or the running Popen with wait=False."""
   cmd = [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags]
-  env = one_device_env()
-  if devices != 1:
-    env["XLA_FLAGS"] = os.environ["XLA_FLAGS"].replace(
-        f"device_count={DEVICES}", f"device_count={devices}")
+  env = devices_env(devices)
   if not wait:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, main, one_device_env, rows
+from conftest import REPO, devices_env, main, one_device_env, rows
 
 pytestmark = pytest.mark.e2e
 
@@ -118,9 +118,7 @@ def _two_processes(workdir, flags):
   unoptimised: CPU collectives across processes cannot use the persistent compilation
   cache, so each start compiles cold, and these runs are too short for the kernels' speed
   to matter (measured on one core, two processes of the tiny run: 56 s -> 46 s)."""
-  port, env = _free_port(), one_device_env(JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""),
-                               "--xla_force_host_platform_device_count=4"]).strip()
+  port, env = _free_port(), devices_env(4, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   return [subprocess.Popen(
       [sys.executable, "-m", "fastdfkd_jax.main", f"--workdir={workdir}", *flags],
       env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
@@ -158,8 +156,8 @@ def _kill_after_checkpoint(workdir, flags, epoch: int, victim: int) -> None:
 def test_a_dead_process_stops_the_other_and_all_resume(digits_teacher, tmp_path):
   """Two processes of 4 devices: process 1 killed after epoch 0, then (both restarted, the
   run resumed) the coordinator, process 0, after epoch 1; each time the other stops within
-  the bound. The two processes' checkpoint then resumes in one process of 8 devices (whose
-  programs the suite's in-process 8-device runs left in the compilation cache) and the run
+  the bound. The two processes' checkpoint then resumes in one process of 8 devices (which,
+  unlike the two, may read its programs from the session's compilation cache) and the run
   ends with the teacher's score of one process."""
   teacher, teacher_summary = digits_teacher
   flags = [f"--config.teacher.checkpoint={teacher}",
