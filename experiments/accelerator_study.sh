@@ -5,8 +5,8 @@
 #   bash experiments/accelerator_study.sh OUT TEACHER DATA RUN[,RUN...] [cifar_study.py flags]
 #
 # The runs are the study's own commands (`cifar_study.py --list`), one process each, not
-# pinned. .accel/whl (bash experiments/accelerator_bench.sh prepare; add a pillow wheel) supplies
-# ml_collections and Pillow where the image lacks them. Workdirs stay in /tmp/study on the
+# pinned. .accel/whl (bash experiments/accelerator_bench.sh prepare) supplies ml_collections and
+# Pillow where the image lacks them (experiments/accelerator_site.sh). Workdirs stay in /tmp/study on the
 # machine; OUT/records.tgz gets, per run, what fastdfkd_jax.table and .plot read
 # (summary.json, metrics.jsonl), the config and the log, not the checkpoints (one archive:
 # the device tool returns only a few files), and OUT/teacher.tgz the teacher's workdir, so
@@ -21,13 +21,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 out=${1:?usage: accelerator_study.sh OUT TEACHER DATA RUN[,RUN...]}
 teacher=${2:?teacher workdir} data=${3:?data archive} runs=${4:?run names}
-site=/tmp/accel_site
-for pair in ml_collections:ml_collections PIL:pillow; do
-  if ! PYTHONPATH=$site "$PY" -c "import ${pair%%:*}" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --target $site .accel/whl/"${pair##*:}"-*.whl || exit 1
-  fi
-done
-export PYTHONPATH="$PWD:$site" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+source experiments/accelerator_site.sh && accel_site || exit 1
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # One persistent compilation cache for all runs: a second call on the same machine resumes the
 # stopped runs from their checkpoints without compiling again (runs compiled 91-138 s each
 # when 14 started at once). A cached executable is the one the compile gives.

@@ -21,6 +21,9 @@ instead of their scripts' 1000 / 200: at the scripts' counts one run would take 
 CPU-hours here. The few-step rows (Table 4) run k = 2 / 5 / 10 as the paper's.
 `--only=scripts` adds those two at their scripts' counts (deepinversion1000_s0, cmi200_s0),
 for an accelerator (experiments/accelerator_study.sh); they are not among the CPU study's 29.
+`--only=nayer` runs NAYER-5 (configs/nayer.py:cifar10-cpu, the same budget) for three seeds,
+to set beside the three Fast-5 seeds of table1 (experiments/nayer_study.sh runs both on three
+teachers on one accelerator).
 """
 
 import argparse
@@ -61,6 +64,8 @@ def plan() -> list[tuple[str, str, str, list[str]]]:
   for preset, k in (("deepinversion", 1000), ("cmi", 200)):   # the release's scripts' steps
     runs.append(("scripts", f"{preset}{k}_s0", f"configs/batchwise_cifar.py:{preset}-cpu",
                  [f"--config.k={k}", "--config.seed=0"]))
+  for s in SEEDS:   # NAYER against Fast-5 on one budget (docs/RESULTS.md, "NAYER against Fast-5")
+    runs.append(("nayer", f"nayer5_s{s}", "configs/nayer.py:cifar10-cpu", [f"--config.seed={s}"]))
   runs.append(("table1", "kd_real", "configs/fastdfkd_cpu.py:cifar10", ["--config.kd.source=real"]))
   runs.append(("table1", "kd_noise", "configs/fastdfkd_cpu.py:cifar10",
                ["--config.kd.source=noise"]))
@@ -93,6 +98,7 @@ def report_commands(args, runs) -> str:
                  f"meta={d('fast5_s0')}"],
       "metagrad": [f"param_diff-5={seeds('fast5')}", f"sum_inner-5={seeds('fast5_suminner')}",
                    f"param_diff-2={d('fast2_s0')}", f"sum_inner-2={d('fast2_suminner_s0')}"],
+      "nayer": [f"NAYER-5={seeds('nayer5')}", f"Fast-5={seeds('fast5')}"],
   }
   ref = {"table1": f" --reference=DeepInversion-{BATCHWISE_K}"}
   lines = []

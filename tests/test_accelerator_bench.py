@@ -24,6 +24,7 @@ from conftest import REPO, load_experiment
 
 SCRIPT = os.path.join(REPO, "experiments", "accelerator_bench.sh")
 STUDY_SCRIPT = os.path.join(REPO, "experiments", "accelerator_study.sh")
+NAYER_SCRIPT = os.path.join(REPO, "experiments", "nayer_study.sh")
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +231,7 @@ def test_main_times_the_reference_where_torch_is_importable(driver, monkeypatch,
   assert k5["speedup_jax_float32_vs_torch_float32"] == pytest.approx(0.4 / 0.1)
 
 
-@pytest.mark.parametrize("script", [SCRIPT, STUDY_SCRIPT], ids=os.path.basename)
+@pytest.mark.parametrize("script", [SCRIPT, STUDY_SCRIPT, NAYER_SCRIPT], ids=os.path.basename)
 def test_shell_scripts_parse_and_name_existing_files(script):
   proc = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
@@ -309,3 +310,29 @@ def test_script_usage_errors(tmp_path, fake_python):
   proc = _script("run", env=dict(PYTHON=fake))
   assert proc.returncode != 0 and "usage: accelerator_bench.sh run OUT_DIR" in proc.stderr
   assert not os.path.exists(tmp_path / "calls.jsonl")       # nothing was started
+
+
+def test_nayer_study_runs_both_methods_on_three_teachers_with_their_recipes(fake_python,
+                                                                          tmp_path):
+  """nayer_study.sh starts one accelerator_study.sh per teacher: each trains its teacher with
+  that architecture's recipe (docs/RESULTS.md, "Teachers") and runs the three NAYER-5 and
+  three Fast-5 rows of cifar_study.py on it; OUT gets one archive per teacher."""
+  fake, calls = fake_python
+  out, root = tmp_path / "out", tmp_path / "root"
+  proc = subprocess.run(["bash", NAYER_SCRIPT, str(out), "data.tgz"], capture_output=True,
+                        text=True, timeout=60,
+                        env=dict(os.environ, PYTHON=fake, STUDY_ROOT=str(root)))
+  assert proc.returncode == 0, proc.stderr
+  teachers = {c["argv"][2].partition("=")[2]: " ".join(c["argv"][3:]) for c in calls()
+              if c["argv"][:2] == ["-m", "fastdfkd_jax.main"]}
+  assert set(teachers) == {str(root / f"t_{a}") for a in ("resnet20", "wrn16_2", "vgg8")}
+  assert "--config.model" not in teachers[str(root / "t_resnet20")]
+  assert "--config.model=wrn16_2 --config.epochs=4" in teachers[str(root / "t_wrn16_2")]
+  assert "--config.model=vgg8 --config.epochs=5" in teachers[str(root / "t_vgg8")]
+  studies = [c["argv"] for c in calls() if c["argv"][0] == "experiments/cifar_study.py"]
+  assert sorted(a for s in studies for a in s if a.startswith("--teacher_arch=")) == [
+      "--teacher_arch=resnet20", "--teacher_arch=vgg8", "--teacher_arch=wrn16_2"]
+  for argv in studies:
+    assert "--runs=nayer5_s0,nayer5_s1,nayer5_s2,fast5_s0,fast5_s1,fast5_s2" in argv
+    assert "--flags=--config.loop=host" in argv
+  assert {"resnet20.tgz", "wrn16_2.tgz", "vgg8.tgz"} <= set(os.listdir(out))
