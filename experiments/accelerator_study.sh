@@ -6,8 +6,8 @@
 #
 # The runs are the study's own commands (`cifar_study.py --list`), one process each, not
 # pinned. .accel/whl (bash experiments/accelerator_bench.sh prepare) supplies ml_collections and
-# Pillow where the image lacks them (experiments/accelerator_site.sh). Workdirs stay in /tmp/study on the
-# machine; OUT/records.tgz gets, per run, what fastdfkd_jax.table and .plot read
+# Pillow where the image lacks them (experiments/accelerator_site.sh). Workdirs stay in
+# /tmp/study (STUDY_WORK) on the machine; OUT/records.tgz gets, per run, what fastdfkd_jax.table and .plot read
 # (summary.json, metrics.jsonl), the config and the log, not the checkpoints (one archive:
 # the device tool returns only a few files), and OUT/teacher.tgz the teacher's workdir, so
 # a later session can rerun rows on the same teacher. STUDY_END_S (default 480 s

@@ -115,6 +115,23 @@ def tiny_distill(teacher_dir: str, **changes):
   return c
 
 
+def config_flags(config, skip: tuple[str, ...] = ("teacher.checkpoint",)) -> list[str]:
+  """`--config.PATH=VALUE` for each field where `config` differs from the embedded default
+  (what `python -m fastdfkd_jax.main` starts from), leaving out `skip`: a child given these
+  flags runs the config an in-process run would."""
+  from fastdfkd_jax.config import schema
+
+  def leaves(d, prefix=""):
+    for key, value in d.items():
+      if isinstance(value, dict):
+        yield from leaves(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+  base = dict(leaves(schema.default_config().to_dict()))
+  return [f"--config.{path}={value}" for path, value in leaves(config.to_dict())
+          if path not in skip and value != base[path]]
+
+
 # Each method's tiny settings, shared by the files that run it (test_parallel's 1-vs-8
 # checks and the integration runs of test_modes_distill and test_synthesis_nayer): with
 # `tiny_distill` they give the same programs, which compile once for the whole session.

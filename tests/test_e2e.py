@@ -14,19 +14,18 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import pytest
 
-from conftest import REPO, devices_env, main, one_device_env, rows
+from fastdfkd_jax import cli
+
+from conftest import REPO, config_flags, devices_env, main, one_device_env, rows, tiny_distill
 
 pytestmark = pytest.mark.e2e
 
-# conftest.tiny_distill's settings as flags (6 epochs): the programs of the suite's
-# in-process tiny runs, so a child reads them from the session's compilation cache.
-TINY = ["--config.epochs=6", "--config.warmup=1", "--config.kd.steps=2",
-        "--config.batch_size=16", "--config.k=2", "--config.synth.nz=16",
-        "--config.synth.ngf=8", "--config.checkpoint_every=1", "--config.sample_every=0",
-        "--config.teacher.arch=resnet8", "--config.student.arch=resnet8",
-        "--config.kd.cosine_epochs=2", "--config.pool.capacity=128"]
+# conftest.tiny_distill's run (6 epochs) as flags: the programs of the suite's in-process
+# tiny runs, so a child reads them from the session's compilation cache.
+TINY = config_flags(tiny_distill("", epochs=6))
 
 
 def _history(workdir):
@@ -48,6 +47,14 @@ def uninterrupted(teacher, tmp_path_factory):
   proc = main(work, f"--config.teacher.checkpoint={teacher}", *TINY)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return str(work)
+
+
+def test_tiny_flags_give_the_in_process_tiny_config(monkeypatch):
+  """`TINY` parsed as a child parses it is conftest.tiny_distill's config, field for field."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))   # parse_flags may add
+  fv = flags.FlagValues()
+  assert cli.parse_flags(["main", "--config.teacher.checkpoint=t", *TINY], fv) == ["main"]
+  assert fv.config.to_dict() == tiny_distill("t", epochs=6).to_dict()
 
 
 def test_the_readme_command_trains_a_teacher_then_a_student(tmp_path):
