@@ -119,16 +119,11 @@ def config_flags(config, skip: tuple[str, ...] = ("teacher.checkpoint",)) -> lis
   """`--config.PATH=VALUE` for each field where `config` differs from the embedded default
   (what `python -m fastdfkd_jax.main` starts from), leaving out `skip`: a child given these
   flags runs the config an in-process run would."""
+  from flax import traverse_util
   from fastdfkd_jax.config import schema
-
-  def leaves(d, prefix=""):
-    for key, value in d.items():
-      if isinstance(value, dict):
-        yield from leaves(value, f"{prefix}{key}.")
-      else:
-        yield f"{prefix}{key}", value
-  base = dict(leaves(schema.default_config().to_dict()))
-  return [f"--config.{path}={value}" for path, value in leaves(config.to_dict())
+  leaves = lambda c: traverse_util.flatten_dict(c.to_dict(), sep=".")   # noqa: E731
+  base = leaves(schema.default_config())
+  return [f"--config.{path}={value}" for path, value in leaves(config).items()
           if path not in skip and value != base[path]]
 
 
